@@ -1,0 +1,43 @@
+"""Shared fixtures: offline mode and tiny checkpoints of every architecture (built once)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+# Nothing in the test-suite may touch the network; set before transformers is imported.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+try:  # make the repo importable when the package is not installed (plain `pytest` run)
+    import vlm_lens  # noqa: F401
+except ModuleNotFoundError:  # pragma: no cover - depends on how the suite is started
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pytest
+
+from vlm_lens.zoo import ARCHITECTURES, tiny_checkpoint
+
+#: Architecture keys, for `pytest.mark.parametrize("arch", ARCHS)`.
+ARCHS: list[str] = list(ARCHITECTURES)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One directory per test session holding the tiny checkpoints."""
+    return tmp_path_factory.mktemp("tiny_zoo")
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tiny_dir: Path) -> Callable[[str], Path]:
+    """``tiny_ckpt(arch) -> Path``: the default tiny checkpoint of ``arch``, built once a session."""
+    cache: dict[str, Path] = {}
+
+    def get(arch: str) -> Path:
+        if arch not in cache:
+            cache[arch] = tiny_checkpoint(arch, tiny_dir)
+        return cache[arch]
+
+    return get

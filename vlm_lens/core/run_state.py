@@ -1,0 +1,34 @@
+"""What a hook function can know about the forward pass it runs in.
+
+Every vlm_lens hook point carries a reference to the model's one `RunState`, so a
+hook written as `fn(tensor, hook)` can read `hook.run.step` (0 = prefill or a plain
+forward, k = the k-th decoding step), `hook.run.segments` (the prompt layout) and
+`hook.run.query_positions` (absolute positions of the query rows of this forward).
+
+Not for: storing activations (that is what caches and recordings are for).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from vlm_lens.core.segments import Segments
+
+
+@dataclass
+class RunState:
+    step: int = 0
+    segments: Segments | None = None
+    query_start: int = 0
+    n_queries: int = 0
+
+    @property
+    def query_positions(self) -> torch.Tensor:
+        """`[query]` absolute positions (in the left-padded sequence) of this forward's query rows."""
+        return torch.arange(self.query_start, self.query_start + self.n_queries)
+
+    @property
+    def is_prefill(self) -> bool:
+        return self.step == 0

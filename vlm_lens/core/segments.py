@@ -1,0 +1,154 @@
+"""Token segments: which positions of a prompt are system, image, text or generated.
+
+A `Segments` object is the one place that knows the layout of a (batched) prompt.
+Hook functions, interventions and metrics read it instead of assuming offsets.
+
+Layout of one row (left padding, as HF generation needs it)::
+
+    [pad ... pad | system ... | text / image tokens interleaved ... | generated ...]
+
+Kinds are stored per position as small integers (`KIND_*`) so masks over keys are
+one vectorised comparison, whatever the number of images.
+
+Not for: building the spans (see `vlm_lens.core.prepare`), or holding tensors of
+the model's inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from jaxtyping import Bool, Int
+from torch import Tensor
+
+KIND_PAD = -1
+KIND_SYSTEM = 0
+KIND_IMAGE = 1
+KIND_TEXT = 2
+KIND_GENERATED = 3
+
+KIND_NAMES: dict[str, int] = {
+    "pad": KIND_PAD,
+    "system": KIND_SYSTEM,
+    "image": KIND_IMAGE,
+    "text": KIND_TEXT,
+    "generated": KIND_GENERATED,
+}
+
+
+@dataclass(frozen=True)
+class Span:
+    """Half-open index span `[start, end)` into a row of the (padded) sequence."""
+
+    start: int
+    end: int
+
+    def __len__(self) -> int:
+        return self.end - self.start
+
+    def as_slice(self) -> slice:
+        return slice(self.start, self.end)
+
+
+@dataclass(frozen=True)
+class ImageSpan(Span):
+    """The visual tokens of one image and the (h, w) grid they form after merging."""
+
+    grid: tuple[int, int] = (0, 0)
+
+
+@dataclass
+class SampleSegments:
+    """Spans of one row of the batch (indices already shifted by its left padding)."""
+
+    padding: Span
+    system: Span
+    images: list[ImageSpan]
+    text: list[Span]
+    generated: Span | None = None
+
+    def describe(self) -> str:
+        imgs = ", ".join(
+            f"image{i}[{s.start}:{s.end}] grid={s.grid}" for i, s in enumerate(self.images)
+        )
+        return f"pad[0:{self.padding.end}] system[{self.system.start}:{self.system.end}] {imgs}".strip()
+
+
+@dataclass
+class Segments:
+    """Per-position token kinds of a batch of prompts.
+
+    Attributes:
+        kinds: `[batch, prompt_len]` codes (`KIND_PAD`, `KIND_SYSTEM`, `KIND_IMAGE`, `KIND_TEXT`).
+        image_index: `[batch, prompt_len]` which image of the row a visual token belongs to, -1 elsewhere.
+        samples: one `SampleSegments` per row, with image grids.
+    """
+
+    kinds: Int[Tensor, "batch pos"]
+    image_index: Int[Tensor, "batch pos"]
+    samples: list[SampleSegments] = field(default_factory=list)
+
+    @property
+    def batch_size(self) -> int:
+        return self.kinds.shape[0]
+
+    @property
+    def prompt_len(self) -> int:
+        return self.kinds.shape[1]
+
+    def key_kinds(
+        self, n_keys: int, device: torch.device | None = None
+    ) -> Int[Tensor, "batch key"]:
+        """Kinds of the first `n_keys` positions; positions past the prompt are generated."""
+        kinds = self.kinds
+        if n_keys > kinds.shape[1]:
+            extra = torch.full(
+                (kinds.shape[0], n_keys - kinds.shape[1]), KIND_GENERATED, dtype=kinds.dtype
+            )
+            kinds = torch.cat([kinds, extra], dim=1)
+        kinds = kinds[:, :n_keys]
+        return kinds if device is None else kinds.to(device)
+
+    def mask(
+        self, kind: str, n_keys: int | None = None, device: torch.device | None = None
+    ) -> Bool[Tensor, "batch key"]:
+        """Boolean mask of the positions of one kind ("system", "image", "text", "generated", "pad")."""
+        if kind not in KIND_NAMES:
+            raise ValueError(f"unknown segment kind {kind!r}; expected one of {sorted(KIND_NAMES)}")
+        kinds = self.key_kinds(self.prompt_len if n_keys is None else n_keys, device)
+        return kinds == KIND_NAMES[kind]
+
+    def image_positions(self, row: int, image: int = 0) -> ImageSpan:
+        """The span of image `image` of batch row `row` (raises a clear error if there is none)."""
+        sample = self.samples[row]
+        if image >= len(sample.images) or image < -len(sample.images):
+            raise IndexError(
+                f"row {row} has {len(sample.images)} image(s); asked for image {image}"
+            )
+        return sample.images[image]
+
+    def with_generated(self, n_generated: int) -> Segments:
+        """A copy whose samples record `n_generated` generated tokens after the prompt."""
+        samples = [
+            SampleSegments(
+                s.padding,
+                s.system,
+                s.images,
+                s.text,
+                Span(self.prompt_len, self.prompt_len + n_generated),
+            )
+            for s in self.samples
+        ]
+        extra = torch.full((self.batch_size, n_generated), KIND_GENERATED, dtype=self.kinds.dtype)
+        index_extra = torch.full((self.batch_size, n_generated), -1, dtype=self.image_index.dtype)
+        return Segments(
+            torch.cat([self.kinds, extra], dim=1),
+            torch.cat([self.image_index, index_extra], dim=1),
+            samples,
+        )
+
+    def select(self, rows: list[int] | slice) -> Segments:
+        """Segments of a subset of rows (e.g. one sample of a batch)."""
+        idx = list(range(self.batch_size))[rows] if isinstance(rows, slice) else list(rows)
+        return Segments(self.kinds[idx], self.image_index[idx], [self.samples[i] for i in idx])
