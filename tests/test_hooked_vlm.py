@@ -28,7 +28,11 @@ def arch_models(request, tiny_ckpt):
     path = tiny_ckpt(request.param)
     model = HookedVLM.from_pretrained(path)
     adapter = model.adapter
-    eager = getattr(transformers, adapter.model_class).from_pretrained(path, attn_implementation="eager").eval()
+    eager = (
+        getattr(transformers, adapter.model_class)
+        .from_pretrained(path, attn_implementation="eager")
+        .eval()
+    )
     return request.param, model, eager
 
 
@@ -81,14 +85,23 @@ def test_pattern_edit_changes_logits_and_matches_hand_computation(arch_models):
         pattern = pattern.masked_fill(image_keys[None, None, None, :], 0.0)
         return pattern / pattern.sum(-1, keepdim=True)
 
-    names = ["blocks.-1.attn.hook_q", "blocks.-1.attn.hook_k", "blocks.-1.attn.hook_v", "blocks.-1.attn.hook_z"]
+    names = [
+        "blocks.-1.attn.hook_q",
+        "blocks.-1.attn.hook_k",
+        "blocks.-1.attn.hook_v",
+        "blocks.-1.attn.hook_z",
+    ]
     with torch.no_grad():
         clean = model(inputs)
         with model.hooks(fwd_hooks=[("blocks.-1.attn.hook_pattern", drop_image)]):
             patched, cache = model.run_with_cache(inputs, names_filter=names)
-    assert (patched - clean).abs().max().item() > 1e-4, "editing hook_pattern must change the logits"
+    assert (patched - clean).abs().max().item() > 1e-4, (
+        "editing hook_pattern must change the logits"
+    )
 
-    attn = model.hf_model.get_submodule(f"{model.adapter.language_model}.layers.{model.cfg.n_layers - 1}.self_attn")
+    attn = model.hf_model.get_submodule(
+        f"{model.adapter.language_model}.layers.{model.cfg.n_layers - 1}.self_attn"
+    )
     q = cache["blocks.-1.attn.hook_q"].transpose(1, 2)  # [batch, head, pos, d]
     rep = model.cfg.n_heads // model.cfg.n_key_value_heads
     k = cache["blocks.-1.attn.hook_k"].transpose(1, 2).repeat_interleave(rep, dim=1)
@@ -112,9 +125,15 @@ def test_negative_layer_names_and_cache_options(arch_models):
     last = model.cfg.n_layers - 1
     fired = []
     with torch.no_grad():
-        model.run_with_hooks(inputs, fwd_hooks=[("blocks.-1.hook_resid_post", lambda t, hook: fired.append(hook.name))])
+        model.run_with_hooks(
+            inputs,
+            fwd_hooks=[("blocks.-1.hook_resid_post", lambda t, hook: fired.append(hook.name))],
+        )
         _, cache = model.run_with_cache(
-            inputs, names_filter=lambda n: n.endswith("hook_pattern"), device="cpu", remove_batch_dim=True
+            inputs,
+            names_filter=lambda n: n.endswith("hook_pattern"),
+            device="cpu",
+            remove_batch_dim=True,
         )
     assert fired == [f"blocks.{last}.hook_resid_post"]
     assert set(cache) == {f"blocks.{i}.attn.hook_pattern" for i in range(model.cfg.n_layers)}
@@ -147,7 +166,10 @@ def test_unknown_hook_name_is_a_clear_error(arch_models):
     with pytest.raises(KeyError, match="hook_patern.*did you mean"):
         model.run_with_hooks(inputs, fwd_hooks=[("blocks.0.attn.hook_patern", lambda t, hook: t)])
     with pytest.raises(IndexError, match="out of range"):
-        model.run_with_hooks(inputs, fwd_hooks=[(f"blocks.{model.cfg.n_layers}.attn.hook_pattern", lambda t, hook: t)])
+        model.run_with_hooks(
+            inputs,
+            fwd_hooks=[(f"blocks.{model.cfg.n_layers}.attn.hook_pattern", lambda t, hook: t)],
+        )
 
 
 def test_a_hook_that_raises_leaves_no_hook_attached(arch_models):
@@ -160,7 +182,10 @@ def test_a_hook_that_raises_leaves_no_hook_attached(arch_models):
     with pytest.raises(RuntimeError, match="boom"):
         model.run_with_hooks(inputs, fwd_hooks=[("blocks.0.attn.hook_pattern", boom)])
     assert not any(hp._forward_hooks or hp.fwd_hooks for hp in model.hook_dict.values())
-    with pytest.raises(RuntimeError, match="boom"), model.hooks(fwd_hooks=[("blocks.-1.hook_resid_pre", boom)]):
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        model.hooks(fwd_hooks=[("blocks.-1.hook_resid_pre", boom)]),
+    ):
         model(inputs)
     assert not any(hp._forward_hooks or hp.fwd_hooks for hp in model.hook_dict.values())
 
@@ -179,12 +204,16 @@ def test_fast_path_is_taken_when_nothing_is_hooked(arch_models, monkeypatch):
         weights.append(out[1])
         return out
 
-    monkeypatch.setitem(transformers.AttentionInterface._global_mapping, attention.ATTENTION_NAME, spy)
+    monkeypatch.setitem(
+        transformers.AttentionInterface._global_mapping, attention.ATTENTION_NAME, spy
+    )
     with torch.no_grad():
         model(inputs)
         n_fast = sum(w is None for w in weights)
         weights.clear()
-        model.run_with_hooks(inputs, fwd_hooks=[("blocks.0.attn.hook_pattern", lambda t, hook: None)])
+        model.run_with_hooks(
+            inputs, fwd_hooks=[("blocks.0.attn.hook_pattern", lambda t, hook: None)]
+        )
     assert n_fast == model.cfg.n_layers
     assert [w is None for w in weights] == [False] + [True] * (model.cfg.n_layers - 1)
 

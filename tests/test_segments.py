@@ -79,7 +79,10 @@ def test_one_image(model):
         merge = model.hf_model.config.vision_config.spatial_merge_size
         assert seg.images[0].grid == (thw[1] // merge, thw[2] // merge)
         # vision_start is text, just before the image span.
-        assert decode(model, inputs.input_ids[0, seg.images[0].start - 1 : seg.images[0].start]) == "<|vision_start|>"
+        assert (
+            decode(model, inputs.input_ids[0, seg.images[0].start - 1 : seg.images[0].start])
+            == "<|vision_start|>"
+        )
     elif arch == "gemma3":
         side = int(model.hf_model.config.mm_tokens_per_image**0.5)
         assert seg.images[0].grid == (side, side)
@@ -97,7 +100,11 @@ def test_non_square_image_gives_non_square_grid_on_qwen(model):
 
 
 def test_two_images_and_system_prompt(model):
-    inputs = model.prepare(images=[img(value=10), img(value=240)], prompt="Left: <image> right: <image> same?", system="Be brief.")
+    inputs = model.prepare(
+        images=[img(value=10), img(value=240)],
+        prompt="Left: <image> right: <image> same?",
+        system="Be brief.",
+    )
     seg = check_row(model, inputs, 0, 2, system_text="Be brief.")
     # The first content item starts right where the system span ends: the text "Left:", or the
     # image where the template moves images first (LLaVA-1.5).
@@ -118,8 +125,13 @@ def test_left_padded_batch_matches_single_rows(model):
         single = model.prepare(images=img(value=30 if row == 0 else 90), prompt=p)
         n_pad = len(batch.segments.samples[row].padding)
         assert torch.equal(batch.segments.kinds[row, n_pad:], single.segments.kinds[0])
-        assert batch.segments.samples[row].images[0].start - n_pad == single.segments.samples[0].images[0].start
-    assert len(batch.segments.samples[0].padding) > 0 and len(batch.segments.samples[1].padding) == 0
+        assert (
+            batch.segments.samples[row].images[0].start - n_pad
+            == single.segments.samples[0].images[0].start
+        )
+    assert (
+        len(batch.segments.samples[0].padding) > 0 and len(batch.segments.samples[1].padding) == 0
+    )
 
 
 def test_placeholder_without_image_is_an_error(model):

@@ -1,7 +1,8 @@
-"""Metrics computed from recorded attention: concentration (Gini, entropy), image mass, halo.
+"""Metrics: attention concentration (Gini, entropy), image mass and halo
+(`vlm_lens.metrics.attention`), and yes/no benchmark scoring (`vlm_lens.metrics.yesno`).
 
-Every function takes distributions (or maps) on the last axis / axes and is vectorised
-over leading axes; see `vlm_lens.metrics.attention` for definitions.
+Attention functions take distributions (or maps) on the last axis / axes and are
+vectorised over leading axes.
 """
 
 from vlm_lens.metrics.attention import (
@@ -17,9 +18,21 @@ from vlm_lens.metrics.attention import (
     normalized_entropy,
     textbook_gini,
 )
+from vlm_lens.metrics.yesno import (
+    OFFICIAL,
+    bootstrap_ratio_ci,
+    bootstrap_unit_sums,
+    evaluate,
+    to_rows,
+)
 
 __all__ = [
+    "OFFICIAL",
     "HaloMasks",
+    "bootstrap_ratio_ci",
+    "bootstrap_unit_sums",
+    "evaluate",
+    "to_rows",
     "centroid_hit_rate",
     "convex_hull",
     "gini_sparsity",
