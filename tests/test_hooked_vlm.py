@@ -223,3 +223,26 @@ def test_unsupported_checkpoint_names_supported_architectures(tmp_path):
     config.save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="qwen3_vl.*qwen2_5_vl.*qwen2_vl.*gemma3.*llava"):
         HookedVLM.from_pretrained(tmp_path)
+
+
+def test_dtype_and_device_options(tiny_ckpt):
+    path = tiny_ckpt("qwen3_vl")
+    model = HookedVLM.from_pretrained(path, dtype="bfloat16", device="cpu")
+    assert model.dtype == torch.bfloat16
+    inputs = model.prepare(images=[dots_image(9)], prompt=PROMPT)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(inputs, names_filter="blocks.-1.attn.hook_pattern")
+    assert cache["blocks.-1.attn.hook_pattern"].dtype == torch.bfloat16
+    assert model.generate(inputs, max_new_tokens=2).tokens.shape == (1, 2)
+    with pytest.raises(ValueError, match="either device or device_map"):
+        HookedVLM.from_pretrained(path, device="cpu", device_map="cpu")
+    with pytest.raises(ValueError, match="unknown dtype"):
+        HookedVLM.from_pretrained(path, dtype="float13")
+
+
+def test_wrapping_an_existing_hf_model(tiny_ckpt):
+    path = tiny_ckpt("llava")
+    hf = transformers.LlavaForConditionalGeneration.from_pretrained(path)
+    model = HookedVLM(hf, transformers.AutoProcessor.from_pretrained(path))
+    assert model.hf_model is hf and model.cfg.arch == "llava"
+    assert "blocks.0.attn.hook_pattern" in model.hook_dict
