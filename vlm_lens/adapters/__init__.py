@@ -57,16 +57,23 @@ class Adapter:
         raise ValueError(f"{self.arch}: config names no image token id")
 
 
-_QWEN = dict(image_embeds_module="model.visual.merger", image_marker="<|vision_start|>", grids=_qwen_grids)
+_QWEN = dict(
+    image_embeds_module="model.visual.merger", image_marker="<|vision_start|>", grids=_qwen_grids
+)
 
 ADAPTERS: dict[str, Adapter] = {
     "qwen3_vl": Adapter("qwen3_vl", "Qwen3VLForConditionalGeneration", **_QWEN),
     "qwen2_5_vl": Adapter("qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration", **_QWEN),
     "qwen2_vl": Adapter("qwen2_vl", "Qwen2VLForConditionalGeneration", **_QWEN),
     "gemma3": Adapter(
-        "gemma3", "Gemma3ForConditionalGeneration", image_marker="<start_of_image>", grids=_gemma3_grids
+        "gemma3",
+        "Gemma3ForConditionalGeneration",
+        image_marker="<start_of_image>",
+        grids=_gemma3_grids,
     ),
-    "llava": Adapter("llava", "LlavaForConditionalGeneration", image_marker="<image>", grids=_llava_grids),
+    "llava": Adapter(
+        "llava", "LlavaForConditionalGeneration", image_marker="<image>", grids=_llava_grids
+    ),
 }
 
 SUPPORTED = tuple(ADAPTERS)

@@ -3,6 +3,8 @@
 `generate` runs Hugging Face's own `generate` (KV cache, multimodal rotary positions,
 left padding: all as HF does them) with the user's hooks attached for the whole run.
 Every hook can read `hook.run.step`: 0 for the prefill, k for the k-th decoding step.
+Step k is the forward pass whose last query row predicts generated token k, so a run
+that generates n tokens has steps 0..n-1 and every hook point fires once per step.
 
 `AttentionRecord` says what to keep of `hook_pattern` while generating: which layers
 and steps, only the query row that predicts the next token (by default), and only
@@ -10,7 +12,8 @@ reductions of its key axis: the image key columns and/or the share of attention 
 segment kind. HF's `output_attentions` keeps `[layers, heads, P, P]` at prefill; this
 keeps `[layers, heads, image_tokens]` per step.
 
-Not for: study logic (what to do with the maps lives in `vlm_lens.studies`).
+Not for: study logic (what to do with the maps lives in `vlm_lens.studies`), or the
+per-image grids of one traced generation (`vlm_lens.core.trace`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 from transformers import GenerationConfig
 
@@ -47,6 +50,9 @@ class AttentionRecord:
             row of the step (at prefill that is the whole prompt: use with care).
         heads: "all" keeps each head, "mean" their average.
         device, dtype: where and how the records are kept.
+
+    A recorded layer computes its attention explicitly (the pattern must exist to be
+    read); layers that are not recorded keep PyTorch's fused SDPA kernel.
     """
 
     layers: Sequence[int] | int | None = None
@@ -58,6 +64,8 @@ class AttentionRecord:
     dtype: torch.dtype = torch.float32
 
     def __post_init__(self) -> None:
+        if isinstance(self.keep, str):
+            self.keep = (self.keep,)
         unknown = set(self.keep) - {"image", "shares", "full"}
         if unknown or not self.keep:
             raise ValueError(
@@ -75,9 +83,11 @@ class Recording:
 
     `image[step]`: `[batch, layer, head, query, image_tokens]` (image tokens of all images of a
     row in prompt order; rows with fewer image tokens are NaN-padded).
-    `shares[step]`: `[batch, layer, head, query, 4]` over `SHARE_KINDS`.
-    `full[step]`: `[batch, layer, head, query, keys]`.
-    `query` is 1 for `query="last"`; `head` is 1 for `heads="mean"`.
+    `shares[step]`: `[batch, layer, head, query, 4]` over `SHARE_KINDS` (padding keys count
+    in none of them).
+    `full[step]`: `[batch, layer, head, query, keys]` (keys: every position in the KV cache
+    at that step, left padding included).
+    `query` is 1 for `query="last"`; `head` is 1 for `heads="mean"`; `layer` follows `layers`.
     """
 
     layers: list[int]
@@ -90,6 +100,7 @@ class Recording:
         return sorted(set(self.image) | set(self.shares) | set(self.full))
 
     def nbytes(self) -> int:
+        """Bytes held by the recorded tensors."""
         return sum(
             t.numel() * t.element_size()
             for d in (self.image, self.shares, self.full)
@@ -99,6 +110,8 @@ class Recording:
     def stacked(
         self, what: Literal["image", "shares", "full"] = "image"
     ) -> Float[Tensor, "step batch layer head query x"]:
+        """One tensor over the recorded steps (in step order); "full" needs equal key counts,
+        so it only stacks with `steps=[k]` or a single step."""
         store = getattr(self, what)
         if not store:
             raise KeyError(f"nothing recorded for {what!r}")
@@ -111,17 +124,22 @@ class _Recorder:
     def __init__(self, model: HookedVLM, spec: AttentionRecord):
         self.spec = spec
         self.layers = model.resolve_layers(spec.layers)
+        self._slot_of = {layer: i for i, layer in enumerate(self.layers)}
         self.steps = None if spec.steps is None else set(spec.steps)
         self.recording = Recording(self.layers)
         self._pending: dict[int, dict[str, list[Tensor | None]]] = {}
-        self._image_index: Tensor | None = None
+        # Per-run constants, built on first use and kept per device (layers may sit on
+        # different devices under a device_map).
+        self._image_index: dict[torch.device, Tensor] = {}
+        self._kind_onehot: dict[torch.device, Tensor] = {}
 
     def fwd_hooks(self) -> list[tuple[str, Any]]:
         return [(f"blocks.{layer}.attn.hook_pattern", self._hook) for layer in self.layers]
 
-    def _image_positions(self, segments: Segments) -> Tensor:
+    def _image_positions(self, segments: Segments, device: torch.device) -> Tensor:
         """`[batch, max_image_tokens]` positions of each row's image tokens, -1 padded."""
-        if self._image_index is None:
+        index = self._image_index.get(device)
+        if index is None:
             rows = [
                 (segments.kinds[b] == KIND_IMAGE).nonzero().flatten()
                 for b in range(segments.batch_size)
@@ -130,8 +148,21 @@ class _Recorder:
             index = torch.full((segments.batch_size, width), -1, dtype=torch.long)
             for b, r in enumerate(rows):
                 index[b, : len(r)] = r
-            self._image_index = index
-        return self._image_index
+            index = self._image_index[device] = index.to(device)
+        return index
+
+    def _onehot(
+        self, segments: Segments, n_keys: int, device: torch.device, dtype: torch.dtype
+    ) -> Float[Tensor, "batch key kind"]:
+        """Which share kind each key position belongs to (positions past the prompt are
+        generated); grown by doubling so a decoding step costs a slice."""
+        onehot = self._kind_onehot.get(device)
+        if onehot is None or onehot.shape[1] < n_keys or onehot.dtype != dtype:
+            length = max(n_keys, 2 * segments.prompt_len)
+            kinds = segments.key_kinds(length)
+            onehot = torch.stack([kinds == code for code in _SHARE_CODES], dim=-1)
+            onehot = self._kind_onehot[device] = onehot.to(device=device, dtype=dtype)
+        return onehot[:, :n_keys]
 
     def _hook(self, pattern: Float[Tensor, "batch head query key"], hook: Any) -> None:
         run = hook.run
@@ -147,28 +178,25 @@ class _Recorder:
         key_offset = run.query_start + run.n_queries - n_keys
         out: dict[str, Tensor] = {}
         if "image" in spec.keep and run.segments is not None:
-            pos = self._image_positions(run.segments).to(rows.device) - key_offset  # [batch, n_img]
+            pos = self._image_positions(run.segments, rows.device) - key_offset  # [batch, n_img]
             valid = (pos >= 0) & (pos < n_keys)
             gather = pos.clamp(0, max(n_keys - 1, 0))[:, None, None, :].expand(*rows.shape[:3], -1)
             picked = rows.gather(-1, gather)
             out["image"] = picked.masked_fill(~valid[:, None, None, :], float("nan"))
         if "shares" in spec.keep and run.segments is not None:
-            kinds = run.segments.key_kinds(key_offset + n_keys, rows.device)[
-                :, key_offset:
-            ]  # [batch, key]
-            onehot = torch.stack([kinds == code for code in _SHARE_CODES], dim=-1).to(rows.dtype)
-            out["shares"] = torch.einsum("bhqk,bkc->bhqc", rows, onehot)
+            onehot = self._onehot(run.segments, key_offset + n_keys, rows.device, rows.dtype)
+            out["shares"] = torch.einsum("bhqk,bkc->bhqc", rows, onehot[:, key_offset:])
         if "full" in spec.keep:
             out["full"] = rows
         slot = self._pending.setdefault(run.step, {})
-        index = self.layers.index(hook.layer_idx)
+        index = self._slot_of[hook.layer_idx]
         for name, tensor in out.items():
             per_layer = slot.setdefault(name, [None] * len(self.layers))
             per_layer[index] = tensor.to(device=spec.device, dtype=spec.dtype)
             if all(t is not None for t in per_layer):
-                getattr(self.recording, name)[run.step] = torch.stack(
-                    per_layer, dim=1
-                )  # [batch, layer, ...]
+                # [batch, layer, head, query, x]
+                getattr(self.recording, name)[run.step] = torch.stack(per_layer, dim=1)
+                del slot[name]
 
 
 @dataclass
@@ -177,22 +205,53 @@ class GenerationResult:
 
     `sequences`: `[batch, prompt_len + new]` (left-padded prompt then generated ids);
     `tokens`: `[batch, new]`; `logits`: `[step, batch, vocab]` of the distribution each step
-    sampled from (float32, on CPU); `segments`: the prompt's segments extended by the
-    generated span; `recording`: what an `AttentionRecord` kept, if one was given.
+    chose from (the model's raw logits, before any logits processor; float32, on CPU);
+    `segments`: the prompt's segments extended by the generated span; `recording`: what an
+    `AttentionRecord` kept, if one was given.
+
+    In a batch, a row that stops (EOS) before the others is padded by HF with the pad
+    token; its later steps still have logits (of a pad input) that a one-row run would
+    not have. Pass `min_new_tokens=max_new_tokens` for equal lengths.
     """
 
-    sequences: Tensor
-    tokens: Tensor
+    sequences: Int[Tensor, "batch seq"]
+    tokens: Int[Tensor, "batch new"]
     texts: list[str]
-    logits: Tensor | None
+    logits: Float[Tensor, "step batch vocab"] | None
     segments: Segments
     recording: Recording | None = None
 
     @property
-    def probs(self) -> Tensor:
+    def n_steps(self) -> int:
+        return self.tokens.shape[1]
+
+    @property
+    def probs(self) -> Float[Tensor, "step batch vocab"]:
         if self.logits is None:
             raise ValueError("logits were not kept (keep_logits=False)")
         return self.logits.softmax(-1)
+
+
+def generation_config(
+    model: HookedVLM, max_new_tokens: int, keep_logits: bool = True, **generate_kwargs: Any
+) -> GenerationConfig:
+    """The greedy `GenerationConfig` vlm_lens generates with (EOS / pad / BOS from the
+    checkpoint's generation config, the tokenizer's pad token first)."""
+    defaults = model.hf_model.generation_config
+    tokenizer = model.processor.tokenizer
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else defaults.pad_token_id
+    settings: dict[str, Any] = dict(
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        eos_token_id=defaults.eos_token_id,
+        pad_token_id=pad,
+        bos_token_id=defaults.bos_token_id,
+        return_dict_in_generate=True,
+        output_logits=keep_logits,
+    )
+    settings.update(generate_kwargs)
+    return GenerationConfig(**settings)
 
 
 def generate(
@@ -204,24 +263,22 @@ def generate(
     keep_logits: bool = True,
     **generate_kwargs: Any,
 ) -> GenerationResult:
+    """Greedy generation through HF's `generate` with hooks and an optional recording.
+
+    See `HookedVLM.generate`. The user's hooks are attached before the recorder's, so the
+    recording sees the pattern after the user's edits. `generate_kwargs` go into the
+    `GenerationConfig` (e.g. `min_new_tokens`, `do_sample=True`, `temperature`).
+
+    Multi-device: load with `HookedVLM.from_pretrained(path, device_map="auto")` (or a dict
+    of module name -> device) on a GPU machine. Inputs go to the embedding's device; each
+    hook runs on the device of its layer and the recording moves its slices to
+    `AttentionRecord.device` (CPU by default), so nothing else changes.
+    """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     recorder = _Recorder(model, record) if record is not None else None
     hooks = list(fwd_hooks) + (recorder.fwd_hooks() if recorder else [])
-    defaults = model.hf_model.generation_config
-    tokenizer = model.processor.tokenizer
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else defaults.pad_token_id
-    config = GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        num_beams=1,
-        eos_token_id=defaults.eos_token_id,
-        pad_token_id=pad,
-        bos_token_id=defaults.bos_token_id,
-        return_dict_in_generate=True,
-        output_logits=keep_logits,
-        **generate_kwargs,
-    )
+    config = generation_config(model, max_new_tokens, keep_logits, **generate_kwargs)
     kwargs = model._model_kwargs(inputs)
     with model._running(inputs), model.hooks(fwd_hooks=hooks), torch.no_grad():
         out = model.hf_model.generate(**kwargs, generation_config=config)

@@ -323,3 +323,38 @@ class HookedVLM(HookedRootModule):
         return generate(
             self, inputs, max_new_tokens, fwd_hooks, record, keep_logits, **generate_kwargs
         )
+
+    def trace_generation(
+        self,
+        images: Any,
+        prompt: str,
+        layers: int | Sequence[int] | None = None,
+        max_new_tokens: int = 16,
+        system: str | None = None,
+        **kwargs: Any,
+    ):
+        """Generate for one prompt and trace every step: a `GenerationTrace` with the tokens
+        and their text, per-step logits / probabilities, per step x layer x head the attention
+        of the predicting row to each image as a grid (`trace.images[i]`: `[step, layer, head,
+        h, w]`) and its share on system / image / text / generated keys (`trace.shares`:
+        `[step, layer, head, 4]`). One prompt per call; batches: `generate(record=...)`.
+        More options (`heads="mean"`, `fwd_hooks=`): `vlm_lens.core.trace.trace_generation`.
+        """
+        from vlm_lens.core.trace import trace_generation
+
+        return trace_generation(
+            self, images, prompt, layers, max_new_tokens, system=system, **kwargs
+        )
+
+    def to_nnsight(self, names: Callable[[str], bool] | None = None):
+        """An `nnsight.NNsight` wrapper of `hf_model` whose runs go through this model.
+
+        `nn.generate(inputs, max_new_tokens)` / `nn.trace(inputs)` force the hook points
+        selected by `names` (a filter on TransformerLens names; default all) to fire during
+        the run, so they are visible to nnsight at their module paths, e.g.
+        `nn.model.language_model.layers[i].self_attn.hook_pattern` (or `nn.hook("blocks.i.attn.
+        hook_pattern")`); `tracer.iter[k]` is decoding step k. See `vlm_lens.core.interop`.
+        """
+        from vlm_lens.core.interop import to_nnsight
+
+        return to_nnsight(self, names)

@@ -258,11 +258,17 @@ def prepare_inputs(
         # Per-row nesting tells batch processors (Gemma3) which images belong to which prompt.
         nested = rgb_rows if len(rgb_rows) > 1 and all(rgb_rows) else flat_images or None
         out = processor(
-            text=texts, images=nested, return_tensors="pt", padding=True, add_special_tokens=add_special
+            text=texts,
+            images=nested,
+            return_tensors="pt",
+            padding=True,
+            add_special_tokens=add_special,
         )
         # Tokenized alone, the text before the first content item gives the system tokens.
         prefixes = [
-            processor(text=[text[:cut]], return_tensors="pt", add_special_tokens=add_special)["input_ids"][0]
+            processor(text=[text[:cut]], return_tensors="pt", add_special_tokens=add_special)[
+                "input_ids"
+            ][0]
             if cut
             else None
             for text, cut in zip(texts, first_chars)
