@@ -178,3 +178,10 @@ def test_grayscale_rgba_and_16bit_are_converted(tmp_path):
     assert deep.mode == "RGB"
     assert deep.getpixel((0, 0)) == (0, 0, 0) and deep.getpixel((1, 1)) == (255, 255, 255)
     assert deep.getpixel((1, 0)) == (128, 128, 128)
+
+
+def test_batch_with_a_text_only_prompt(model):
+    batch = model.prepare(images=[img(value=30), None], prompt=["Count.", "Say hello to me."])
+    check_row(model, batch, 0, 1)
+    check_row(model, batch, 1, 0)
+    assert batch.segments.samples[1].images == []

@@ -256,7 +256,7 @@ def prepare_inputs(
     tokenizer.padding_side = "left"
     try:
         # Per-row nesting tells batch processors (Gemma3) which images belong to which prompt.
-        nested = rgb_rows if len(rgb_rows) > 1 and all(rgb_rows) else flat_images or None
+        nested = rgb_rows if len(rgb_rows) > 1 and flat_images else flat_images or None
         out = processor(
             text=texts,
             images=nested,

@@ -1,0 +1,334 @@
+"""Pure tensor edits of post-softmax attention patterns, by key modality.
+
+Everything here works on plain tensors, without a model::
+
+    pattern    [batch, head, query, key]   post-softmax attention (rows sum to 1)
+    key_kinds  [batch, key]                segment codes (`vlm_lens.core.segments.KIND_*`)
+
+and returns a new pattern of the same shape and dtype. The edits:
+
+- `redistribute_pattern`: move a `fraction` of the source modalities' weight to the
+  recipient modalities, proportionally to the recipients' current weights (the
+  yes-bias paper's rule, α'_r = α_r + f·α_s·α_r / Σα_r') or uniformly over the
+  recipient keys.
+- `scale_pattern`: multiply one modality's weights by α, then renormalise the row
+  (the paper's "Image×2.0" baseline).
+- `knockout_pattern`: zero a modality and give its weight to every other visible key,
+  proportionally (= `redistribute_pattern(..., recipients=None, fraction=1)`).
+
+Modalities are "system", "image", "text" and "generated". Generated tokens count as
+text unless "generated" is named explicitly in the same edit: ``source="system",
+recipients="text"`` gives system weight to prompt text *and* generated tokens, while
+``source="generated", recipients="text"`` moves weight from generated tokens to prompt text.
+
+Visibility. Only keys a query may see take part. `visible` (`[batch, query, key]` or
+`[batch, head, query, key]`, bool) says which; without it a key is visible when it is
+not padding and either lies at or before the query (causal, from `query_positions` /
+`key_positions`, by default the queries being the last `query` keys) or already has
+weight (> 0: e.g. Gemma3's bidirectional image blocks). A query that is itself padding
+sees nothing. Keys that are not visible are never written, so masked and padded keys
+keep their (zero) weight.
+
+Edge cases, per edited row: if the source has no weight nothing moves; if the
+recipients are visible but hold no weight, proportional mode falls back to uniform over
+the visible recipient keys; if no recipient key is visible the row is left unchanged.
+Rows outside `row_mask`, heads outside `head_mask` and unedited rows are returned
+bit-identical; fraction 0 (and scaling by 1) is the identity, bit for bit.
+
+Computation is done in float32 (float64 for float64 patterns) and cast back.
+
+Not for: deciding which rows/layers to edit at run time (see `vlm_lens.interventions.hooks`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Literal
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from vlm_lens.core.segments import (
+    KIND_GENERATED,
+    KIND_IMAGE,
+    KIND_PAD,
+    KIND_SYSTEM,
+    KIND_TEXT,
+)
+
+MODALITIES = ("system", "image", "text", "generated")
+Mode = Literal["proportional", "uniform"]
+Modalities = str | Iterable[str] | None
+
+_ALL_CODES = frozenset({KIND_SYSTEM, KIND_IMAGE, KIND_TEXT, KIND_GENERATED})
+
+
+def _names(spec: Modalities, what: str) -> list[str]:
+    if spec is None:
+        return []
+    names = [spec] if isinstance(spec, str) else list(spec)
+    for name in names:
+        if name not in MODALITIES:
+            raise ValueError(
+                f"unknown {what} modality {name!r}; expected one of {list(MODALITIES)}"
+            )
+    return names
+
+
+def modality_codes(
+    source: Modalities, recipients: Modalities = None
+) -> tuple[frozenset[int], frozenset[int]]:
+    """Segment codes of the source and recipient modalities.
+
+    "text" covers generated tokens too unless "generated" is named in `source` or
+    `recipients`. `recipients=None` means every modality that is not a source.
+    """
+    src_names = _names(source, "source")
+    rec_names = _names(recipients, "recipient")
+    if not src_names:
+        raise ValueError("name at least one source modality")
+    split_generated = "generated" in src_names or "generated" in rec_names
+    codes = {
+        "system": {KIND_SYSTEM},
+        "image": {KIND_IMAGE},
+        "text": {KIND_TEXT} if split_generated else {KIND_TEXT, KIND_GENERATED},
+        "generated": {KIND_GENERATED},
+    }
+    src = frozenset().union(*(codes[n] for n in src_names))
+    rec = (
+        frozenset().union(*(codes[n] for n in rec_names))
+        if recipients is not None
+        else _ALL_CODES - src
+    )
+    if not rec:
+        raise ValueError(f"no recipient modality left for source {src_names}")
+    if src & rec:
+        raise ValueError(f"source {src_names} and recipients {rec_names} overlap")
+    return src, rec
+
+
+def _key_mask(
+    key_kinds: Int[Tensor, "batch key"], codes: Iterable[int]
+) -> Bool[Tensor, "batch key"]:
+    mask = torch.zeros_like(key_kinds, dtype=torch.bool)
+    for code in codes:
+        mask |= key_kinds == code
+    return mask
+
+
+def _visibility(
+    pattern: Float[Tensor, "batch head query key"],
+    key_kinds: Int[Tensor, "batch key"],
+    visible: Bool[Tensor, "batch query key"] | Bool[Tensor, "batch head query key"] | None,
+    query_positions: Int[Tensor, " query"] | None,
+    key_positions: Int[Tensor, " key"] | None,
+) -> Bool[Tensor, "batch _head query key"]:
+    b, _, q, k = pattern.shape
+    device = pattern.device
+    not_pad = (key_kinds != KIND_PAD).to(device)  # [batch, key]
+    if visible is not None:
+        vis = visible.to(device=device, dtype=torch.bool)
+        if vis.dim() == 3:
+            vis = vis[:, None]
+        return vis & not_pad[:, None, None, :]
+    kpos = torch.arange(k, device=device) if key_positions is None else key_positions.to(device)
+    qpos = (
+        torch.arange(k - q, k, device=device)
+        if query_positions is None
+        else query_positions.to(device)
+    )
+    causal = kpos[None, :] <= qpos[:, None]  # [query, key]
+    vis = causal[None, None] | (pattern > 0)
+    # A padding query sees nothing (its row is left as it is).
+    is_query = kpos[None, :] == qpos[:, None]  # [query, key]: which key column is the query itself
+    query_pad = (is_query[None] & ~not_pad[:, None, :]).any(-1)  # [batch, query]
+    return vis & not_pad[:, None, None, :] & ~query_pad[:, None, :, None]
+
+
+def _apply(
+    pattern: Float[Tensor, "batch head query key"],
+    vis: Bool[Tensor, "batch _head query key"],
+    row_mask: Bool[Tensor, "batch query"] | None,
+    head_mask: Bool[Tensor, " head"] | None,
+    edit: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]],
+) -> Float[Tensor, "batch head query key"]:
+    """Run `edit(P, vis) -> (new P, edited rows [b, h, q, 1])` on the selected rows only."""
+    b, h, q, _ = pattern.shape
+    device = pattern.device
+    if row_mask is not None:
+        row_mask = row_mask.to(device=device, dtype=torch.bool).expand(b, q)
+        rows = row_mask.any(0).nonzero().flatten()
+        if rows.numel() == 0:
+            return pattern
+        if rows.numel() == q:
+            rows = None
+    else:
+        rows = None
+    if head_mask is not None:
+        head_mask = head_mask.to(device=device, dtype=torch.bool)
+        if head_mask.shape != (h,):
+            raise ValueError(f"head_mask must have shape ({h},), got {tuple(head_mask.shape)}")
+        if not head_mask.any():
+            return pattern
+    sub = pattern if rows is None else pattern[:, :, rows]
+    sub_vis = vis if rows is None else vis[:, :, rows]
+    work = torch.promote_types(pattern.dtype, torch.float32)
+    new, edited = edit(sub.to(work), sub_vis)
+    select = edited & sub_vis
+    if row_mask is not None:
+        sel_rows = row_mask if rows is None else row_mask[:, rows]
+        select = select & sel_rows[:, None, :, None]
+    if head_mask is not None:
+        select = select & head_mask[None, :, None, None]
+    out_sub = torch.where(select, new.to(pattern.dtype), sub)
+    if rows is None:
+        return out_sub
+    out = pattern.clone()
+    out[:, :, rows] = out_sub
+    return out
+
+
+def _check_shapes(pattern: Tensor, key_kinds: Tensor) -> None:
+    if pattern.dim() != 4:
+        raise ValueError(
+            f"pattern must be [batch, head, query, key], got shape {tuple(pattern.shape)}"
+        )
+    if key_kinds.shape != (pattern.shape[0], pattern.shape[-1]):
+        raise ValueError(
+            f"key_kinds must be [batch, key] = {(pattern.shape[0], pattern.shape[-1])}, "
+            f"got {tuple(key_kinds.shape)}"
+        )
+
+
+def redistribute_pattern(
+    pattern: Float[Tensor, "batch head query key"],
+    key_kinds: Int[Tensor, "batch key"],
+    source: Modalities,
+    recipients: Modalities = None,
+    fraction: float = 1.0,
+    mode: Mode = "proportional",
+    row_mask: Bool[Tensor, "batch query"] | None = None,
+    head_mask: Bool[Tensor, " head"] | None = None,
+    visible: Bool[Tensor, "batch query key"] | Bool[Tensor, "batch head query key"] | None = None,
+    query_positions: Int[Tensor, " query"] | None = None,
+    key_positions: Int[Tensor, " key"] | None = None,
+) -> Float[Tensor, "batch head query key"]:
+    """Move `fraction` of the source modalities' weight to the recipient modalities.
+
+    In each selected row (`row_mask`, `head_mask`; default all) with source mass S and
+    visible recipient keys: every source key keeps (1 - f) of its weight, and f·S goes to
+    the recipients — proportionally (α'_r = α_r + f·S·α_r / Σα_r', the paper's rule for
+    f = 1) or uniformly (f·S / n to each of the n visible recipient keys). `recipients=None`
+    means every other modality. See the module docstring for visibility and edge cases.
+    """
+    _check_shapes(pattern, key_kinds)
+    if not 0.0 <= float(fraction) <= 1.0:
+        raise ValueError(f"fraction must lie in [0, 1], got {fraction}")
+    if mode not in ("proportional", "uniform"):
+        raise ValueError(f"mode must be 'proportional' or 'uniform', got {mode!r}")
+    src_codes, rec_codes = modality_codes(source, recipients)
+    key_kinds = key_kinds.to(pattern.device)
+    src_keys = _key_mask(key_kinds, src_codes)[:, None, None, :]
+    rec_keys = _key_mask(key_kinds, rec_codes)[:, None, None, :]
+    vis = _visibility(pattern, key_kinds, visible, query_positions, key_positions)
+    f = float(fraction)
+
+    def edit(p: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        src = src_keys & v
+        rec = rec_keys & v
+        moved = f * (p * src).sum(-1, keepdim=True)  # [b, h, q, 1]
+        rec_mass = (p * rec).sum(-1, keepdim=True)
+        n_rec = rec.sum(-1, keepdim=True)
+        uniform_gain = moved / n_rec.clamp(min=1)
+        if mode == "proportional":
+            has_mass = rec_mass > 0
+            # p / rec_mass <= 1: no overflow however small the recipients' mass is.
+            gain = torch.where(
+                has_mass, p / torch.where(has_mass, rec_mass, 1.0) * moved, uniform_gain
+            )
+        else:
+            gain = uniform_gain.expand_as(p)
+        new = torch.where(src, p * (1.0 - f), torch.where(rec, p + gain, p))
+        return new, n_rec > 0
+
+    return _apply(pattern, vis, row_mask, head_mask, edit)
+
+
+def knockout_pattern(
+    pattern: Float[Tensor, "batch head query key"],
+    key_kinds: Int[Tensor, "batch key"],
+    modality: Modalities,
+    row_mask: Bool[Tensor, "batch query"] | None = None,
+    head_mask: Bool[Tensor, " head"] | None = None,
+    visible: Bool[Tensor, "batch query key"] | Bool[Tensor, "batch head query key"] | None = None,
+    query_positions: Int[Tensor, " query"] | None = None,
+    key_positions: Int[Tensor, " key"] | None = None,
+) -> Float[Tensor, "batch head query key"]:
+    """Zero a modality and renormalise the row over every other visible key.
+
+    The same as `redistribute_pattern(source=modality, recipients=None, fraction=1,
+    mode="proportional")`; a row with no other visible key is left unchanged.
+    """
+    return redistribute_pattern(
+        pattern,
+        key_kinds,
+        modality,
+        None,
+        1.0,
+        "proportional",
+        row_mask,
+        head_mask,
+        visible,
+        query_positions,
+        key_positions,
+    )
+
+
+def scale_pattern(
+    pattern: Float[Tensor, "batch head query key"],
+    key_kinds: Int[Tensor, "batch key"],
+    modality: Modalities,
+    alpha: float,
+    row_mask: Bool[Tensor, "batch query"] | None = None,
+    head_mask: Bool[Tensor, " head"] | None = None,
+    visible: Bool[Tensor, "batch query key"] | Bool[Tensor, "batch head query key"] | None = None,
+    query_positions: Int[Tensor, " query"] | None = None,
+    key_positions: Int[Tensor, " key"] | None = None,
+) -> Float[Tensor, "batch head query key"]:
+    """Multiply a modality's weights by `alpha`, then renormalise the row.
+
+    With A the modality's visible mass and R the rest's (A + R = 1 for a softmax row), every
+    visible key is multiplied by (A + R) / (R + α·A), the modality's keys also by α: the row
+    keeps its mass. α = 1 returns the pattern unchanged. A row whose remaining mass
+    would be 0 (α = 0 with all weight on the modality) is left unchanged. "text" covers
+    generated tokens unless `modality` also names "generated".
+    """
+    _check_shapes(pattern, key_kinds)
+    alpha = float(alpha)
+    if not (alpha >= 0.0 and alpha < float("inf")):
+        raise ValueError(f"alpha must be a finite number >= 0, got {alpha}")
+    codes, _ = modality_codes(modality, None)
+    if alpha == 1.0:
+        return pattern
+    key_kinds = key_kinds.to(pattern.device)
+    mod_keys = _key_mask(key_kinds, codes)[:, None, None, :]
+    vis = _visibility(pattern, key_kinds, visible, query_positions, key_positions)
+
+    def edit(p: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        mod = mod_keys & v
+        mod_mass = (p * mod).sum(-1, keepdim=True)
+        rest_mass = (p * (v & ~mod)).sum(-1, keepdim=True)
+        total = rest_mass + mod_mass
+        denom = rest_mass + alpha * mod_mass  # (no cancellation: both terms are >= 0)
+        # Written so that nothing overflows for tiny alpha or tiny masses: p / denom <= 1 on
+        # the rest, and total / (rest/alpha + A) is the modality keys' factor alpha·total/denom.
+        if alpha > 0:
+            mod_factor = total / (rest_mass / alpha + mod_mass)
+        else:
+            mod_factor = torch.zeros_like(total)
+        new = torch.where(mod_keys, p * mod_factor, p / denom * total)
+        ok = (total > 0) & (denom > 0) & torch.isfinite(mod_factor)
+        return new, ok
+
+    return _apply(pattern, vis, row_mask, head_mask, edit)
