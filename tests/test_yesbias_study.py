@@ -1,0 +1,323 @@
+"""The yes-bias sweep on a tiny model: records, resume, shards, paired deltas, report."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vlm_lens import HookedVLM
+from vlm_lens.data.yesno import synthetic, yes_no_token_ids
+from vlm_lens.reports.yesbias import dose_response, layer_shares_figure, quarter_heatmap
+from vlm_lens.studies import yesbias as yb
+
+EVIL = "<script>alert('x')</script> & <b>tiny</b>"
+CONDITIONS = [
+    yb.Condition("baseline"),
+    yb.Condition.parse("redistribute:system->text:Q4:f1.0"),
+    yb.Condition.parse("scale:image:all:a2.0"),
+]
+MAX_NEW = 2
+
+
+@pytest.fixture(scope="module")
+def model(tiny_ckpt) -> HookedVLM:
+    return HookedVLM.from_pretrained(tiny_ckpt("qwen3_vl"))
+
+
+@pytest.fixture(scope="module")
+def full_run(model, tmp_path_factory) -> Path:
+    """4 pairing units x (baseline + 2 conditions), unsharded, batch size 1."""
+    run_dir = tmp_path_factory.mktemp("yesbias") / "tiny" / "synthetic"
+    yb.run_sweep(
+        model,
+        synthetic.generate(4, seed=0),
+        CONDITIONS,
+        run_dir,
+        model_name=EVIL,
+        max_new_tokens=MAX_NEW,
+        progress=False,
+    )
+    return run_dir
+
+
+def _keyed(records):
+    return {(r["condition"], r["item_id"]): r for r in records}
+
+
+# ------------------------------------------------------------------------------ conditions
+
+
+def test_condition_ids_are_stable_and_parse_back():
+    assert yb.Condition("redistribute", "system->text", "Q4", fraction=1).id == (
+        "redistribute:system->text:Q4:f1.0"
+    )
+    conditions = yb.sweep_conditions("quarters", knockout=True)
+    # baseline + 5 directions x 4 quarters x 4 fractions + image x2 per quarter + knockout
+    assert len(conditions) == 1 + 5 * 4 * 4 + 4 + 4
+    assert len({c.id for c in conditions}) == len(conditions)
+    for c in conditions:
+        assert yb.Condition.parse(c.id) == c
+    paper = [c.id for c in yb.sweep_conditions("paper")]
+    assert "redistribute:system->image+text:Q4:f1.0" in paper and "scale:image:Q4:a2.0" in paper
+    assert [c.id for c in yb.sweep_conditions("none")] == ["baseline"]
+    with pytest.raises(ValueError):
+        yb.Condition.parse("redistribute:system->text:Q4")
+
+
+# ------------------------------------------------------------------------------ the sweep
+
+
+def test_sweep_writes_table_figures_and_escaped_report(full_run):
+    records = yb.load_records(full_run)
+    assert len(records) == len(CONDITIONS) * 8
+    assert len(_keyed(records)) == len(records)
+    assert all(r["answer"] in ("yes", "no", "other") for r in records)
+    assert all(len(r["shares"]) == 4 and abs(sum(r["shares"][0]) - 1) < 1e-4 for r in records)
+
+    result = yb.analyze(full_run, n_boot=200)
+    table = result["table"]
+    assert [r["condition"] for r in table] == [c.id for c in CONDITIONS]
+    assert table[0]["d_paired_accuracy"] == 0 and table[0]["d_mean_score"] == 0
+    assert all(r["n_units"] == 4 and r["n_items"] == 8 for r in table)
+    # the redistribution changes the answer-step scores (it is applied), not the item set
+    assert table[1]["d_mean_score"] != 0
+    csv_text = result["paths"]["table_csv"].read_text()
+    assert csv_text.splitlines()[0].startswith("benchmark,model,condition")
+    assert len(json.loads(result["paths"]["table_json"].read_text())) == 3
+    assert set(result["metrics"]) == {c.id for c in CONDITIONS}
+    assert "unit_types" in result["metrics"]["baseline"]["official"]
+
+    heat = quarter_heatmap(table)
+    assert len(heat.data[0].y) == 2 and list(heat.data[0].x) == ["Q4", "all"]
+    assert len(dose_response(table).data) == 1
+    assert result["shares"].shape == (4, 4)
+    assert len(layer_shares_figure(result["shares"]).data) == 3
+
+    page = result["paths"]["report"].read_text()
+    assert EVIL not in page
+    assert "&lt;script&gt;alert(" in page
+    assert page.count("<script") >= 1  # plotly.js, inlined once
+    assert not re.search(r"<script[^>]*\bsrc=", page)  # self-contained: nothing fetched
+
+
+def test_answer_step_score_is_the_log_softmax_difference(model, full_run):
+    item = synthetic.generate(1, seed=0)[0]
+    cond = CONDITIONS[1]
+    inputs = model.prepare(images=item.load_images(), prompt=item.prompt)
+    out = model.generate(inputs, max_new_tokens=MAX_NEW, fwd_hooks=cond.fwd_hooks(model))
+    logp = torch.log_softmax(out.logits[0, 0].double(), -1)
+    yes_ids, no_ids = yes_no_token_ids(model.processor)
+    p_yes = sum(math.exp(logp[i].item()) for i in yes_ids)
+    p_no = sum(math.exp(logp[i].item()) for i in no_ids)
+    by_hand = math.log(p_yes) - math.log(p_no)
+    record = _keyed(yb.load_records(full_run))[(cond.id, item.item_id)]
+    assert record["score"] == pytest.approx(by_hand, abs=1e-5)
+    assert record["text"] == out.texts[0]
+
+
+def test_stopped_sweep_resumes_without_loss_or_duplicates(model, full_run, tmp_path):
+    items = synthetic.generate(2, seed=0)  # the first 2 units of the full run
+    conditions = CONDITIONS[:2]
+    run_dir = tmp_path / "run"
+
+    class Crash(RuntimeError):
+        pass
+
+    def crash_after_three(row, seen=[]):  # noqa: B006 - a counter that lives for this run
+        seen.append(row)
+        if len(seen) == 3:
+            raise Crash
+
+    with pytest.raises(Crash):
+        yb.run_sweep(
+            model,
+            items,
+            conditions,
+            run_dir,
+            model_name=EVIL,
+            max_new_tokens=MAX_NEW,
+            progress=False,
+            on_record=crash_after_three,
+        )
+    log = run_dir / yb.RECORDS
+    assert len(log.read_text().splitlines()) == 3
+    # the process died while writing a fourth line
+    with log.open("a") as f:
+        f.write('{"condition": "baseline", "item_id": "synth')
+    yb.run_sweep(
+        model, items, conditions, run_dir, model_name=EVIL, max_new_tokens=MAX_NEW, progress=False
+    )
+    records = yb.load_records(run_dir)
+    lines = log.read_text().splitlines()
+    assert len(lines) == len(records) == 8
+    assert all(json.loads(line) for line in lines)
+    reference = _keyed(yb.load_records(full_run))
+    for key, row in _keyed(records).items():
+        assert row["text"] == reference[key]["text"]
+        assert row["score"] == pytest.approx(reference[key]["score"], abs=1e-6)
+    # a resumed run with other generation settings or other items would mix records: refused
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        yb.run_sweep(model, items, conditions, run_dir, model_name=EVIL, max_new_tokens=3)
+    other_seed = synthetic.generate(2, seed=1)
+    with pytest.raises(ValueError, match="differs"):
+        yb.run_sweep(
+            model, other_seed, conditions, run_dir, model_name=EVIL, max_new_tokens=MAX_NEW
+        )
+
+
+def test_shards_merged_equal_the_unsharded_run(model, full_run, tmp_path):
+    items = synthetic.generate(2, seed=0)
+    conditions = CONDITIONS[:2]
+    run_dir = tmp_path / "sharded"
+    for k in range(2):
+        yb.run_sweep(
+            model,
+            items,
+            conditions,
+            run_dir,
+            model_name=EVIL,
+            max_new_tokens=MAX_NEW,
+            shard=f"{k}/2",
+            progress=False,
+        )
+    assert not (run_dir / yb.RECORDS).exists()
+    assert len(list(run_dir.glob("records.shard-*-of-2.jsonl"))) == 2
+    # an unsharded rerun finds everything done in the shard logs: nothing new is written
+    yb.run_sweep(
+        model, items, conditions, run_dir, model_name=EVIL, max_new_tokens=MAX_NEW, progress=False
+    )
+    assert not (run_dir / yb.RECORDS).exists() or not (run_dir / yb.RECORDS).read_text()
+    summary = yb.merge_records(run_dir)
+    assert summary["complete"] and summary["rows"] == 8 and summary["duplicates"] == 0
+
+    ids = {it.item_id for it in items}
+    wanted = {c.id for c in conditions}
+    reference = [
+        r for r in yb.load_records(full_run) if r["item_id"] in ids and r["condition"] in wanted
+    ]
+    merged = yb.load_records(run_dir)
+    assert _keyed(merged).keys() == _keyed(reference).keys()
+    for key, row in _keyed(merged).items():
+        assert row["text"] == _keyed(reference)[key]["text"]
+        assert row["score"] == pytest.approx(_keyed(reference)[key]["score"], abs=1e-6)
+    loaded = yb.load_items(run_dir)
+    t_merged = yb.delta_table(loaded, merged, n_boot=100)
+    t_ref = yb.delta_table(loaded, reference, n_boot=100)
+    assert len(t_merged) == len(t_ref) == 2
+    for a, b in zip(t_merged, t_ref):
+        assert a.keys() == b.keys()
+        for k in a:
+            if isinstance(a[k], float):
+                assert a[k] == pytest.approx(b[k], abs=1e-6, nan_ok=True), k
+            else:
+                assert a[k] == b[k], k
+
+
+def test_left_padded_batches_match_single_items(model, full_run, tmp_path):
+    items = synthetic.generate(2, seed=0)  # prompts of different lengths: left padding
+    run_dir = tmp_path / "batched"
+    yb.run_sweep(
+        model,
+        items,
+        CONDITIONS[:2],
+        run_dir,
+        max_new_tokens=MAX_NEW,
+        batch_size=4,
+        progress=False,
+    )
+    reference = _keyed(yb.load_records(full_run))
+    batched = _keyed(yb.load_records(run_dir))
+    assert len(batched) == 8
+    for key, row in batched.items():
+        assert row["score"] == pytest.approx(reference[key]["score"], abs=1e-4)
+        assert np.allclose(row["shares"], reference[key]["shares"], atol=1e-4)
+
+
+def test_merge_tolerates_a_rerun_shard_and_reports_missing(full_run, tmp_path):
+    run_dir = tmp_path / "copy"
+    shutil.copytree(full_run, run_dir)
+    lines = (run_dir / yb.RECORDS).read_text().splitlines(keepends=True)
+    (run_dir / yb.RECORDS).write_text("".join(lines[:10]))
+    (run_dir / "records.shard-0-of-2.jsonl").write_text("".join(lines[5:20]))
+    summary = yb.merge_records(run_dir)
+    assert summary["rows"] == 20 and summary["duplicates"] == 5
+    assert not summary["complete"] and len(summary["missing"]) == len(lines) - 20
+
+
+# ------------------------------------------------------------------------- paired deltas
+
+
+def test_paired_bootstrap_interval_contains_the_difference():
+    rng = np.random.default_rng(1)
+    n_units = 40
+    unit = np.repeat(np.arange(n_units), 2)
+    label = np.tile([True, False], n_units)
+    base_yes = rng.random(2 * n_units) < 0.8  # a yes-biased baseline
+    cond_yes = np.where(rng.random(2 * n_units) < 0.3, label, base_yes)  # partly corrected
+
+    def arm(yes):
+        return {"correct": yes == label, "yes": yes, "score": yes.astype(float)}
+
+    d = yb.paired_delta(unit, arm(base_yes), arm(cond_yes), label=label, n_boot=500, seed=0)
+    pair = lambda yes: np.mean([(yes == label)[unit == u].all() for u in range(n_units)])  # noqa: E731
+    assert d["d_paired_accuracy"] == pytest.approx(pair(cond_yes) - pair(base_yes))
+    assert d["d_yes_rate"] == pytest.approx(cond_yes.mean() - base_yes.mean())
+    # scores: 1 for yes, 0 for no, so a unit is ranked right when yes item > no item
+    ranked = lambda yes: np.mean([yes[2 * u] > yes[2 * u + 1] for u in range(n_units)])  # noqa: E731
+    assert d["d_score_paired_accuracy"] == pytest.approx(ranked(cond_yes) - ranked(base_yes))
+    for name in ("paired_accuracy", "accuracy", "yes_rate", "mean_score", "score_paired_accuracy"):
+        assert d[f"d_{name}_lo"] <= d[f"d_{name}"] <= d[f"d_{name}_hi"]
+    same = yb.paired_delta(unit, arm(base_yes), arm(base_yes), n_boot=200)
+    assert same["d_paired_accuracy_lo"] == same["d_paired_accuracy_hi"] == 0.0
+
+
+def test_heatmap_places_each_condition_in_its_cell():
+    def row(target, layers, value, kind="redistribute"):
+        return {
+            "condition": f"{target}:{layers}",
+            "kind": kind,
+            "target": target,
+            "layers": layers,
+            "fraction": 1.0 if kind == "redistribute" else None,
+            "alpha": 2.0 if kind == "scale" else None,
+            "n_units": 3,
+            "d_paired_accuracy": value,
+            "d_paired_accuracy_lo": value - 0.1,
+            "d_paired_accuracy_hi": value + 0.1,
+        }
+
+    table = [
+        row("system->text", "Q4", 0.5),
+        row("system->text", "Q1", -0.25),
+        row("image", "Q2", 0.125, kind="scale"),
+    ]
+    fig = quarter_heatmap(table)
+    assert list(fig.data[0].x) == ["Q1", "Q2", "Q4"]
+    assert list(fig.data[0].y) == ["system-&gt;text f=1", "image ×2"]
+    assert [list(r) for r in fig.data[0].z] == [[-0.25, None, 0.5], [None, 0.125, None]]
+
+
+# ---------------------------------------------------------------------------------- CLI
+
+
+def test_cli_runs_resumes_and_merges(tiny_ckpt, tmp_path, capsys):
+    from vlm_lens.cli import main
+
+    args = ["yesbias", "--model", str(tiny_ckpt("qwen3_vl")), "--sweep", "none"]
+    args += ["--limit", "1", "--out", str(tmp_path), "--no-progress", "--n-boot", "20"]
+    args += ["--max-new-tokens", str(MAX_NEW), "--tag", "tiny"]
+    assert main(args) == 0
+    run_dir = tmp_path / "tiny" / "synthetic"
+    assert len((run_dir / yb.RECORDS).read_text().splitlines()) == 2
+    assert (tmp_path / "tiny" / "report.html").exists()
+    assert main(args) == 0  # everything done: nothing is rerun
+    assert len((run_dir / yb.RECORDS).read_text().splitlines()) == 2
+    assert main(["yesbias", "merge", "--out", str(tmp_path), "--n-boot", "20"]) == 0
+    assert "complete" in capsys.readouterr().out

@@ -1,0 +1,221 @@
+"""`vlm-lens count`: the counting study (Halo Effect, Language Takeover) from the shell.
+
+A thin layer over `vlm_lens.studies.counting`::
+
+    vlm-lens count --model Qwen/Qwen3-VL-2B-Instruct google/gemma-3-4b-it \\
+        --n 256 --layers paper --out runs/counting --device cuda --dtype bfloat16
+    vlm-lens count --model Qwen/Qwen3-VL-2B-Instruct --regrounding restore --cot --three-digit
+    vlm-lens count report --out runs/counting      # rebuild tables, figures and report.html
+    vlm-lens count merge --out runs/counting       # after a sharded run
+
+With no `--model`, the trained counting organism (`vlm_lens.zoo.organism()`) is used if
+it exists, otherwise a tiny random-weight qwen3_vl zoo model (answers constrained to
+digits), with a printed notice: its numbers only show that the pipeline runs.
+
+Every sample is appended to `<out>/<model>/samples.jsonl` as soon as it is done, so an
+interrupted run is resumed by running the same command again. `--limit L` processes at
+most L new samples per invocation.
+
+Sharding across processes or GPUs: each process takes the samples with
+`index % N == K` and writes `samples.shard-K-of-N.jsonl`; `merge` joins them (and
+checks that nothing is missing) and writes the report. `--shard auto` reads `RANK` /
+`WORLD_SIZE` (set by torchrun and accelerate) and puts the model on `cuda:$LOCAL_RANK`::
+
+    # torchrun, 4 GPUs on one machine
+    torchrun --nproc_per_node 4 --no-python vlm-lens count --shard auto \\
+        --model Qwen/Qwen3-VL-8B-Instruct --dtype bfloat16 --out runs/counting
+    # or accelerate
+    accelerate launch --num_processes 4 --no_python vlm-lens count --shard auto \\
+        --model Qwen/Qwen3-VL-8B-Instruct --dtype bfloat16 --out runs/counting
+    # or plain shell processes
+    for k in 0 1 2 3; do CUDA_VISIBLE_DEVICES=$k vlm-lens count --shard $k/4 \\
+        --model Qwen/Qwen3-VL-8B-Instruct --device cuda --dtype bfloat16 --out runs/counting & done; wait
+    # then, once
+    vlm-lens count merge --out runs/counting
+
+No process group is created: the shards are independent and only share the output
+directory (which must be on a shared file system across machines).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+from pathlib import Path
+from typing import Any
+
+from vlm_lens.studies import counting
+from vlm_lens.studies.runlog import Shard
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "count",
+        help="counting study: accuracy, per-digit visual sparsity/entropy, Halo metrics",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "action",
+        nargs="?",
+        default="run",
+        choices=("run", "merge", "report"),
+        help="run the study (default), merge shard logs, or rebuild the report",
+    )
+    p.add_argument(
+        "--model",
+        nargs="+",
+        action="extend",
+        metavar="ID_OR_PATH",
+        help="hub ids or local checkpoints, compared side by side (default: organism / tiny)",
+    )
+    p.add_argument("--n", type=int, default=256, help="samples per condition (default 256)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--layers",
+        nargs="+",
+        default=["last"],
+        help="'last' (default, as the paper), 'paper' (-1 8 16 24) or layer indices",
+    )
+    p.add_argument("--out", default="runs/counting", help="output directory")
+    p.add_argument("--max-new-tokens", type=int, default=8)
+    p.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu")
+    p.add_argument("--device-map", default=None, help="e.g. auto (instead of --device)")
+    p.add_argument("--dtype", default=None, help="float32, bfloat16, float16 or auto")
+    p.add_argument("--shard", default=None, help="K/N: only samples with index %% N == K; or auto")
+    p.add_argument(
+        "--regrounding",
+        default=None,
+        metavar="MODE",
+        help="re-ground later digits: restore | restore-mass | scale:ALPHA",
+    )
+    p.add_argument(
+        "--regrounding-layers",
+        nargs="+",
+        default=None,
+        help="layers to re-ground in: indices or 'all' (default: the study layers)",
+    )
+    p.add_argument("--cot", action="store_true", help="add the chain-of-thought prompt variant")
+    p.add_argument("--cot-max-new-tokens", type=int, default=256)
+    p.add_argument("--three-digit", action="store_true", help="add counts in [100, 130]")
+    p.add_argument("--limit", type=int, default=None, help="process at most this many new samples")
+    p.add_argument("--size", type=int, default=1024, help="image side in pixels (paper: 1024)")
+    p.add_argument("--radius", type=float, default=10.0, help="dot radius (paper: 10)")
+    p.add_argument("--digits-only", action="store_true", help="allow only digit tokens (debug)")
+    p.add_argument("--example-maps", type=int, default=4, help="samples whose maps are stored")
+    p.add_argument("--no-png", action="store_true", help="do not try to write PNG figures")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def _layers(values: list[str] | None, flag: str = "--layers") -> Any:
+    if not values:
+        return None
+    if len(values) == 1 and values[0] in ("last", "paper", "all"):
+        return values[0]
+    try:
+        return tuple(int(v) for v in values)
+    except ValueError as err:
+        raise SystemExit(f"{flag}: expected 'last', 'paper', 'all' or integers") from err
+
+
+def _shard(text: str | None) -> Shard | None:
+    if text is None:
+        return None
+    if text == "auto":
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
+        return Shard(rank, world) if world > 1 else None
+    return Shard.parse(text)
+
+
+def _load(ref: Any, args: argparse.Namespace, shard: Shard | None):
+    from vlm_lens import HookedVLM
+
+    if isinstance(ref, HookedVLM):
+        return ref
+    device = args.device
+    if args.shard == "auto" and device is None and args.device_map is None:
+        import torch
+
+        if torch.cuda.is_available():
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return HookedVLM.from_pretrained(
+        ref, device=device, dtype=args.dtype, device_map=args.device_map
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if args.action == "merge":
+        results = counting.merge(out)
+        if not results:
+            print(f"nothing to merge under {out} (no */run.json)")
+            return 1
+        complete = True
+        for name, r in results.items():
+            status = "complete" if r["complete"] else f"MISSING {len(r['missing'])} samples"
+            print(f"{name}: {r['rows']} rows, {r['duplicates']} duplicates dropped, {status}")
+            complete &= r["complete"]
+        written = counting.write_outputs(out, png=not args.no_png)
+        print(f"report: {written['paths']['report']}")
+        return 0 if complete else 1
+    if args.action == "report":
+        written = counting.write_outputs(out, png=not args.no_png)
+        print(f"report: {written['paths']['report']}")
+        return 0
+
+    shard = _shard(args.shard)
+    layers = _layers(args.layers) or "last"
+    if layers == "all":
+        raise SystemExit("--layers all is not supported (too many maps); name the layers")
+    refs = [(m, m, None) for m in args.model] if args.model else [counting.default_model()]
+    for ref, name, note in refs:
+        model = _load(ref, args, shard)
+        regrounding = None
+        if args.regrounding:
+            reg_layers = _layers(args.regrounding_layers, "--regrounding-layers")
+            if reg_layers == "all":
+                reg_layers = tuple(range(model.cfg.n_layers))
+            elif isinstance(reg_layers, str):
+                raise SystemExit("--regrounding-layers: indices or 'all'")
+            regrounding = counting.Regrounding.parse(args.regrounding, reg_layers)
+        base = counting.CountingConfig(
+            n=args.n,
+            seed=args.seed,
+            layers=layers,
+            max_new_tokens=args.max_new_tokens,
+            size=args.size,
+            radius=args.radius,
+            regrounding=regrounding,
+            digits_only=args.digits_only or note is not None,
+            example_maps=args.example_maps,
+        )
+        configs = counting.conditions(
+            base,
+            cot=args.cot,
+            three_digit=args.three_digit,
+            cot_max_new_tokens=args.cot_max_new_tokens,
+        )
+        model_dir = counting.run_counting(
+            model,
+            configs,
+            out,
+            model_name=name,
+            shard=shard,
+            progress=not args.no_progress,
+            note=note,
+            max_samples=args.limit,
+        )
+        print(f"{name}: samples in {model_dir}")
+        del model
+        gc.collect()
+    if shard is not None:
+        print(
+            f"shard {shard.k}/{shard.n} done; when all shards are: vlm-lens count merge --out {out}"
+        )
+        return 0
+    written = counting.write_outputs(out, png=not args.no_png)
+    print(f"report: {written['paths']['report']}")
+    return 0

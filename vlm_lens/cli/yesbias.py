@@ -1,0 +1,251 @@
+"""`vlm-lens yesbias`: the yes-bias study (attention redistribution sweep) from the shell.
+
+A thin layer over `vlm_lens.studies.yesbias`::
+
+    vlm-lens yesbias --model llava-hf/llava-1.5-7b-hf --device cuda --dtype float16 \\
+        --benchmark pope=/data/POPE --benchmark winoground=/data/winoground \\
+        --sweep quarters --fractions 0.25 0.5 0.75 1.0 --out runs/yesbias
+    vlm-lens yesbias --benchmark synthetic --sweep paper --limit 32   # offline, tiny model
+    vlm-lens yesbias report --out runs/yesbias     # rebuild tables, figures and report.html
+    vlm-lens yesbias merge --out runs/yesbias      # after a sharded run
+
+`--benchmark NAME=PATH` (repeatable) reads a benchmark from its released layout
+(mme, pope, hallusionbench, naturalbench, winoground, sugarcrepe, beaf); plain
+`synthetic` generates the offline paired set (the default). `--limit N` keeps the first N
+pairing units of each benchmark (default 16 for synthetic, all otherwise).
+
+Sweeps: `quarters` (baseline; system->text, system->image, system->image+text,
+text->system, image->system × Q1..Q4 × `--fractions`; image ×2 per quarter), `paper`
+(baseline; the three system redistributions in Q4 at fraction 1; image ×2 in Q4 and in all
+layers), `none` (baseline only). `--knockout` adds system knockout.
+
+With no `--model`, the trained organism (`vlm_lens.zoo.organism()`) is used if it exists,
+otherwise a tiny random-weight qwen3_vl zoo model, with a printed notice: its numbers only
+show that the pipeline runs.
+
+Every (condition, item) is appended to `<out>/<model tag>/<benchmark>/records.jsonl` as
+soon as it is done: running the same command again resumes. Sharding: `--shard K/N`
+(0-based K; `auto` reads RANK / WORLD_SIZE as torchrun and accelerate set them) takes the
+pairing units with index % N == K and writes `records.shard-K-of-N.jsonl`; `merge` folds
+the shards together and writes the report::
+
+    for k in 0 1 2 3; do CUDA_VISIBLE_DEVICES=$k vlm-lens yesbias --shard $k/4 \\
+        --model Qwen/Qwen3-VL-2B-Instruct --device cuda --dtype bfloat16 \\
+        --benchmark pope=/data/POPE --out runs/yesbias & done; wait
+    vlm-lens yesbias merge --out runs/yesbias
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+from pathlib import Path
+from typing import Any
+
+from vlm_lens.studies import yesbias
+from vlm_lens.studies.runlog import Shard
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "yesbias",
+        help="yes-bias study: redistribute attention between system/image/text tokens",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "action",
+        nargs="?",
+        default="run",
+        choices=("run", "merge", "report"),
+        help="run the sweep (default), merge shard logs, or rebuild the report",
+    )
+    p.add_argument("--model", metavar="ID_OR_PATH", help="hub id or local checkpoint")
+    p.add_argument("--tag", help="output folder name of the model (default: from --model)")
+    p.add_argument(
+        "--benchmark",
+        nargs="+",
+        action="extend",
+        metavar="NAME=PATH",
+        help="benchmarks to run: NAME=PATH (repeatable), or 'synthetic' (the default)",
+    )
+    p.add_argument("--sweep", default="quarters", choices=("quarters", "paper", "none"))
+    p.add_argument(
+        "--fractions",
+        nargs="+",
+        type=float,
+        default=list(yesbias.FRACTIONS),
+        help="fractions moved (dose-response; default 0.25 0.5 0.75 1.0)",
+    )
+    p.add_argument(
+        "--directions",
+        nargs="+",
+        default=list(yesbias.DIRECTIONS),
+        choices=list(yesbias.DIRECTIONS),
+        metavar="DIRECTION",
+        help=f"directions of the quarters sweep (default: all of {', '.join(yesbias.DIRECTIONS)})",
+    )
+    p.add_argument("--image-alpha", type=float, default=2.0, help="image scaling factor (0: none)")
+    p.add_argument("--knockout", action="store_true", help="add system knockout per quarter")
+    p.add_argument("--limit", type=int, default=None, help="first N pairing units per benchmark")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic set")
+    p.add_argument("--system", default=None, help="system prompt (default: the model's own)")
+    p.add_argument("--max-new-tokens", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--out", default="runs/yesbias", help="output directory")
+    p.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu")
+    p.add_argument("--device-map", default=None, help="e.g. auto (instead of --device)")
+    p.add_argument("--dtype", default=None, help="float32, bfloat16, float16 or auto")
+    p.add_argument("--shard", default=None, help="K/N: pairing units with index %% N == K; or auto")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples")
+    p.add_argument(
+        "--no-shares",
+        action="store_true",
+        help="do not record per-layer attention shares (keeps every layer on the fast path)",
+    )
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def parse_benchmark(spec: str) -> tuple[str, str | None]:
+    """`"pope=/data/POPE"` -> ("pope", "/data/POPE"); `"synthetic"` -> ("synthetic", None)."""
+    name, sep, path = spec.partition("=")
+    name = name.strip()
+    if not name:
+        raise SystemExit(f"--benchmark: expected NAME=PATH or 'synthetic', got {spec!r}")
+    if name.lower() == "synthetic":
+        return "synthetic", None
+    if not sep or not path:
+        raise SystemExit(f"--benchmark {spec!r}: give a local path, e.g. {name}=/data/{name}")
+    return name, path
+
+
+def load_items(name: str, path: str | None, limit: int | None, seed: int = 0) -> list:
+    from vlm_lens.data.yesno import load_benchmark, synthetic
+
+    if path is None:
+        return synthetic.generate(16 if limit is None else limit, seed=seed)
+    return load_benchmark(name, path, limit=limit)
+
+
+def _shard(text: str | None) -> Shard | None:
+    if text is None:
+        return None
+    if text == "auto":
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
+        return Shard(rank, world) if world > 1 else None
+    return Shard.parse(text)
+
+
+def _load(ref: Any, args: argparse.Namespace):
+    from vlm_lens import HookedVLM
+
+    if isinstance(ref, HookedVLM):
+        return ref
+    device = args.device
+    if args.shard == "auto" and device is None and args.device_map is None:
+        import torch
+
+        if torch.cuda.is_available():
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    return HookedVLM.from_pretrained(
+        ref, device=device, dtype=args.dtype, device_map=args.device_map
+    )
+
+
+def run_dirs(out: Path) -> list[Path]:
+    """Every run folder (one holding run.json) under `out`, sorted."""
+    return sorted(p.parent for p in Path(out).rglob(yesbias.RUN))
+
+
+def write_reports(out: Path, n_boot: int = 1000, notes: tuple[str, ...] = ()) -> list[Path]:
+    """Analyse every run under `out`; one report per model folder (all its benchmarks)."""
+    by_model: dict[Path, list[dict]] = {}
+    for run_dir in run_dirs(out):
+        result = yesbias.analyze(run_dir, n_boot=n_boot, report=False)
+        by_model.setdefault(run_dir.parent, []).append(result)
+    from vlm_lens.reports.yesbias import write_report
+
+    written = []
+    for model_dir, results in by_model.items():
+        written.append(
+            write_report(
+                model_dir / "report.html",
+                results,
+                title=f"Yes-bias study: {model_dir.name}",
+                notes=notes,
+            )
+        )
+    return written
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if args.action in ("merge", "report"):
+        dirs = run_dirs(out)
+        if not dirs:
+            print(f"nothing under {out} (no */*/run.json)")
+            return 1
+        complete = True
+        if args.action == "merge":
+            for run_dir in dirs:
+                r = yesbias.merge_records(run_dir)
+                status = "complete" if r["complete"] else f"MISSING {len(r['missing'])} records"
+                print(
+                    f"{run_dir.relative_to(out)}: {r['rows']} records, "
+                    f"{r['duplicates']} duplicates dropped, {status}"
+                )
+                complete &= r["complete"]
+        for path in write_reports(out, args.n_boot):
+            print(f"report: {path}")
+        return 0 if complete else 1
+
+    shard = _shard(args.shard)
+    benchmarks = [parse_benchmark(s) for s in (args.benchmark or ["synthetic"])]
+    conditions = yesbias.sweep_conditions(
+        args.sweep,
+        fractions=args.fractions,
+        directions=args.directions,
+        image_alpha=args.image_alpha or None,
+        knockout=args.knockout,
+    )
+    if args.model:
+        ref, name, note = args.model, args.model, None
+    else:
+        ref, name, note = yesbias.default_model()
+        print(note or f"no --model given: using {name}")
+    tag = args.tag or (name if not args.model else yesbias.model_tag(args.model))
+    model = _load(ref, args)
+    for bench, path in benchmarks:
+        items = load_items(bench, path, args.limit, args.seed)
+        if not items:
+            print(f"{bench}: no items")
+            continue
+        run_dir = out / tag / items[0].benchmark
+        print(f"{bench}: {len(items)} items x {len(conditions)} conditions -> {run_dir}")
+        yesbias.run_sweep(
+            model,
+            items,
+            conditions,
+            run_dir,
+            model_name=name,
+            max_new_tokens=args.max_new_tokens,
+            system=args.system,
+            batch_size=args.batch_size,
+            shard=shard,
+            record_shares=not args.no_shares,
+            progress=not args.no_progress,
+            note=note,
+        )
+    del model
+    gc.collect()
+    if shard is not None:
+        print(
+            f"shard {shard.k}/{shard.n} done; when all shards are: vlm-lens yesbias merge --out {out}"
+        )
+        return 0
+    for report in write_reports(out, args.n_boot):
+        print(f"report: {report}")
+    return 0

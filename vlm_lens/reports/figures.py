@@ -1,0 +1,468 @@
+"""Figures of the counting study (plotly) and the study's HTML report.
+
+Each figure function takes the study's plain data (records from `samples.jsonl`, or the
+summaries of `vlm_lens.studies.counting.summarize`) and returns a `plotly` figure:
+
+- `accuracy_mbe_bars`: accuracy and mean bias error per model and condition (paper Fig. 2);
+- `sparsity_box`: Gini sparsity of the 1st vs 2nd digit step per model (Fig. 3);
+- `step_curves`: entropy (Fig. 5) and sparsity across digit steps;
+- `attention_heatmaps`: one sample's maps over the image, layers x digit steps, with the
+  dot centres marked (Fig. 1);
+- `halo_bars`: Halo metrics (centre / hull band / background shares against their area
+  shares under uniform attention, and the centroid hit rate);
+- `regrounding_bars`: accuracy and MBE with and without re-grounding.
+
+`save_png` writes a PNG when plotly's image export works (kaleido 1.x needs a Chrome
+install); otherwise it logs one warning and returns False, and the HTML report (which
+needs nothing but a browser) is the output.
+
+Names shown inside figures are escaped like the rest of the report (plotly renders
+its labels as a small HTML subset and decodes entities back to text).
+
+Not for: computing metrics (`vlm_lens.studies.counting`) or the page layout
+(`vlm_lens.reports.html`).
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from vlm_lens.reports.html import Report
+
+__all__ = [
+    "accuracy_mbe_bars",
+    "attention_heatmaps",
+    "counting_report",
+    "halo_bars",
+    "regrounding_bars",
+    "save_png",
+    "sparsity_box",
+    "step_curves",
+]
+
+log = logging.getLogger(__name__)
+_PNG_STATE: dict[str, Any] = {"works": None, "reason": ""}
+
+_ORDINAL = ("1st", "2nd", "3rd")
+
+
+def _label(text: Any) -> str:
+    return html.escape(str(text))
+
+
+def _ordinal(k: int) -> str:
+    return _ORDINAL[k] if k < len(_ORDINAL) else f"{k + 1}th"
+
+
+def _num(x: Any) -> float | None:
+    return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else x
+
+
+def _models(items: Sequence[dict]) -> list[str]:
+    seen: list[str] = []
+    for item in items:
+        if item.get("model", "") not in seen:
+            seen.append(item.get("model", ""))
+    return seen
+
+
+def _headline(rows: Sequence[dict]) -> int | None:
+    for r in rows:
+        if r.get("layers"):
+            return r["layers"][0]
+    return None
+
+
+def accuracy_mbe_bars(summaries: Sequence[dict]) -> go.Figure:
+    """Accuracy and MBE per model (x) and condition (colour): the paper's Fig. 2."""
+    fig = make_subplots(
+        rows=1, cols=2, subplot_titles=("Accuracy", "Mean bias error (prediction − count)")
+    )
+    models = _models(summaries)
+    for condition in dict.fromkeys(s["condition"] for s in summaries):
+        by_model = {s["model"]: s for s in summaries if s["condition"] == condition}
+        x = [_label(m) for m in models]
+        for col, key in ((1, "accuracy"), (2, "mbe")):
+            fig.add_trace(
+                go.Bar(
+                    x=x,
+                    y=[_num(by_model.get(m, {}).get(key)) for m in models],
+                    name=_label(condition),
+                    legendgroup=condition,
+                    showlegend=col == 1,
+                ),
+                row=1,
+                col=col,
+            )
+    fig.update_layout(barmode="group", title="Counting accuracy and bias", height=420)
+    fig.update_yaxes(range=[0, 1], row=1, col=1)
+    return fig
+
+
+def sparsity_box(
+    rows: Sequence[dict], layer: int | None = None, condition: str = "baseline"
+) -> go.Figure:
+    """Gini sparsity (Eq. 2) of the 1st vs 2nd digit step per model: the paper's Fig. 3."""
+    layer = _headline(rows) if layer is None else layer
+    fig = go.Figure()
+    chosen = [r for r in rows if r["condition"] == condition]
+    for digit in (0, 1):
+        xs, ys = [], []
+        for r in chosen:
+            for e in r["attention"]:
+                if e["layer"] == layer and e["digit"] == digit and e.get("gini") is not None:
+                    xs.append(_label(r.get("model", "")))
+                    ys.append(e["gini"])
+        fig.add_trace(go.Box(x=xs, y=ys, name=f"{_ordinal(digit)} digit", boxpoints="all"))
+    fig.update_layout(
+        boxmode="group",
+        title=f"Visual sparsity by digit step (layer {layer}, {_label(condition)})",
+        yaxis_title="Gini sparsity (Eq. 2)",
+        height=420,
+    )
+    return fig
+
+
+def step_curves(summaries: Sequence[dict], layer: int | None = None) -> go.Figure:
+    """Mean entropy (Eq. 3, Fig. 5) and sparsity across digit steps, ± one std."""
+    fig = make_subplots(
+        rows=1, cols=2, subplot_titles=("Visual entropy (Eq. 3)", "Visual sparsity (Eq. 2)")
+    )
+    for s in summaries:
+        lay = s["headline_layer"] if layer is None else layer
+        steps = sorted((st for st in s["steps"] if st["layer"] == lay), key=lambda st: st["digit"])
+        if not steps:
+            continue
+        name = _label(f"{s['model']} · {s['condition']}")
+        x = [f"{_ordinal(st['digit'])} digit" for st in steps]
+        for col, metric in ((1, "entropy"), (2, "gini")):
+            fig.add_trace(
+                go.Scatter(
+                    x=x,
+                    y=[_num(st[f"{metric}_mean"]) for st in steps],
+                    error_y={
+                        "type": "data",
+                        "array": [_num(st[f"{metric}_std"]) or 0 for st in steps],
+                    },
+                    mode="lines+markers",
+                    name=name,
+                    legendgroup=name,
+                    showlegend=col == 1,
+                ),
+                row=1,
+                col=col,
+            )
+    fig.update_layout(title="Language Takeover across digit steps", height=420)
+    return fig
+
+
+def attention_heatmaps(row: dict, layers: Sequence[int] | None = None) -> go.Figure:
+    """One sample's image attention maps, layers (rows) x digit steps (columns): Fig. 1."""
+    entries = [e for e in row["attention"] if "map" in e]
+    layers = list(layers or dict.fromkeys(e["layer"] for e in entries))
+    digits = sorted({e["digit"] for e in entries})
+    h, w = row["grid"]
+    width, height = row["image_size"]
+    centres = np.asarray(row.get("centres") or [], dtype=float).reshape(-1, 2)
+    titles = []
+    for layer in layers:
+        for d in digits:
+            token = next(
+                (e["token"] for e in entries if e["digit"] == d and e["layer"] == layer), "?"
+            )
+            titles.append(_label(f"layer {layer} · {_ordinal(d)} digit '{token}'"))
+    fig = make_subplots(
+        rows=max(len(layers), 1),
+        cols=max(len(digits), 1),
+        subplot_titles=titles,
+        horizontal_spacing=0.04,
+        vertical_spacing=0.08,
+    )
+    for i, layer in enumerate(layers):
+        for j, d in enumerate(digits):
+            entry = next((e for e in entries if e["digit"] == d and e["layer"] == layer), None)
+            if entry is None:
+                continue
+            z = np.asarray(entry["map"], dtype=float).reshape(h, w)
+            fig.add_trace(
+                go.Heatmap(z=z, colorscale="Viridis", showscale=False), row=i + 1, col=j + 1
+            )
+            if len(centres):
+                fig.add_trace(
+                    go.Scatter(
+                        x=centres[:, 0] / width * w - 0.5,
+                        y=centres[:, 1] / height * h - 0.5,
+                        mode="markers",
+                        marker={"color": "red", "size": 5, "symbol": "x"},
+                        showlegend=False,
+                        hoverinfo="skip",
+                    ),
+                    row=i + 1,
+                    col=j + 1,
+                )
+            fig.update_yaxes(autorange="reversed", scaleanchor=None, row=i + 1, col=j + 1)
+    fig.update_xaxes(showticklabels=False)
+    fig.update_yaxes(showticklabels=False)
+    pred = row.get("prediction")
+    fig.update_layout(
+        title=_label(
+            f"{row.get('model', '')} · sample {row['index']} ({row['condition']}): "
+            f"GT {row['count']} → Pred {pred if pred is not None else '—'}"
+        ),
+        height=220 * max(len(layers), 1) + 80,
+        width=220 * max(len(digits), 1) + 120,
+    )
+    return fig
+
+
+def halo_bars(summaries: Sequence[dict], layer: int | None = None) -> go.Figure:
+    """Halo metrics per model and digit step, with the regions' area shares for reference."""
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        subplot_titles=("Share of image attention by region", "Centroid hit rate"),
+        column_widths=[0.65, 0.35],
+    )
+    regions = ("centre", "hull_band", "background")
+    for s in summaries:
+        lay = s["headline_layer"] if layer is None else layer
+        steps = sorted((st for st in s["steps"] if st["layer"] == lay), key=lambda st: st["digit"])
+        for st in steps:
+            name = _label(f"{s['model']} · {s['condition']} · {_ordinal(st['digit'])} digit")
+            fig.add_trace(
+                go.Bar(
+                    x=list(regions),
+                    y=[_num(st[f"{r}_mean"]) for r in regions],
+                    name=name,
+                    legendgroup=name,
+                ),
+                row=1,
+                col=1,
+            )
+            fig.add_trace(
+                go.Bar(
+                    x=[name],
+                    y=[_num(st["centroid_hit_rate_mean"])],
+                    name=name,
+                    legendgroup=name,
+                    showlegend=False,
+                ),
+                row=1,
+                col=2,
+            )
+        if s.get("area"):
+            fig.add_trace(
+                go.Scatter(
+                    x=list(regions),
+                    y=[_num(s["area"][r]) for r in regions],
+                    mode="markers",
+                    marker={"symbol": "line-ew-open", "size": 30, "color": "black"},
+                    name=_label(f"{s['model']} · {s['condition']}: area (uniform attention)"),
+                ),
+                row=1,
+                col=1,
+            )
+    fig.update_layout(barmode="group", title="Halo Effect", height=460)
+    return fig
+
+
+def regrounding_bars(summaries: Sequence[dict]) -> go.Figure:
+    """Accuracy and MBE on the same samples, baseline vs re-grounded, per model / condition."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("Accuracy", "Mean bias error"))
+    chosen = [s for s in summaries if s.get("regrounding")]
+    x = [_label(f"{s['model']} · {s['condition']}") for s in chosen]
+    for which, label in (("baseline", "baseline"), ("regrounded", "re-grounded")):
+        for col, key in ((1, "accuracy"), (2, "mbe")):
+            fig.add_trace(
+                go.Bar(
+                    x=x,
+                    y=[_num(s["regrounding"][which][key]) for s in chosen],
+                    name=label,
+                    legendgroup=label,
+                    showlegend=col == 1,
+                ),
+                row=1,
+                col=col,
+            )
+    mode = chosen[0]["regrounding"]["mode"] if chosen else ""
+    fig.update_layout(
+        barmode="group", title=_label(f"Re-grounding at later digits ({mode})"), height=420
+    )
+    return fig
+
+
+def _first_line(err: Exception) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0][:200] if lines else ""
+
+
+def save_png(fig: go.Figure, path: str | Path, scale: float = 2.0) -> bool:
+    """Write `fig` as PNG if plotly's export works here; otherwise warn once and return False."""
+    if _PNG_STATE["works"] is False:
+        return False
+    try:
+        fig.write_image(str(path), scale=scale)
+    except Exception as err:  # kaleido raises RuntimeError without Chrome, others vary
+        _PNG_STATE.update(works=False, reason=f"{type(err).__name__}: {_first_line(err)}")
+        log.warning(
+            "PNG export unavailable (%s); figures are in the HTML report only. "
+            "Install Chromium for kaleido (Debian: apt-get install chromium) to get PNGs.",
+            _PNG_STATE["reason"],
+        )
+        return False
+    _PNG_STATE["works"] = True
+    return True
+
+
+def png_status() -> dict[str, Any]:
+    """Whether PNG export worked in this process (None = not tried) and why not."""
+    return dict(_PNG_STATE)
+
+
+def counting_report(
+    rows: Sequence[dict],
+    summaries: Sequence[dict],
+    out_dir: str | Path,
+    *,
+    png: bool = True,
+    title: str = "Counting study",
+    manifests: Sequence[dict] = (),
+    notes: Sequence[str] = (),
+    n_heatmaps: int = 2,
+) -> dict[str, Path]:
+    """Write `report.html` (and `figures/*.png` if possible) for the study's outputs."""
+    from vlm_lens.studies.counting import SUMMARY_COLUMNS, summary_table
+
+    out_dir = Path(out_dir)
+    fig_dir = out_dir / "figures"
+    written: dict[str, Path] = {}
+    report = Report(title)
+    for note in notes:
+        report.paragraph(note, note=True)
+    report.paragraph(
+        "Visual sparsity is the paper's Eq. 2 as printed (uniform attention gives −1/M); "
+        "entropy is Eq. 3. Attention is that of the query row predicting each digit, averaged "
+        "over heads (Eq. 1) and renormalised over the image tokens."
+    )
+    if manifests:
+        report.heading("Runs")
+        report.table(
+            [
+                {
+                    "model": m.get("model"),
+                    "condition": name,
+                    "n": cfg.get("n"),
+                    "layers": str(cfg.get("layers")),
+                    "prompt": cfg.get("prompt"),
+                    "regrounding": str(cfg.get("regrounding")),
+                }
+                for m in manifests
+                for name, cfg in m.get("conditions", {}).items()
+            ],
+            text_columns=("model", "condition", "prompt", "layers", "regrounding"),
+        )
+    report.heading("Summary")
+    report.table(summary_table(summaries), SUMMARY_COLUMNS, text_columns=("model", "condition"))
+
+    figures: list[tuple[str, go.Figure, str]] = [
+        ("accuracy_mbe", accuracy_mbe_bars(summaries), "Accuracy and MBE per model (Fig. 2)."),
+    ]
+    has_attention = any(r["attention"] for r in rows)
+    if has_attention:
+        figures += [
+            (
+                "sparsity_box",
+                sparsity_box(rows),
+                "Sparsity of the 1st vs 2nd digit step (Fig. 3), headline layer.",
+            ),
+            (
+                "step_curves",
+                step_curves(summaries),
+                "Entropy and sparsity across digit steps (Fig. 5).",
+            ),
+            ("halo", halo_bars(summaries), "Halo metrics; black ticks: the regions' area shares."),
+        ]
+    if any(s.get("regrounding") for s in summaries):
+        figures.append(
+            (
+                "regrounding",
+                regrounding_bars(summaries),
+                "Re-grounding: same samples, with and without.",
+            )
+        )
+    for name, fig, caption in figures:
+        report.heading(caption.split(" (")[0].rstrip("."))
+        report.figure(fig, caption)
+        if png:
+            fig_dir.mkdir(parents=True, exist_ok=True)
+            if save_png(fig, fig_dir / f"{name}.png"):
+                written[f"png_{name}"] = fig_dir / f"{name}.png"
+
+    tests = [
+        {
+            "model": s["model"],
+            "condition": s["condition"],
+            "layer": layer,
+            "n": t["n"],
+            "mean drop (1st − 2nd)": t["mean_diff"],
+            "median drop": t["median_diff"],
+            "W (min)": t["statistic"],
+            "p (two-sided)": t["p_value"],
+            "method": t["method"],
+        }
+        for s in summaries
+        for layer, t in s["sparsity_drop"].items()
+    ]
+    report.heading("Sparsity drop from the 1st to the 2nd digit (Wilcoxon signed-rank)")
+    report.table(tests, text_columns=("model", "condition", "method"))
+
+    examples = [r for r in rows if any("map" in e for e in r["attention"])]
+    shown: dict[str, int] = {}
+    heatmaps_drawn = 0
+    for r in examples:
+        key = f"{r.get('model', '')}/{r['condition']}"
+        if shown.get(key, 0) >= n_heatmaps:
+            continue
+        shown[key] = shown.get(key, 0) + 1
+        if heatmaps_drawn == 0:
+            report.heading("Attention over the image (Fig. 1); red crosses: dot centres")
+        fig = attention_heatmaps(r)
+        report.figure(fig)
+        if png and heatmaps_drawn < 2:
+            fig_dir.mkdir(parents=True, exist_ok=True)
+            target = fig_dir / f"heatmap_{heatmaps_drawn}.png"
+            if save_png(fig, target):
+                written[f"png_heatmap_{heatmaps_drawn}"] = target
+        heatmaps_drawn += 1
+
+    report.heading("Example answers")
+    report.table(
+        [
+            {
+                "model": r.get("model", ""),
+                "condition": r["condition"],
+                "index": r["index"],
+                "count": r["count"],
+                "generated text": r["text"],
+                "prediction": r["prediction"],
+                "re-grounded text": (r.get("regrounding") or {}).get("text"),
+            }
+            for r in rows[:40]
+        ],
+        text_columns=("model", "condition", "generated text", "re-grounded text"),
+    )
+    if png and _PNG_STATE["works"] is False:
+        report.paragraph(f"PNG export was unavailable: {_PNG_STATE['reason']}", note=True)
+    written["report"] = report.write(out_dir / "report.html")
+    if fig_dir.is_dir() and not any(fig_dir.iterdir()):
+        fig_dir.rmdir()
+    return written

@@ -1,0 +1,366 @@
+"""Figures of the yes-bias study (plotly) and its HTML report.
+
+Each figure function takes the study's plain data (the delta table of
+`vlm_lens.studies.yesbias.delta_table`, or the per-layer shares of `layer_shares`) and
+returns a plotly figure:
+
+- `quarter_heatmap`: Δ metric (paired accuracy, yes-rate, ...) against the baseline, one
+  row per intervention, one column per layer selection (Q1..Q4, then any other);
+- `dose_response`: Δ metric against the fraction of the source's attention moved, one
+  line per direction, one panel per layer selection, with the bootstrap intervals;
+- `layer_shares_figure`: the answer row's attention share on system / image / text keys
+  per layer (stacked bars), the paper's "system takes ~70%" observation.
+
+`write_report` assembles one self-contained page (`vlm_lens.reports.html.Report`: plotly
+inlined once, every string escaped) over one or more benchmarks. Names drawn inside
+figures are escaped too (plotly renders labels as a small HTML subset).
+
+Not for: computing the numbers (`vlm_lens.studies.yesbias`) or page layout
+(`vlm_lens.reports.html`).
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from vlm_lens.metrics.yesno import to_rows
+from vlm_lens.reports.html import Report
+
+__all__ = [
+    "METRIC_TITLES",
+    "dose_response",
+    "layer_shares_figure",
+    "quarter_heatmap",
+    "write_report",
+]
+
+METRIC_TITLES = {
+    "d_paired_accuracy": "Δ paired accuracy",
+    "d_accuracy": "Δ accuracy",
+    "d_yes_rate": "Δ yes-rate",
+    "d_mean_score": "Δ mean log P(yes) − log P(no)",
+    "d_score_paired_accuracy": "Δ score paired accuracy",
+}
+_QUARTER_ORDER = ("Q1", "Q2", "Q3", "Q4")
+_SHARE_COLORS = {"system": "#7f7f7f", "image": "#1f77b4", "text": "#ff7f0e", "generated": "#2ca02c"}
+
+
+def _label(text: Any) -> str:
+    return html.escape(str(text))
+
+
+def _num(x: Any) -> float | None:
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _layer_order(layers: Sequence[str]) -> list[str]:
+    present = list(dict.fromkeys(layers))
+    first = [q for q in _QUARTER_ORDER if q in present]
+    return first + [x for x in present if x not in first]
+
+
+def _row_label(row: Mapping[str, Any]) -> str:
+    if row["kind"] == "redistribute":
+        return f"{row['target']} f={row['fraction']:g}"
+    if row["kind"] == "scale":
+        return f"{row['target']} ×{row['alpha']:g}"
+    return f"{row['kind']} {row['target']}"
+
+
+def quarter_heatmap(
+    table: Sequence[Mapping[str, Any]],
+    metric: str = "d_paired_accuracy",
+    fractions: Sequence[float] | None = None,
+    title: str | None = None,
+) -> go.Figure:
+    """Heatmap of `metric` (a delta column of the table): intervention × layer selection.
+
+    `fractions`: which redistribution fractions get a row (default: the largest one
+    present, the paper's complete redistribution when 1.0 was run). Cells show the value
+    and hover shows the 95% interval.
+    """
+    rows = [r for r in table if r["kind"] != "baseline"]
+    fr = [r["fraction"] for r in rows if r["kind"] == "redistribute"]
+    if fractions is None:
+        fractions = [max(fr)] if fr else []
+    rows = [r for r in rows if r["kind"] != "redistribute" or r["fraction"] in fractions]
+    columns = _layer_order([r["layers"] for r in rows])
+    labels = list(dict.fromkeys(_row_label(r) for r in rows))
+    cell = {(_row_label(r), r["layers"]): r for r in rows}
+    z, text, hover = [], [], []
+    for lab in labels:
+        zr, tr, hr = [], [], []
+        for col in columns:
+            r = cell.get((lab, col))
+            v = None if r is None else _num(r.get(metric))
+            zr.append(v)
+            tr.append("" if v is None else f"{v:+.2f}")
+            if r is None:
+                hr.append("not run")
+            else:
+                lo, hi = _num(r.get(f"{metric}_lo")), _num(r.get(f"{metric}_hi"))
+                ci = "" if lo is None or hi is None else f" [{lo:+.3f}, {hi:+.3f}]"
+                hr.append(_label(f"{r['condition']}: {v:+.3f}{ci} (n units {r['n_units']})"))
+        z.append(zr)
+        text.append(tr)
+        hover.append(hr)
+    finite = [abs(v) for zr in z for v in zr if v is not None]
+    bound = max(finite) if finite and max(finite) > 0 else 1.0
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=[_label(c) for c in columns],
+            y=[_label(lab) for lab in labels],
+            text=text,
+            texttemplate="%{text}",
+            hovertext=hover,
+            hoverinfo="text",
+            colorscale="RdBu",
+            zmid=0,
+            zmin=-bound,
+            zmax=bound,
+            colorbar={"title": _label(METRIC_TITLES.get(metric, metric))},
+        )
+    )
+    fig.update_layout(
+        title=_label(title or f"{METRIC_TITLES.get(metric, metric)} against the baseline"),
+        xaxis_title="layers",
+        yaxis={"autorange": "reversed"},
+        height=max(300, 60 + 40 * len(labels)),
+    )
+    return fig
+
+
+def dose_response(
+    table: Sequence[Mapping[str, Any]],
+    metric: str = "d_paired_accuracy",
+    title: str | None = None,
+) -> go.Figure:
+    """`metric` against the fraction moved: one panel per layer selection, one line per
+    direction, error bars = paired bootstrap 95% intervals. Fraction 0 is the baseline
+    (a delta of 0 by definition)."""
+    rows = [r for r in table if r["kind"] == "redistribute"]
+    panels = _layer_order([r["layers"] for r in rows]) or ["(none)"]
+    directions = list(dict.fromkeys(r["target"] for r in rows))
+    fig = make_subplots(
+        rows=1,
+        cols=len(panels),
+        shared_yaxes=True,
+        subplot_titles=[_label(p) for p in panels],
+    )
+    palette = ["#1f77b4", "#d62728", "#9467bd", "#2ca02c", "#ff7f0e", "#8c564b", "#17becf"]
+    for d_index, direction in enumerate(directions):
+        color = palette[d_index % len(palette)]
+        for p_index, layers in enumerate(panels):
+            pts = sorted(
+                (r for r in rows if r["target"] == direction and r["layers"] == layers),
+                key=lambda r: r["fraction"],
+            )
+            if not pts:
+                continue
+            x = [0.0] + [r["fraction"] for r in pts]
+            y = [0.0] + [_num(r.get(metric)) for r in pts]
+            plus = [0.0] + [
+                None if _num(r.get(f"{metric}_hi")) is None else r[f"{metric}_hi"] - r[metric]
+                for r in pts
+            ]
+            minus = [0.0] + [
+                None if _num(r.get(f"{metric}_lo")) is None else r[metric] - r[f"{metric}_lo"]
+                for r in pts
+            ]
+            fig.add_trace(
+                go.Scatter(
+                    x=x,
+                    y=y,
+                    mode="lines+markers",
+                    name=_label(direction),
+                    legendgroup=_label(direction),
+                    showlegend=p_index == 0,
+                    line={"color": color},
+                    error_y={"type": "data", "array": plus, "arrayminus": minus, "visible": True},
+                ),
+                row=1,
+                col=p_index + 1,
+            )
+    fig.add_hline(y=0, line={"color": "#999", "dash": "dot"})
+    fig.update_xaxes(title_text="fraction moved", range=[-0.05, 1.05])
+    fig.update_yaxes(title_text=_label(METRIC_TITLES.get(metric, metric)), row=1, col=1)
+    fig.update_layout(
+        title=_label(title or f"Dose-response: {METRIC_TITLES.get(metric, metric)}"),
+        height=400,
+    )
+    return fig
+
+
+def layer_shares_figure(
+    shares: np.ndarray | Sequence[Sequence[float]],
+    layers: Sequence[int] | None = None,
+    title: str | None = None,
+) -> go.Figure:
+    """Stacked bars of the answer row's attention share per layer: system / image / text
+    (and generated, if any weight is there). `shares` is `[layer, 4]` in that order."""
+    arr = np.asarray(shares, dtype=np.float64)
+    layers = list(range(arr.shape[0])) if layers is None else list(layers)
+    kinds = ("system", "image", "text", "generated")
+    fig = go.Figure()
+    for k, kind in enumerate(kinds):
+        if kind == "generated" and not np.any(arr[:, k] > 0):
+            continue
+        fig.add_trace(
+            go.Bar(
+                x=layers,
+                y=arr[:, k],
+                name=kind,
+                marker_color=_SHARE_COLORS[kind],
+                hovertemplate=f"layer %{{x}}: {kind} %{{y:.3f}}<extra></extra>",
+            )
+        )
+    mean_system = float(arr[:, 0].mean()) if arr.size else math.nan
+    fig.update_layout(
+        barmode="stack",
+        title=_label(
+            title or f"Attention share of the answer row per layer (system mean {mean_system:.0%})"
+        ),
+        xaxis_title="layer",
+        yaxis={"title": "share of attention", "range": [0, 1]},
+        height=380,
+    )
+    return fig
+
+
+# ---------------------------------------------------------------------------------- report
+
+_TABLE_VIEW = (
+    "condition",
+    "n_units",
+    "paired_accuracy",
+    "accuracy",
+    "yes_rate",
+    "other_rate",
+    "d_paired_accuracy",
+    "d_paired_accuracy_lo",
+    "d_paired_accuracy_hi",
+    "d_yes_rate",
+    "d_yes_rate_lo",
+    "d_yes_rate_hi",
+    "d_mean_score",
+    "d_score_paired_accuracy",
+)
+
+
+def _headline_conditions(metrics: Mapping[str, Any]) -> list[str]:
+    """Baseline and the paper's arms (Q4, complete redistribution from system; image ×2)."""
+    wanted = [
+        "baseline",
+        "redistribute:system->text:Q4:f1.0",
+        "redistribute:system->image:Q4:f1.0",
+        "redistribute:system->image+text:Q4:f1.0",
+        "scale:image:Q4:a2.0",
+        "scale:image:all:a2.0",
+    ]
+    return [c for c in wanted if c in metrics]
+
+
+def _official_rows(metrics: Mapping[str, Any], conditions: Sequence[str]) -> list[dict]:
+    """Metric rows (from `to_rows`) with one column per condition."""
+    table: dict[str, dict[str, Any]] = {}
+    for cond in conditions:
+        for row in to_rows(metrics[cond]):
+            entry = table.setdefault(row["metric"], {"metric": row["metric"]})
+            entry[cond] = row["value"]
+            if cond == "baseline" and math.isfinite(row["ci_low"]):
+                entry["baseline 95% CI"] = f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
+    return list(table.values())
+
+
+def write_report(
+    path: str | Path,
+    results: Sequence[Mapping[str, Any]],
+    *,
+    title: str = "Yes-bias study",
+    notes: Sequence[str] = (),
+    n_examples: int = 8,
+) -> Path:
+    """One HTML page over the `analyze` results of one or more benchmarks."""
+    report = Report(title)
+    for note in notes:
+        report.paragraph(note, note=True)
+    report.paragraph(
+        "Each condition edits the post-softmax attention of the rows that produce the answer "
+        "(last prompt row and generated rows) in the chosen layers. Δ = condition − baseline "
+        "on the same items; intervals are paired bootstrap 95% intervals over pairing units. "
+        "Paired accuracy: share of pairing units whose every prompt is answered right "
+        "(first word yes/no; anything else is wrong)."
+    )
+    for result in results:
+        settings = result.get("settings", {})
+        table = result["table"]
+        metrics = result["metrics"]
+        bench = settings.get("benchmark") or (table[0]["benchmark"] if table else "?")
+        report.heading(f"{bench}")
+        if settings.get("note"):
+            report.paragraph(str(settings["note"]), note=True)
+        report.paragraph(
+            f"model: {settings.get('model')}; items: {len(result['items'])}; "
+            f"conditions: {len(metrics)}; records: {len(result['records'])}; "
+            f"max new tokens: {settings.get('max_new_tokens')}; "
+            f"system prompt: {settings.get('system')!r}"
+        )
+        if table:
+            report.heading("Conditions against the baseline", level=3)
+            report.table(table, _TABLE_VIEW, text_columns=("condition",))
+        heads = _headline_conditions(metrics)
+        if heads:
+            report.heading("Official metrics (baseline and the paper's arms)", level=3)
+            report.table(
+                _official_rows(metrics, heads),
+                ["metric", *heads, "baseline 95% CI"],
+                text_columns=("metric", "baseline 95% CI"),
+            )
+        if any(r["kind"] != "baseline" for r in table):
+            for metric in ("d_paired_accuracy", "d_yes_rate"):
+                report.figure(
+                    quarter_heatmap(table, metric, title=f"{bench}: {METRIC_TITLES[metric]}"),
+                    caption=f"{METRIC_TITLES[metric]} per intervention and layer selection.",
+                )
+        if any(r["kind"] == "redistribute" for r in table):
+            report.figure(
+                dose_response(table, title=f"{bench}: dose-response"),
+                caption="Δ paired accuracy against the fraction of the source's attention moved.",
+            )
+        shares = result.get("shares")
+        if shares is not None:
+            report.figure(
+                layer_shares_figure(shares, title=f"{bench}: attention share at the answer step"),
+                caption="Baseline run, mean over heads and items, first answer step.",
+            )
+        records = [r for r in result["records"] if r["condition"] == "baseline"][:n_examples]
+        if records:
+            by_id = {it.item_id: it for it in result["items"]}
+            report.heading("Example answers (baseline)", level=3)
+            report.table(
+                [
+                    {
+                        "item": r["item_id"],
+                        "prompt": by_id[r["item_id"]].prompt if r["item_id"] in by_id else "",
+                        "label": "yes" if r["label"] else "no",
+                        "generated": r["text"],
+                        "answer": r["answer"],
+                        "score": r["score"],
+                    }
+                    for r in records
+                ],
+                text_columns=("item", "prompt", "label", "generated", "answer"),
+            )
+    return report.write(path)

@@ -1,0 +1,217 @@
+"""Append-only JSONL sample logs that resume, shard and merge.
+
+A study writes one JSON object per sample to `samples.jsonl` and flushes after every
+line, so a run that is stopped (Ctrl-C, a killed job, a full disk) loses at most the
+sample it was working on. On restart the log is read back, a truncated last line (the
+sample that was being written) is cut off, and samples whose key is already present are
+skipped: the finished log holds every sample exactly once.
+
+For several processes (or GPUs) `Shard(k, n)` selects the samples with
+`index % n == k`; each shard writes its own `samples.shard-k-of-n.jsonl`, and `merge`
+concatenates the shards (and any unsharded log) into `samples.jsonl`, dropping
+duplicates by key and checking that every expected key is there.
+
+Not for: what a row holds (the studies decide) or summaries of the rows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from collections.abc import Callable, Hashable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "SAMPLES",
+    "SampleLog",
+    "Shard",
+    "jsonable",
+    "merge",
+    "read_jsonl",
+    "shard_files",
+    "write_json_atomic",
+]
+
+SAMPLES = "samples.jsonl"
+_SHARD_FILE = re.compile(r"^samples\.shard-(\d+)-of-(\d+)\.jsonl$")
+
+Key = Callable[[dict], Hashable]
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard `k` of `n`: the samples with `index % n == k`."""
+
+    k: int
+    n: int
+
+    def __post_init__(self) -> None:
+        if self.n < 1 or not 0 <= self.k < self.n:
+            raise ValueError(f"shard must satisfy 0 <= K < N, got {self.k}/{self.n}")
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        """`"K/N"` -> `Shard(K, N)`."""
+        match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+        if not match:
+            raise ValueError(f"shard must look like K/N (e.g. 0/4), got {text!r}")
+        return cls(int(match.group(1)), int(match.group(2)))
+
+    def owns(self, index: int) -> bool:
+        return index % self.n == self.k
+
+    @property
+    def filename(self) -> str:
+        return f"samples.shard-{self.k}-of-{self.n}.jsonl"
+
+
+def jsonable(value: Any) -> Any:
+    """`value` with NaN/inf floats as None and numpy / torch scalars as Python numbers."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        return jsonable(value.tolist())
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    return value
+
+
+def read_jsonl(path: str | Path, *, repair: bool = False) -> list[dict]:
+    """Rows of a JSONL file; a truncated LAST line is ignored (and cut off if `repair`).
+
+    A malformed line anywhere else means the file was edited or corrupted: that raises.
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    complete_end = data.rfind(b"\n") + 1  # bytes up to the last newline are whole lines
+    rows = []
+    for number, line in enumerate(data[:complete_end].splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{number}: malformed JSON line ({err})") from err
+    tail = data[complete_end:]
+    if tail.strip():
+        try:  # a last line that is whole but lacks its newline
+            rows.append(json.loads(tail))
+            complete_end = len(data)
+            if repair:
+                with path.open("ab") as f:
+                    f.write(b"\n")
+                complete_end = len(data) + 1
+        except json.JSONDecodeError:
+            if repair:
+                with path.open("r+b") as f:
+                    f.truncate(complete_end)
+    return rows
+
+
+class SampleLog:
+    """An append-only JSONL log of finished samples, keyed by `key(row)`.
+
+    >>> log = SampleLog(path, key=lambda r: (r["condition"], r["index"]))  # doctest: +SKIP
+    >>> if not log.has(("baseline", 3)): log.append(row)                   # doctest: +SKIP
+    """
+
+    def __init__(self, path: str | Path, key: Key):
+        self.path = Path(path)
+        self.key = key
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.done: set[Hashable] = {key(row) for row in read_jsonl(self.path, repair=True)}
+        self._file = None
+
+    def has(self, key: Hashable) -> bool:
+        return key in self.done
+
+    def append(self, row: dict) -> None:
+        key = self.key(row)
+        if key in self.done:
+            raise ValueError(f"{self.path}: sample {key!r} is already logged")
+        if self._file is None:
+            self._file = self.path.open("a", encoding="utf-8")
+        self._file.write(json.dumps(jsonable(row), allow_nan=False) + "\n")
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self.done.add(key)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> SampleLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def shard_files(directory: str | Path) -> list[Path]:
+    """The shard logs in `directory`, sorted by (n, k)."""
+    found = []
+    for p in Path(directory).glob("samples.shard-*-of-*.jsonl"):
+        m = _SHARD_FILE.match(p.name)
+        if m:
+            found.append((int(m.group(2)), int(m.group(1)), p))
+    return [p for _, _, p in sorted(found)]
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(jsonable(obj), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def merge(
+    directory: str | Path,
+    key: Key,
+    expected: Iterable[Hashable] | None = None,
+    sort_key: Callable[[dict], Any] | None = None,
+) -> dict[str, Any]:
+    """Merge `samples.jsonl` and the shard logs of `directory` into `samples.jsonl`.
+
+    Rows are deduplicated by `key` (the first occurrence wins). If `expected` keys are
+    given, the result says which are missing (the merged log is written either way, so
+    a later run can resume from it). Returns `{"rows", "duplicates", "missing",
+    "sources", "complete"}`.
+    """
+    directory = Path(directory)
+    sources = ([directory / SAMPLES] if (directory / SAMPLES).exists() else []) + shard_files(
+        directory
+    )
+    rows: dict[Hashable, dict] = {}
+    duplicates = 0
+    for source in sources:
+        for row in read_jsonl(source):
+            k = key(row)
+            if k in rows:
+                duplicates += 1
+            else:
+                rows[k] = row
+    ordered = list(rows.values())
+    if sort_key is not None:
+        ordered.sort(key=sort_key)
+    tmp = directory / f".{SAMPLES}.{os.getpid()}.tmp"
+    with tmp.open("w", encoding="utf-8") as f:
+        for row in ordered:
+            f.write(json.dumps(jsonable(row), allow_nan=False) + "\n")
+    os.replace(tmp, directory / SAMPLES)
+    missing = [] if expected is None else [k for k in expected if k not in rows]
+    return {
+        "rows": len(ordered),
+        "duplicates": duplicates,
+        "missing": missing,
+        "sources": [str(s) for s in sources],
+        "complete": not missing,
+    }

@@ -1,0 +1,133 @@
+"""Small paired tests for study summaries, in numpy (no scipy dependency).
+
+`wilcoxon_signed_rank` is the test the counting study uses for the sparsity drop from
+the first to the second digit: the same sample measured twice, so a paired test. An
+exact null distribution is used for small samples without ties, the normal
+approximation (tie-corrected, with continuity correction) otherwise. `sign_test` is the
+distribution-free fallback with fewer assumptions (no symmetry of the differences).
+
+Not for: anything a study reports without a pairing (use the summaries' means and stds).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+__all__ = ["PairedTest", "sign_test", "wilcoxon_signed_rank"]
+
+_EXACT_MAX_N = 50
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """Result of a paired test of `x - y` against a zero median (two-sided).
+
+    Attributes:
+        statistic: Wilcoxon: `min(W+, W-)` (as scipy reports it); sign test: the number
+            of positive differences.
+        p_value: two-sided p-value (NaN when no non-zero difference is left).
+        n: pairs used (non-zero, finite differences).
+        n_zero: pairs dropped because the difference is exactly zero.
+        w_plus: sum of the ranks of the positive differences (Wilcoxon) / positives (sign).
+        method: "exact", "normal" or "binomial".
+        mean_diff, median_diff: of the finite differences (zeros included).
+    """
+
+    statistic: float
+    p_value: float
+    n: int
+    n_zero: int
+    w_plus: float
+    method: str
+    mean_diff: float
+    median_diff: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def _differences(x: np.ndarray, y: np.ndarray | None) -> np.ndarray:
+    d = np.asarray(x, dtype=np.float64)
+    if y is not None:
+        y = np.asarray(y, dtype=np.float64)
+        if y.shape != d.shape:
+            raise ValueError(f"paired samples need equal shapes, got {d.shape} and {y.shape}")
+        d = d - y
+    return d[np.isfinite(d)].ravel()
+
+
+def _ranks(a: np.ndarray) -> np.ndarray:
+    """Ranks 1..n of `a`, ties given their average rank."""
+    order = np.argsort(a, kind="stable")
+    ranks = np.empty(len(a), dtype=np.float64)
+    sorted_a = a[order]
+    i = 0
+    while i < len(a):
+        j = i
+        while j + 1 < len(a) and sorted_a[j + 1] == sorted_a[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def _exact_signed_rank_cdf(n: int) -> np.ndarray:
+    """`P(W+ <= w)` for w = 0..n(n+1)/2 under the null, ranks 1..n without ties."""
+    total = n * (n + 1) // 2
+    counts = np.zeros(total + 1, dtype=np.float64)
+    counts[0] = 1.0
+    for r in range(1, n + 1):  # each rank is in W+ or not, independently, with probability 1/2
+        counts[r:] = counts[r:] + counts[: total + 1 - r].copy()
+    return np.cumsum(counts) / 2.0**n
+
+
+def wilcoxon_signed_rank(x, y=None) -> PairedTest:
+    """Two-sided Wilcoxon signed-rank test of the paired differences `x - y` (or of `x`).
+
+    Zero differences are dropped (Wilcoxon's convention) and non-finite pairs ignored.
+    Exact p-value for `n <= 50` without tied magnitudes, otherwise the normal
+    approximation with tie correction and a continuity correction of 0.5.
+    """
+    d_all = _differences(x, y)
+    mean_diff = float(d_all.mean()) if len(d_all) else math.nan
+    median_diff = float(np.median(d_all)) if len(d_all) else math.nan
+    d = d_all[d_all != 0]
+    n, n_zero = len(d), len(d_all) - len(d)
+    if n == 0:
+        return PairedTest(math.nan, math.nan, 0, n_zero, math.nan, "exact", mean_diff, median_diff)
+    ranks = _ranks(np.abs(d))
+    w_plus = float(ranks[d > 0].sum())
+    total = n * (n + 1) / 2
+    statistic = min(w_plus, total - w_plus)
+    ties = len(np.unique(np.abs(d))) < n
+    if n <= _EXACT_MAX_N and not ties:
+        cdf = _exact_signed_rank_cdf(n)
+        p = min(1.0, 2.0 * float(cdf[int(round(statistic))]))
+        method = "exact"
+    else:
+        _, tie_counts = np.unique(ranks, return_counts=True)
+        var = n * (n + 1) * (2 * n + 1) / 24 - (tie_counts**3 - tie_counts).sum() / 48
+        z = (abs(w_plus - total / 2) - 0.5) / math.sqrt(var) if var > 0 else 0.0
+        p = min(1.0, math.erfc(max(z, 0.0) / math.sqrt(2)))
+        method = "normal"
+    return PairedTest(statistic, p, n, n_zero, w_plus, method, mean_diff, median_diff)
+
+
+def sign_test(x, y=None) -> PairedTest:
+    """Two-sided exact sign test of the paired differences `x - y` (zeros dropped)."""
+    d_all = _differences(x, y)
+    mean_diff = float(d_all.mean()) if len(d_all) else math.nan
+    median_diff = float(np.median(d_all)) if len(d_all) else math.nan
+    d = d_all[d_all != 0]
+    n, n_zero = len(d), len(d_all) - len(d)
+    if n == 0:
+        return PairedTest(
+            math.nan, math.nan, 0, n_zero, math.nan, "binomial", mean_diff, median_diff
+        )
+    k = int((d > 0).sum())
+    tail = min(k, n - k)
+    p = min(1.0, 2.0 * sum(math.comb(n, i) for i in range(tail + 1)) / 2.0**n)
+    return PairedTest(float(k), p, n, n_zero, float(k), "binomial", mean_diff, median_diff)

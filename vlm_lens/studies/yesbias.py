@@ -1,0 +1,931 @@
+"""The yes-bias study: attention redistribution between modalities as patching experiments.
+
+Implements shared/papers/yes-bias-system-attention.md on any supported architecture, as a
+pipeline of plain functions a notebook can enter at any stage::
+
+    conditions = sweep_conditions("quarters", fractions=(0.5, 1.0))   # what to run
+    run_dir = run_sweep(model, items, conditions, out / tag / "synthetic")  # -> records.jsonl
+    result = analyze(run_dir)              # metrics per condition, delta table, figures, report
+
+Stages:
+
+1. **Conditions.** A `Condition` names one intervention with a stable string id:
+   ``baseline``, ``redistribute:system->text:Q4:f1.0`` (source->recipients, layers, fraction),
+   ``scale:image:Q4:a2.0`` (the paper's Image×2.0), ``knockout:system:Q4``. Its hooks come
+   from `vlm_lens.interventions` (`Condition.fwd_hooks`, the one place this module calls
+   that API).
+2. **Records.** `run_sweep` runs every (condition, item): greedy generation of a few tokens
+   (the answer is the first word: yes / no / other) and the continuous score
+   log P(yes) - log P(no) at the first answer step (`yes_no_score` on
+   `GenerationResult.logits[0]`), plus the per-layer attention share of the answer row on
+   system / image / text / generated keys (head mean, after the condition's edit). One
+   JSON line per (condition, item) is appended and flushed as it goes to
+   ``records.jsonl`` (``records.shard-K-of-N.jsonl`` for ``Shard(K, N)``, which takes the
+   pairing units with ``index % N == K``); a restart skips what is done and cuts a
+   truncated last line. `merge_records` folds the shard logs into ``records.jsonl``.
+   ``items.jsonl`` (every item without its images) and ``run.json`` (model, settings,
+   conditions) sit beside them, so analysis needs neither the model nor the data.
+3. **Metrics.** `condition_metrics`: the benchmark's official metrics per condition
+   (`vlm_lens.metrics.yesno.evaluate`). `delta_table`: per condition, Δ paired accuracy,
+   Δ accuracy, Δ yes-rate and Δ mean score against the baseline with paired bootstrap 95%
+   intervals: pairing units are resampled jointly for the condition and the baseline, and
+   the difference is taken within each resample.
+4. **Figures and report** (`vlm_lens.reports.yesbias`): heatmap quarter × intervention,
+   dose-response curves, per-layer attention shares of the baseline; a self-contained HTML
+   page.
+
+Not for: the attention arithmetic (`vlm_lens.interventions`), reading benchmarks
+(`vlm_lens.data.yesno`) or the metrics' definitions (`vlm_lens.metrics.yesno`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from vlm_lens.data.yesno.items import YesNoItem, parse_yes_no, yes_no_score, yes_no_token_ids
+from vlm_lens.metrics.yesno import bootstrap_unit_sums, evaluate
+from vlm_lens.studies.runlog import SampleLog, Shard, jsonable, read_jsonl, write_json_atomic
+
+__all__ = [
+    "DIRECTIONS",
+    "FRACTIONS",
+    "QUARTERS",
+    "RECORDS",
+    "Condition",
+    "analyze",
+    "condition_metrics",
+    "default_model",
+    "delta_table",
+    "layer_shares",
+    "load_items",
+    "load_records",
+    "merge_records",
+    "model_tag",
+    "paired_delta",
+    "run_sweep",
+    "sweep_conditions",
+    "write_table",
+]
+
+RECORDS = "records.jsonl"
+ITEMS = "items.jsonl"
+RUN = "run.json"
+_SHARD_FILE = re.compile(r"^records\.shard-(\d+)-of-(\d+)\.jsonl$")
+
+#: Source -> recipients of the sweep, keyed by the label used in condition ids.
+DIRECTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "system->text": ("system", ("text",)),
+    "system->image": ("system", ("image",)),
+    "system->image+text": ("system", ("image", "text")),
+    "text->system": ("text", ("system",)),
+    "image->system": ("image", ("system",)),
+}
+QUARTERS = ("Q1", "Q2", "Q3", "Q4")
+FRACTIONS = (0.25, 0.5, 0.75, 1.0)
+SHARE_KINDS = ("system", "image", "text", "generated")
+
+Kind = Literal["baseline", "redistribute", "scale", "knockout"]
+
+
+# ------------------------------------------------------------------------------ conditions
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One arm of the sweep.
+
+    Attributes:
+        kind: "baseline", "redistribute", "scale" (modality ×alpha, renormalised) or
+            "knockout" (modality zeroed, renormalised).
+        target: for "redistribute" a direction "source->recipient[+recipient]" (e.g.
+            "system->image+text"); for "scale" / "knockout" the modality.
+        layers: a layer spec of `vlm_lens.interventions` ("Q4", "all", "20:28", ...).
+        fraction: share of the source's weight moved ("redistribute").
+        alpha: factor ("scale").
+    """
+
+    kind: Kind
+    target: str | None = None
+    layers: str | None = None
+    fraction: float | None = None
+    alpha: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("baseline", "redistribute", "scale", "knockout"):
+            raise ValueError(f"unknown condition kind {self.kind!r}")
+        if self.kind != "baseline" and (not self.target or not self.layers):
+            raise ValueError(f"a {self.kind} condition needs a target and layers")
+        if self.kind == "redistribute":
+            if self.fraction is None or "->" not in str(self.target):
+                raise ValueError("redistribute needs target 'source->recipients' and a fraction")
+            object.__setattr__(self, "fraction", float(self.fraction))
+        if self.kind == "scale":
+            if self.alpha is None:
+                raise ValueError("scale needs alpha")
+            object.__setattr__(self, "alpha", float(self.alpha))
+
+    @property
+    def id(self) -> str:
+        """Stable string id, e.g. ``redistribute:system->text:Q4:f1.0``."""
+        if self.kind == "baseline":
+            return "baseline"
+        if self.kind == "redistribute":
+            return f"redistribute:{self.target}:{self.layers}:f{self.fraction!r}"
+        if self.kind == "scale":
+            return f"scale:{self.target}:{self.layers}:a{self.alpha!r}"
+        return f"knockout:{self.target}:{self.layers}"
+
+    @classmethod
+    def parse(cls, text: str) -> Condition:
+        """Inverse of `id`."""
+        parts = text.split(":")
+        try:
+            if parts == ["baseline"]:
+                return cls("baseline")
+            if parts[0] == "redistribute" and len(parts) == 4 and parts[3].startswith("f"):
+                return cls("redistribute", parts[1], parts[2], fraction=float(parts[3][1:]))
+            if parts[0] == "scale" and len(parts) == 4 and parts[3].startswith("a"):
+                return cls("scale", parts[1], parts[2], alpha=float(parts[3][1:]))
+            if parts[0] == "knockout" and len(parts) == 3:
+                return cls("knockout", parts[1], parts[2])
+        except ValueError as err:
+            raise ValueError(f"bad condition id {text!r}: {err}") from err
+        raise ValueError(
+            f"bad condition id {text!r}; expected 'baseline', "
+            "'redistribute:SRC->DST:LAYERS:fF', 'scale:MOD:LAYERS:aA' or 'knockout:MOD:LAYERS'"
+        )
+
+    @property
+    def source(self) -> str | None:
+        return self.target.split("->")[0] if self.kind == "redistribute" else None
+
+    @property
+    def recipients(self) -> tuple[str, ...]:
+        if self.kind != "redistribute":
+            return ()
+        return tuple(self.target.split("->", 1)[1].split("+"))
+
+    @property
+    def label(self) -> str:
+        """Row label of the heatmap: the intervention without its layers."""
+        if self.kind == "baseline":
+            return "baseline"
+        if self.kind == "redistribute":
+            return f"{self.target} f={self.fraction:g}"
+        if self.kind == "scale":
+            return f"{self.target}×{self.alpha:g}"
+        return f"knockout {self.target}"
+
+    def fwd_hooks(self, model: Any) -> list[tuple[str, Any]]:
+        """The condition's `(hook name, function)` pairs for `model` (none for the baseline)."""
+        from vlm_lens import interventions as iv
+
+        if self.kind == "baseline":
+            return []
+        if self.kind == "redistribute":
+            recipients = list(self.recipients)
+            edit = iv.redistribute(
+                self.source,
+                recipients[0] if len(recipients) == 1 else recipients,
+                self.layers,
+                fraction=self.fraction,
+                model=model,
+            )
+        elif self.kind == "scale":
+            edit = iv.scale_modality(self.target, self.alpha, self.layers, model=model)
+        else:
+            edit = iv.knockout(self.target, self.layers, model=model)
+        return edit.fwd_hooks(model)
+
+
+def sweep_conditions(
+    sweep: Literal["quarters", "paper", "none"] = "quarters",
+    fractions: Sequence[float] = FRACTIONS,
+    directions: Sequence[str] = tuple(DIRECTIONS),
+    quarters: Sequence[str] = QUARTERS,
+    image_alpha: float | None = 2.0,
+    knockout: bool = False,
+) -> list[Condition]:
+    """The conditions of a sweep, baseline first.
+
+    - "quarters": every direction × quarter × fraction (dose-response), image ×`image_alpha`
+      per quarter, and with `knockout` the system knockout per quarter.
+    - "paper": the paper's arms: system->text / image / image+text in Q4 at fraction 1,
+      image ×`image_alpha` in Q4 and in all layers (and system knockout in Q4).
+    - "none": the baseline only.
+    """
+    unknown = [d for d in directions if d not in DIRECTIONS]
+    if unknown:
+        raise ValueError(f"unknown directions {unknown}; known: {list(DIRECTIONS)}")
+    out = [Condition("baseline")]
+    if sweep == "none":
+        return out
+    if sweep == "paper":
+        for d in ("system->text", "system->image", "system->image+text"):
+            out.append(Condition("redistribute", d, "Q4", fraction=1.0))
+        if image_alpha is not None:
+            out += [Condition("scale", "image", q, alpha=image_alpha) for q in ("Q4", "all")]
+        if knockout:
+            out.append(Condition("knockout", "system", "Q4"))
+        return out
+    if sweep != "quarters":
+        raise ValueError(f"sweep must be 'quarters', 'paper' or 'none', got {sweep!r}")
+    for d in directions:
+        for q in quarters:
+            for f in fractions:
+                out.append(Condition("redistribute", d, q, fraction=float(f)))
+    if image_alpha is not None:
+        out += [Condition("scale", "image", q, alpha=image_alpha) for q in quarters]
+    if knockout:
+        out += [Condition("knockout", "system", q) for q in quarters]
+    return out
+
+
+UNTRAINED_NOTE = (
+    "No model given and no trained organism available: this is a tiny UNTRAINED "
+    "random-weight qwen3_vl zoo model. Its answers are noise; the run only shows that the "
+    "pipeline works."
+)
+
+
+def default_model(cache_dir: str | os.PathLike | None = None) -> tuple[Any, str, str | None]:
+    """`(model_or_path, name, note)`: the trained organism (`vlm_lens.zoo.organism()`) if it
+    exists, else a tiny random-weight qwen3_vl zoo checkpoint with `UNTRAINED_NOTE`.
+
+    `cache_dir`: where the tiny checkpoint is built (default `$VLM_LENS_CACHE/zoo`, or
+    ~/.cache/vlm_lens/zoo).
+    """
+    from vlm_lens import zoo
+
+    organism = getattr(zoo, "organism", None)
+    if organism is not None:
+        try:
+            return organism(), "organism", None
+        except Exception as err:  # not trained / not shipped yet: fall back, and say why
+            print(f"note: the organism is not available ({type(err).__name__}: {err})")
+    if cache_dir is None:
+        root = os.environ.get("VLM_LENS_CACHE", str(Path.home() / ".cache" / "vlm_lens"))
+        cache_dir = Path(root) / "zoo"
+    return zoo.tiny_checkpoint("qwen3_vl", cache_dir), "tiny-qwen3_vl-untrained", UNTRAINED_NOTE
+
+
+def model_tag(name_or_path: str | os.PathLike) -> str:
+    """A directory-safe tag for a model: the hub id with "/" -> "__", or a local dir's name."""
+    text = str(name_or_path).rstrip("/\\")
+    path = Path(text)
+    if path.exists():
+        text = path.name
+    return re.sub(r"[^A-Za-z0-9._+-]+", "__", text) or "model"
+
+
+# ---------------------------------------------------------------------------------- items
+
+
+def _item_row(item: YesNoItem) -> dict[str, Any]:
+    return {
+        "benchmark": item.benchmark,
+        "item_id": item.item_id,
+        "unit_id": item.unit_id,
+        "question": item.question,
+        "prompt": item.prompt,
+        "label": bool(item.label),
+        "meta": item.meta,
+    }
+
+
+def _tuples(value: Any) -> Any:
+    """JSON lists back to tuples, so meta keys (e.g. HallusionBench groups) stay hashable."""
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    return value
+
+
+def load_items(run_dir: str | Path) -> list[YesNoItem]:
+    """The items of a run (without images), as written by `run_sweep`."""
+    rows = read_jsonl(Path(run_dir) / ITEMS)
+    if not rows:
+        raise FileNotFoundError(f"{Path(run_dir) / ITEMS} is missing or empty")
+    return [
+        YesNoItem(
+            benchmark=r["benchmark"],
+            item_id=r["item_id"],
+            unit_id=r["unit_id"],
+            images=[],
+            question=r["question"],
+            prompt=r["prompt"],
+            label=bool(r["label"]),
+            meta=_tuples(r.get("meta") or {}),
+        )
+        for r in rows
+    ]
+
+
+def _write_items(run_dir: Path, items: Sequence[YesNoItem]) -> None:
+    """Write items.jsonl, refusing items that changed under an id already in the run (e.g.
+    another synthetic seed): their records would be mixed with the new ones."""
+    lines = [json.dumps(jsonable(_item_row(item)), default=str) for item in items]
+    old = {r["item_id"]: r for r in read_jsonl(run_dir / ITEMS)}
+    for line in lines:
+        row = json.loads(line)
+        before = old.get(row["item_id"])
+        if before is not None and before != row:
+            raise ValueError(
+                f"{run_dir}: item {row['item_id']!r} differs from the one already run "
+                "(other data, seed or prompt?); use another --out"
+            )
+    # Every shard writes the same full list; the atomic replace makes concurrent writes harmless.
+    tmp = run_dir / f".{ITEMS}.{os.getpid()}.tmp"
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write("".join(line + "\n" for line in lines))
+    os.replace(tmp, run_dir / ITEMS)
+
+
+def _check_run(run_dir: Path, settings: dict[str, Any]) -> None:
+    """Refuse to resume a run made with settings that change the records."""
+    path = run_dir / RUN
+    if path.exists():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        changed = [
+            k
+            for k in ("model", "max_new_tokens", "system", "benchmark")
+            if k in old and old.get(k) != settings.get(k)
+        ]
+        if changed:
+            detail = ", ".join(f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in changed)
+            raise ValueError(
+                f"{run_dir} holds a run with other settings ({detail}); use another --out"
+            )
+        conditions = list(dict.fromkeys(old.get("conditions", []) + settings["conditions"]))
+        settings = {**old, **settings, "conditions": conditions}
+    write_json_atomic(path, settings)
+
+
+# -------------------------------------------------------------------------------- running
+
+
+def _record_key(row: Mapping[str, Any]) -> tuple[str, str]:
+    return (row["condition"], row["item_id"])
+
+
+def _batches(items: Sequence[YesNoItem], batch_size: int) -> Iterable[list[YesNoItem]]:
+    """Consecutive items in batches whose images have the same sizes (left padding is then
+    the only difference between rows)."""
+    batch: list[YesNoItem] = []
+    key: Any = None
+    for item in items:
+        sizes = tuple(_image_size(src) for src in item.images)
+        # Unknown sizes (image files not opened yet) are never batched together.
+        k = sizes if None not in sizes else object()
+        if batch and (k != key or len(batch) >= batch_size):
+            yield batch
+            batch = []
+        batch.append(item)
+        key = k
+    if batch:
+        yield batch
+
+
+def _image_size(src: Any) -> Any:
+    size = getattr(src, "size", None)  # PIL image, or the synthetic renderer's side
+    if isinstance(size, int):
+        return (size, size)
+    return size if isinstance(size, tuple) else None
+
+
+def run_sweep(
+    model: Any,
+    items: Sequence[YesNoItem],
+    conditions: Sequence[Condition],
+    run_dir: str | Path,
+    *,
+    model_name: str | None = None,
+    max_new_tokens: int = 4,
+    system: str | None = None,
+    batch_size: int = 1,
+    shard: Shard | str | None = None,
+    record_shares: bool = True,
+    progress: bool = True,
+    max_records: int | None = None,
+    on_record: Callable[[dict], None] | None = None,
+    note: str | None = None,
+) -> Path:
+    """Run every (condition, item) not yet in the log; return the log's path.
+
+    Args:
+        model: a `HookedVLM`.
+        items: the benchmark's items (all of them: a shard picks its own units).
+        conditions: from `sweep_conditions` (the baseline should be among them for the
+            delta table).
+        run_dir: where records.jsonl, items.jsonl and run.json go.
+        model_name: recorded in run.json (a resumed run must use the same one).
+        max_new_tokens: greedy tokens generated per item; the answer is the first word.
+        system: optional system prompt passed to `model.prepare`.
+        batch_size: items per forward (left-padded; only items whose images have the
+            same sizes are batched). 1 is always correct.
+        shard: `Shard(k, n)` or "K/N" (0-based K): the pairing units with index % N == K.
+        record_shares: keep the per-layer attention shares of the answer row.
+        progress: a tqdm bar.
+        max_records: stop after writing this many new records (a time-boxed run; the
+            rest is done by the next call).
+        on_record: called with each row after it is written.
+        note: a remark kept in run.json and shown in the report (e.g. "untrained model").
+    """
+    from vlm_lens.core.generation import AttentionRecord
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    items = list(items)
+    if not items:
+        raise ValueError("no items to run")
+    if isinstance(shard, str):
+        shard = Shard.parse(shard)
+    ids = [c.id for c in conditions]
+    if len(set(ids)) != len(ids):
+        raise ValueError("duplicate conditions in the sweep")
+    benchmark = items[0].benchmark
+    _check_run(
+        run_dir,
+        {
+            "model": model_name,
+            "benchmark": benchmark,
+            "max_new_tokens": max_new_tokens,
+            "system": system,
+            "conditions": ids,
+            "n_items": len(items),
+            "note": note,
+        },
+    )
+    _write_items(run_dir, items)
+
+    units = list(dict.fromkeys(it.unit_id for it in items))
+    if shard is not None:
+        owned = {u for i, u in enumerate(units) if shard.owns(i)}
+        items = [it for it in items if it.unit_id in owned]
+    log_path = run_dir / (
+        RECORDS if shard is None else f"records.shard-{shard.k}-of-{shard.n}.jsonl"
+    )
+    yes_ids, no_ids = yes_no_token_ids(model.processor)
+    record = AttentionRecord(steps=[0], keep=("shares",), heads="mean") if record_shares else None
+    hooks = {c.id: c.fwd_hooks(model) for c in conditions}
+    written = 0
+    with SampleLog(log_path, key=_record_key) as log:
+        # Records in the run's other logs (an earlier unsharded or differently sharded
+        # attempt) count as done too: `merge_records` folds them in.
+        for other in [run_dir / RECORDS, *_shard_logs(run_dir)]:
+            if other != log_path:
+                log.done.update(_record_key(r) for r in read_jsonl(other))
+        todo = sum(not log.has((c.id, it.item_id)) for c in conditions for it in items)
+        bar = _progress(todo, progress, f"{benchmark} {len(conditions)} conditions")
+        try:
+            for batch in _batches(items, batch_size):
+                pending = [
+                    c for c in conditions if any(not log.has((c.id, it.item_id)) for it in batch)
+                ]
+                if not pending:
+                    continue
+                inputs = model.prepare(
+                    images=[it.load_images() or None for it in batch],
+                    prompt=[it.prompt for it in batch],
+                    system=system,
+                )
+                for cond in pending:
+                    out = model.generate(
+                        inputs,
+                        max_new_tokens=max_new_tokens,
+                        fwd_hooks=hooks[cond.id],
+                        record=record,
+                    )
+                    scores = yes_no_score(out.logits[0], yes_ids, no_ids)
+                    shares = None
+                    if record is not None:
+                        # [batch, layer, 1 head (mean), 1 query, 4 kinds] -> [batch, layer, 4]
+                        shares = out.recording.shares[0][:, :, 0, 0, :]
+                    for b, item in enumerate(batch):
+                        if log.has((cond.id, item.item_id)):
+                            continue
+                        row = {
+                            "condition": cond.id,
+                            "item_id": item.item_id,
+                            "unit_id": item.unit_id,
+                            "label": bool(item.label),
+                            "text": out.texts[b],
+                            "answer": parse_yes_no(out.texts[b]),
+                            "score": float(scores[b]),
+                        }
+                        if shares is not None:
+                            row["shares"] = np.round(shares[b].numpy().astype(float), 6).tolist()
+                        log.append(row)
+                        written += 1
+                        bar.update(1)
+                        if on_record is not None:
+                            on_record(row)
+                        if max_records is not None and written >= max_records:
+                            return log_path
+        finally:
+            bar.close()
+    return log_path
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, enabled: bool, desc: str) -> Any:
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="run")
+
+
+# ---------------------------------------------------------------------------- records I/O
+
+
+def _shard_logs(run_dir: Path) -> list[Path]:
+    found = []
+    for p in run_dir.glob("records.shard-*-of-*.jsonl"):
+        m = _SHARD_FILE.match(p.name)
+        if m:
+            found.append((int(m.group(2)), int(m.group(1)), p))
+    return [p for _, _, p in sorted(found)]
+
+
+def merge_records(run_dir: str | Path, *, remove_shards: bool = False) -> dict[str, Any]:
+    """Fold the shard logs of `run_dir` into records.jsonl (deduplicated by (condition, item)).
+
+    Rows are written in (condition order of run.json, item order of items.jsonl) order, so
+    a merged sharded run and an unsharded run give the same file. Returns
+    `{"rows", "duplicates", "missing", "complete"}` (missing: expected (condition, item)
+    pairs not in any log).
+    """
+    run_dir = Path(run_dir)
+    sources = [run_dir / RECORDS] + _shard_logs(run_dir)
+    rows: dict[tuple[str, str], dict] = {}
+    duplicates = 0
+    for source in sources:
+        for row in read_jsonl(source):
+            key = _record_key(row)
+            if key in rows:
+                duplicates += 1
+            else:
+                rows[key] = row
+    conditions = json.loads((run_dir / RUN).read_text(encoding="utf-8"))["conditions"]
+    item_ids = [it.item_id for it in load_items(run_dir)]
+    c_rank = {c: i for i, c in enumerate(conditions)}
+    i_rank = {i: n for n, i in enumerate(item_ids)}
+    ordered = sorted(
+        rows.values(),
+        key=lambda r: (
+            c_rank.get(r["condition"], len(c_rank)),
+            r["condition"],
+            i_rank.get(r["item_id"], len(i_rank)),
+        ),
+    )
+    tmp = run_dir / f".{RECORDS}.{os.getpid()}.tmp"
+    with tmp.open("w", encoding="utf-8") as f:
+        for row in ordered:
+            f.write(json.dumps(jsonable(row), allow_nan=False) + "\n")
+    os.replace(tmp, run_dir / RECORDS)
+    if remove_shards:
+        for p in sources[1:]:
+            p.unlink()
+    missing = [(c, i) for c in conditions for i in item_ids if (c, i) not in rows]
+    return {
+        "rows": len(ordered),
+        "duplicates": duplicates,
+        "missing": missing,
+        "complete": not missing,
+    }
+
+
+def load_records(run_dir: str | Path) -> list[dict]:
+    """All records of a run: records.jsonl plus any shard log not merged yet (deduplicated)."""
+    run_dir = Path(run_dir)
+    seen: dict[tuple[str, str], dict] = {}
+    for source in [run_dir / RECORDS] + _shard_logs(run_dir):
+        for row in read_jsonl(source):
+            seen.setdefault(_record_key(row), row)
+    return list(seen.values())
+
+
+def _by_condition(records: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Mapping]]:
+    out: dict[str, dict[str, Mapping]] = {}
+    for r in records:
+        out.setdefault(r["condition"], {})[r["item_id"]] = r
+    return out
+
+
+# -------------------------------------------------------------------------------- metrics
+
+
+def condition_metrics(
+    items: Sequence[YesNoItem],
+    records: Iterable[Mapping[str, Any]],
+    *,
+    benchmark: str | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, dict[str, Any]]:
+    """`evaluate(...)` per condition, over the items that condition has records for."""
+    benchmark = benchmark or items[0].benchmark
+    out = {}
+    for cond, rows in _by_condition(records).items():
+        done = [it for it in items if it.item_id in rows]
+        if not done:
+            continue
+        out[cond] = evaluate(
+            benchmark,
+            done,
+            {i: r["text"] for i, r in rows.items()},
+            scores={i: r["score"] for i, r in rows.items()},
+            n_boot=n_boot,
+            seed=seed,
+        )
+    return out
+
+
+def _interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return (math.nan, math.nan)
+    tail = 100 * (1 - level) / 2
+    lo, hi = np.percentile(values, [tail, 100 - tail])
+    return float(lo), float(hi)
+
+
+def paired_delta(
+    unit: Sequence[Any],
+    baseline: Mapping[str, np.ndarray],
+    condition: Mapping[str, np.ndarray],
+    *,
+    label: Sequence[bool] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Differences condition - baseline with a paired bootstrap over pairing units.
+
+    `unit[i]` is item i's pairing unit; `baseline` / `condition` map "correct", "yes"
+    (bool per item) and "score" (float per item) for the same items. Paired accuracy is
+    the share of units whose every item is right. Each resample draws units with
+    replacement once and evaluates both arms on it, so the interval is that of the
+    difference, not of two independent estimates. Returns `d_<metric>`, `d_<metric>_lo`,
+    `d_<metric>_hi` for paired_accuracy, accuracy, yes_rate and mean_score; with the
+    items' `label` also for score_paired_accuracy (share of units holding both labels
+    whose every yes item scores above every no item: the answer-free reading).
+    """
+    codes: dict[Any, int] = {}
+    u = np.array([codes.setdefault(x, len(codes)) for x in unit], dtype=np.int64)
+    n_units = len(codes)
+
+    def per_unit(values: np.ndarray) -> np.ndarray:
+        return np.bincount(u, weights=np.asarray(values, dtype=np.float64), minlength=n_units)
+
+    n_items = per_unit(np.ones(len(u)))
+    cols = {"items": n_items, "units": np.ones(n_units)}
+    for arm, data in (("b", baseline), ("c", condition)):
+        correct = per_unit(data["correct"])
+        cols[f"correct_{arm}"] = correct
+        cols[f"all_{arm}"] = (correct == n_items).astype(np.float64)
+        cols[f"yes_{arm}"] = per_unit(data["yes"])
+        cols[f"score_{arm}"] = per_unit(data["score"])
+    if label is not None:
+        lab = np.asarray(label, dtype=bool)
+        mixed = (per_unit(lab) > 0) & (per_unit(~lab) > 0)
+        cols["mixed"] = mixed.astype(np.float64)
+        for arm, data in (("b", baseline), ("c", condition)):
+            score = np.asarray(data["score"], dtype=np.float64)
+            lo = np.full(n_units, np.inf)
+            hi = np.full(n_units, -np.inf)
+            np.minimum.at(lo, u[lab], score[lab])
+            np.maximum.at(hi, u[~lab], score[~lab])
+            cols[f"ranked_{arm}"] = (mixed & (lo > hi)).astype(np.float64)
+    names = list(cols)
+    table = np.column_stack([cols[n] for n in names])
+    col = {n: i for i, n in enumerate(names)}
+
+    def deltas(sums: np.ndarray) -> dict[str, np.ndarray]:
+        s = {n: sums[..., col[n]] for n in names}
+        out = {
+            "paired_accuracy": (s["all_c"] - s["all_b"]) / s["units"],
+            "accuracy": (s["correct_c"] - s["correct_b"]) / s["items"],
+            "yes_rate": (s["yes_c"] - s["yes_b"]) / s["items"],
+            "mean_score": (s["score_c"] - s["score_b"]) / s["items"],
+        }
+        if "mixed" in s:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out["score_paired_accuracy"] = (s["ranked_c"] - s["ranked_b"]) / s["mixed"]
+        return out
+
+    point = deltas(table.sum(0))
+    boot = deltas(bootstrap_unit_sums(table, n_boot, seed)) if n_boot > 0 else {}
+    out: dict[str, float] = {}
+    for name, value in point.items():
+        lo, hi = _interval(boot[name]) if boot else (math.nan, math.nan)
+        out[f"d_{name}"] = float(value)
+        out[f"d_{name}_lo"] = lo
+        out[f"d_{name}_hi"] = hi
+    return out
+
+
+def _arm(rows: Mapping[str, Mapping], items: Sequence[YesNoItem]) -> dict[str, np.ndarray]:
+    answers = [rows[it.item_id]["answer"] for it in items]
+    labels = np.array([it.label for it in items])
+    yes = np.array([a == "yes" for a in answers])
+    no = np.array([a == "no" for a in answers])
+    return {
+        "correct": (yes & labels) | (no & ~labels),
+        "yes": yes,
+        "score": np.array([rows[it.item_id]["score"] for it in items], dtype=np.float64),
+    }
+
+
+TABLE_COLUMNS = (
+    "benchmark",
+    "model",
+    "condition",
+    "kind",
+    "target",
+    "source",
+    "recipients",
+    "layers",
+    "fraction",
+    "alpha",
+    "n_items",
+    "n_units",
+    "paired_accuracy",
+    "accuracy",
+    "yes_rate",
+    "other_rate",
+    "mean_score",
+    "baseline_paired_accuracy",
+    "baseline_yes_rate",
+    "d_paired_accuracy",
+    "d_paired_accuracy_lo",
+    "d_paired_accuracy_hi",
+    "d_accuracy",
+    "d_accuracy_lo",
+    "d_accuracy_hi",
+    "d_yes_rate",
+    "d_yes_rate_lo",
+    "d_yes_rate_hi",
+    "d_mean_score",
+    "d_mean_score_lo",
+    "d_mean_score_hi",
+    "d_score_paired_accuracy",
+    "d_score_paired_accuracy_lo",
+    "d_score_paired_accuracy_hi",
+)
+
+
+def delta_table(
+    items: Sequence[YesNoItem],
+    records: Iterable[Mapping[str, Any]],
+    *,
+    baseline: str = "baseline",
+    model: str | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """One tidy row per condition (baseline included, with zero deltas): its rates and its
+    paired-bootstrap differences to the baseline over the items both have records for.
+
+    Columns: `TABLE_COLUMNS`. Rates are fractions; "other" answers count as wrong.
+    """
+    by_cond = _by_condition(records)
+    if baseline not in by_cond:
+        raise ValueError(f"no records of the baseline condition {baseline!r}")
+    base_rows = by_cond[baseline]
+    order = sorted(by_cond, key=lambda c: (c != baseline,))  # baseline first, else as logged
+    out = []
+    for cond_id in order:
+        rows = by_cond[cond_id]
+        common = [it for it in items if it.item_id in rows and it.item_id in base_rows]
+        if not common:
+            continue
+        cond = Condition.parse(cond_id)
+        b, c = _arm(base_rows, common), _arm(rows, common)
+        unit = [it.unit_id for it in common]
+        labels = [it.label for it in common]
+        delta = paired_delta(unit, b, c, label=labels, n_boot=n_boot, seed=seed)
+        answers = [rows[it.item_id]["answer"] for it in common]
+        units = list(dict.fromkeys(unit))
+        unit_all = {x: True for x in units}
+        for it, ok in zip(common, c["correct"]):
+            unit_all[it.unit_id] &= bool(ok)
+        base_all = {x: True for x in units}
+        for it, ok in zip(common, b["correct"]):
+            base_all[it.unit_id] &= bool(ok)
+        out.append(
+            {
+                "benchmark": common[0].benchmark,
+                "model": model,
+                "condition": cond_id,
+                "kind": cond.kind,
+                "target": cond.target,
+                "source": cond.source,
+                "recipients": "+".join(cond.recipients) or None,
+                "layers": cond.layers,
+                "fraction": cond.fraction,
+                "alpha": cond.alpha,
+                "n_items": len(common),
+                "n_units": len(units),
+                "paired_accuracy": float(np.mean(list(unit_all.values()))),
+                "accuracy": float(np.mean(c["correct"])),
+                "yes_rate": float(np.mean(c["yes"])),
+                "other_rate": float(np.mean([a == "other" for a in answers])),
+                "mean_score": float(np.mean(c["score"])),
+                "baseline_paired_accuracy": float(np.mean(list(base_all.values()))),
+                "baseline_yes_rate": float(np.mean(b["yes"])),
+                **delta,
+            }
+        )
+    return out
+
+
+def write_table(rows: Sequence[Mapping[str, Any]], path_stem: str | Path) -> tuple[Path, Path]:
+    """Write the table as `<stem>.csv` and `<stem>.json`; returns both paths."""
+    stem = Path(path_stem)
+    csv_path, json_path = stem.with_suffix(".csv"), stem.with_suffix(".json")
+    columns = list(TABLE_COLUMNS) + [k for r in rows for k in r if k not in TABLE_COLUMNS]
+    columns = list(dict.fromkeys(columns))
+    with csv_path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: "" if r.get(k) is None else r.get(k) for k in columns})
+    write_json_atomic(json_path, list(rows))
+    return csv_path, json_path
+
+
+def layer_shares(
+    records: Iterable[Mapping[str, Any]], condition: str = "baseline"
+) -> np.ndarray | None:
+    """Mean attention share of the answer row per layer, `[layer, 4]` over
+    (system, image, text, generated), averaged over heads and items; None if not recorded."""
+    stacks = [r["shares"] for r in records if r["condition"] == condition and r.get("shares")]
+    if not stacks:
+        return None
+    return np.asarray(stacks, dtype=np.float64).mean(0)
+
+
+# -------------------------------------------------------------------------------- analysis
+
+
+def analyze(
+    run_dir: str | Path,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    report: bool = True,
+    title: str | None = None,
+) -> dict[str, Any]:
+    """Metrics, the delta table (table.csv / table.json), metrics.json and report.html of a run.
+
+    Shard logs not merged yet are read too (use `merge_records` to fold them). Returns
+    `{"items", "records", "metrics", "table", "shares", "paths"}`.
+    """
+    run_dir = Path(run_dir)
+    settings = json.loads((run_dir / RUN).read_text(encoding="utf-8"))
+    items = load_items(run_dir)
+    records = load_records(run_dir)
+    metrics = condition_metrics(items, records, n_boot=n_boot, seed=seed)
+    try:
+        table = delta_table(items, records, model=settings.get("model"), n_boot=n_boot, seed=seed)
+    except ValueError:  # no baseline records (yet): metrics per condition only
+        table = []
+    shares = layer_shares(records)
+    paths = dict(zip(("table_csv", "table_json"), write_table(table, run_dir / "table")))
+    paths["metrics"] = run_dir / "metrics.json"
+    write_json_atomic(paths["metrics"], metrics)
+    result = {
+        "settings": settings,
+        "items": items,
+        "records": records,
+        "metrics": metrics,
+        "table": table,
+        "shares": shares,
+        "paths": paths,
+    }
+    if report:
+        from vlm_lens.reports.yesbias import write_report
+
+        paths["report"] = write_report(
+            run_dir / "report.html", [result], title=title or "Yes-bias study"
+        )
+    return result
