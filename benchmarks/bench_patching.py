@@ -1,0 +1,255 @@
+"""How much faster is a batched patching sweep than a loop of `run_with_hooks` calls?
+
+Both methods patch the same cells of one counterfactual dots pair (clean image with one dot
+more than the corrupted one) at the first decoding step where the two counts differ, and
+measure the same raw logit difference:
+
+- ``sweep``: `vlm_lens.patching.patch_sweep`: the clean run cached once (only the hook
+  points swept), the corrupted input replicated along the batch, one cell per row,
+  `--batch-size` rows per forward pass, the corrupted baseline riding in the first batch;
+- ``naive``: `model.run_with_cache` on the clean input (the hook points swept), one
+  unpatched corrupted run, then one `model.run_with_hooks` call per cell.
+
+Sweeps timed (each one a row of the table): residual stream before every layer at every
+image patch, every head's `hook_z`, every head's `hook_pattern` and (not in `--config
+medium`) the residual stream at every single position. Printed per sweep: cells, forward
+passes, seconds (median of `--repeats`, after a warm-up), cells per second, the speed-up,
+and the largest difference between the two methods' values.
+
+Configs:
+- ``tiny`` (for the test-suite): the zoo's default tiny Qwen3-VL, 64x64 image (4x4 image
+  tokens), layer 0 only, 1 repeat.
+- ``small`` (default): the same tiny model, all 4 layers.
+- ``medium``: Qwen3-VL at scaled real proportions (text 8 x 256, 8 heads / 4 KV heads of 32,
+  MLP 768; vision 6 x 128), a 224x224 image (7 x 7 = 49 image tokens).
+
+    python benchmarks/bench_patching.py [--config small] [--batch-size 32] [--repeats 3]
+        [--threads N] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import torch  # noqa: E402
+import transformers  # noqa: E402
+
+from vlm_lens import HookedVLM, zoo  # noqa: E402
+from vlm_lens.data.dots import counterfactual_pairs  # noqa: E402
+from vlm_lens.patching import (  # noqa: E402
+    AnswerStep,
+    counting_pair,
+    logit_diff,
+    patch_sweep,
+    with_answer_prefix,
+)
+
+MEDIUM: dict[str, Any] = {
+    "text_config": {
+        "hidden_size": 256,
+        "intermediate_size": 768,
+        "num_hidden_layers": 8,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 4,
+        "head_dim": 32,
+    },
+    "vision_config": {"depth": 6, "hidden_size": 128, "intermediate_size": 512, "num_heads": 4},
+    "image_processor": {"size": {"shortest_edge": 224 * 224, "longest_edge": 224 * 224}},
+}
+
+CONFIGS: dict[str, dict[str, Any]] = {
+    "tiny": {"overrides": {}, "image": 64, "layers": [0], "each": True},
+    "small": {"overrides": {}, "image": 64, "layers": None, "each": True},
+    "medium": {"overrides": MEDIUM, "image": 224, "layers": None, "each": False},
+}
+
+HOOKS = {
+    "resid_pre": "blocks.{}.hook_resid_pre",
+    "z": "blocks.{}.attn.hook_z",
+    "pattern": "blocks.{}.attn.hook_pattern",
+}
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "logical_cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "load_average_before": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
+
+
+def naive_loop(
+    model, clean, corrupted, step: AnswerStep, family: str, result
+) -> tuple[torch.Tensor, int]:
+    """One `run_with_hooks` call per cell of `result` (same cells). Returns raw values
+    `[cells]` (in `result.values` order) and the forward passes made."""
+    c, x = with_answer_prefix(clean, step.prefix), with_answer_prefix(corrupted, step.prefix)
+    names = [HOOKS[family].format(layer) for layer in result.layers]
+    with torch.no_grad():
+        _, cache = model.run_with_cache(c, names_filter=names)
+        model(x)  # the corrupted baseline
+    passes = 2
+    heads = result.heads if result.heads is not None else [None]
+    values = []
+    for name in names:
+        for head in heads:
+            for group in result.groups:
+                pos = list(group.positions)
+
+                def hook(act, hook, name=name, head=head, pos=pos):
+                    act = act.clone()
+                    src = cache[name]
+                    if family == "resid_pre":  # [batch, pos, d_model]
+                        act[:, pos] = src[:, pos]
+                    elif family == "z":  # [batch, pos, head, d_head]
+                        act[:, pos, head] = src[:, pos, head]
+                    else:  # [batch, head, query, key]
+                        act[:, head, pos] = src[:, head, pos]
+                    return act
+
+                with torch.no_grad():
+                    logits = model.run_with_hooks(x, fwd_hooks=[(name, hook)])
+                passes += 1
+                values.append(float(logit_diff(logits[:, -1].double(), step)[0]))
+    return torch.tensor(values, dtype=torch.float64), passes
+
+
+def run(config: str, batch_size: int, repeats: int, directory: str | None = None) -> dict[str, Any]:
+    spec = CONFIGS[config]
+    directory = directory or tempfile.mkdtemp(prefix="bench_patching_")
+    path = zoo.tiny_checkpoint("qwen3_vl", directory, **spec["overrides"])
+    model = HookedVLM.from_pretrained(path)
+    size = spec["image"]
+    dots = counterfactual_pairs(
+        1, seed=0, size=size, radius=max(2, size / 24), count_range=(10, 16), min_separation=1
+    )[0]
+    pair = counting_pair(model, dots)
+    step = pair.first_step
+    image = pair.clean.segments.samples[0].images[0]
+    info = {
+        "config": config,
+        "parameters": sum(p.numel() for p in model.hf_model.parameters()),
+        "n_layers": model.cfg.n_layers,
+        "n_heads": model.cfg.n_heads,
+        "prompt_tokens": int(pair.clean.input_ids.shape[1]) + step.step,
+        "image_grid": list(image.grid),
+        "counts": [dots.clean.count, dots.corrupted.count],
+        "step": step.step,
+        "batch_size": batch_size,
+        "repeats": repeats,
+    }
+    sweeps = [
+        ("resid_pre", "image_patch"),
+        ("z", "all"),
+        ("pattern", "all"),
+    ] + ([("resid_pre", "each")] if spec["each"] else [])
+    rows = []
+    for family, positions in sweeps:
+        kwargs = dict(answer=step, positions=positions, layers=spec["layers"], normalize=False)
+        patch_sweep(model, pair.clean, pair.corrupted, family, batch_size=batch_size, **kwargs)
+        t_sweep, t_naive = [], []
+        for _ in range(repeats):  # interleaved, so load on the machine hits both alike
+            t0 = time.perf_counter()
+            result = patch_sweep(
+                model, pair.clean, pair.corrupted, family, batch_size=batch_size, **kwargs
+            )
+            t_sweep.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            naive, naive_passes = naive_loop(
+                model, pair.clean, pair.corrupted, step, family, result
+            )
+            t_naive.append(time.perf_counter() - t0)
+        s, n = statistics.median(t_sweep), statistics.median(t_naive)
+        rows.append(
+            {
+                "sweep": f"{family} x {positions}",
+                "shape": dict(zip(result.dims, result.values.shape)),
+                "cells": result.n_cells,
+                "sweep_forward_passes": result.n_forward_passes,
+                "naive_forward_passes": naive_passes,
+                "sweep_s": s,
+                "naive_s": n,
+                "sweep_cells_per_s": result.n_cells / s,
+                "naive_cells_per_s": result.n_cells / n,
+                "speedup": n / s,
+                "max_abs_diff": float((result.values.flatten() - naive).abs().max()),
+            }
+        )
+    return {"machine": machine(), "model": info, "results": rows}
+
+
+def print_table(report: dict[str, Any]) -> None:
+    m, info = report["machine"], report["model"]
+    print(
+        f"# {m['cpu']} ({m['logical_cpus']} logical CPUs, torch threads {m['torch_threads']}), "
+        f"torch {m['torch']}, transformers {m['transformers']}, load {m['load_average_before']}"
+    )
+    print(
+        f"# config {info['config']}: {info['parameters'] / 1e6:.2f} M params, "
+        f"{info['n_layers']} layers x {info['n_heads']} heads, {info['prompt_tokens']} tokens, "
+        f"image grid {info['image_grid']}, counts {info['counts']}, step {info['step']}, "
+        f"batch {info['batch_size']}, median of {info['repeats']}"
+    )
+    header = (
+        f"{'sweep':<24}{'cells':>7}{'fwd sweep':>11}{'fwd naive':>11}{'sweep s':>9}"
+        f"{'naive s':>9}{'cells/s sweep':>15}{'cells/s naive':>15}{'speed-up':>10}{'max|diff|':>11}"
+    )
+    print(header)
+    for r in report["results"]:
+        print(
+            f"{r['sweep']:<24}{r['cells']:>7}{r['sweep_forward_passes']:>11}"
+            f"{r['naive_forward_passes']:>11}{r['sweep_s']:>9.2f}{r['naive_s']:>9.2f}"
+            f"{r['sweep_cells_per_s']:>15.1f}{r['naive_cells_per_s']:>15.1f}"
+            f"{r['speedup']:>9.1f}x{r['max_abs_diff']:>11.1e}"
+        )
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", choices=list(CONFIGS), default="small")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's)"
+    )
+    parser.add_argument(
+        "--dir", default=None, help="where to build the checkpoint (default: a temp dir)"
+    )
+    parser.add_argument("--json", default=None, help="also write the report here")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    repeats = 1 if args.config == "tiny" else args.repeats
+    report = run(args.config, args.batch_size, repeats, args.dir)
+    print_table(report)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
