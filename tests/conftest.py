@@ -17,8 +17,13 @@ except ModuleNotFoundError:  # pragma: no cover - depends on how the suite is st
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pytest
+import torch
 
 from vlm_lens.zoo import ARCHITECTURES, tiny_checkpoint
+
+# Tiny models gain nothing from intra-op threads, and on a shared 2-core machine extra OpenMP
+# workers oversubscribe the cores (runs measured 30-90x slower; see benchmarks/RESULTS.md).
+torch.set_num_threads(1)
 
 #: Architecture keys, for `pytest.mark.parametrize("arch", ARCHS)`.
 ARCHS: list[str] = list(ARCHITECTURES)
