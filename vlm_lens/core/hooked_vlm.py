@@ -316,7 +316,9 @@ class HookedVLM(HookedRootModule):
 
         Hooks read `hook.run.step` (0 = prefill, k = k-th decoding step) and
         `hook.run.segments`. `record=AttentionRecord(...)` keeps slim per-step attention.
-        Returns a `GenerationResult`.
+        Returns a `GenerationResult`. Batches (left-padded by `prepare`) give each row the same
+        tokens and records as running it alone. On GPUs, load with `device_map="auto"`: hooks
+        and recordings follow each layer's device (see `vlm_lens.core.generation.generate`).
         """
         from vlm_lens.core.generation import generate
 

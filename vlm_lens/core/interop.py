@@ -6,12 +6,18 @@ reachable by its HF module path::
 
     nn = model.to_nnsight()
     inputs = model.prepare(images=[img], prompt="How many dots?")
-    with nn.generate(inputs, max_new_tokens=4) as tracer:
+    image = inputs.segments.mask("image", inputs.input_ids.shape[1] + 4)[0]   # [key]
+    with nn.generate(inputs, max_new_tokens=4, min_new_tokens=4) as tracer:
         for step in tracer.iter[2]:                       # decoding step 2 only
-            hp = nn.model.language_model.layers[-1].self_attn.hook_pattern
+            hp = nn.model.language_model.layers[0].self_attn.hook_pattern
             pattern = hp.output                           # [batch, head, 1, keys]
-            hp.output = pattern * 0.5 / (pattern * 0.5).sum(-1, keepdim=True)
+            edited = pattern.masked_fill(image[: pattern.shape[-1]], 0.0)
+            hp.output = edited / edited.sum(-1, keepdim=True)
         result = tracer.result.save()                     # a GenerationResult (logits per step)
+
+Values built inside the block survive it only if saved (`x.save()`, `nnsight.save([])` for
+a list filled step by step). Prefer `tracer.iter[:n]` with `min_new_tokens=n` to the
+open-ended `tracer.all()`, which leaves a request for a step that never comes (nnsight warns).
 
 Module paths (the same for every supported architecture in transformers 5):
 `model.language_model.layers[i].self_attn.hook_{q,k,v,attn_scores,pattern,z}`,
@@ -31,8 +37,9 @@ Firing. Hook points are skipped unless something is attached (that is what keeps
 SDPA path); nnsight watches module calls rather than attaching hooks, so `nn.generate` and
 `nn.trace` force the chosen hook points (`names=` of `to_nnsight`, default: all) to fire for
 the duration of the run, and restore the previous setting after. To drive the HF model
-through nnsight some other way (e.g. `nnsight.NNsight(model.hf_model)` directly), call
-`model.force_hooks(True)` first and keep the prompt's segments in `model.run_state`.
+through nnsight some other way (e.g. `nnsight.NNsight(model.hf_model)` and HF's own
+`generate`), call `model.force_hooks(True)` first; nnsight's occurrences still count the
+steps, but `hook.run.step` / `hook.run.segments` are only set inside the `HookedVLM`'s runs.
 
 Cost. nnsight instruments every module of the HF model in place (a per-call wrapper that
 is inert outside a trace); the `HookedVLM` keeps working, a little slower per module call.
