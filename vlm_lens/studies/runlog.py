@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 SAMPLES = "samples.jsonl"
-_SHARD_FILE = re.compile(r"^samples\.shard-(\d+)-of-(\d+)\.jsonl$")
+_SHARD_FILE = re.compile(r"^(?P<stem>.+)\.shard-(?P<k>\d+)-of-(?P<n>\d+)\.jsonl$")
 
 Key = Callable[[dict], Hashable]
 
@@ -66,7 +66,11 @@ class Shard:
 
     @property
     def filename(self) -> str:
-        return f"samples.shard-{self.k}-of-{self.n}.jsonl"
+        return self.log_name(SAMPLES)
+
+    def log_name(self, log: str = SAMPLES) -> str:
+        """This shard's log for the study log `log` (`samples.jsonl` -> `samples.shard-K-of-N.jsonl`)."""
+        return f"{Path(log).stem}.shard-{self.k}-of-{self.n}.jsonl"
 
 
 def jsonable(value: Any) -> Any:
@@ -156,13 +160,14 @@ class SampleLog:
         self.close()
 
 
-def shard_files(directory: str | Path) -> list[Path]:
-    """The shard logs in `directory`, sorted by (n, k)."""
+def shard_files(directory: str | Path, log: str = SAMPLES) -> list[Path]:
+    """The shard logs of the study log `log` in `directory`, sorted by (n, k)."""
+    stem = Path(log).stem
     found = []
-    for p in Path(directory).glob("samples.shard-*-of-*.jsonl"):
+    for p in Path(directory).glob(f"{stem}.shard-*-of-*.jsonl"):
         m = _SHARD_FILE.match(p.name)
-        if m:
-            found.append((int(m.group(2)), int(m.group(1)), p))
+        if m and m["stem"] == stem:
+            found.append((int(m["n"]), int(m["k"]), p))
     return [p for _, _, p in sorted(found)]
 
 
@@ -178,8 +183,10 @@ def merge(
     key: Key,
     expected: Iterable[Hashable] | None = None,
     sort_key: Callable[[dict], Any] | None = None,
+    log: str = SAMPLES,
+    remove_shards: bool = False,
 ) -> dict[str, Any]:
-    """Merge `samples.jsonl` and the shard logs of `directory` into `samples.jsonl`.
+    """Merge the log `log` (default `samples.jsonl`) and its shard logs in `directory` into `log`.
 
     Rows are deduplicated by `key` (the first occurrence wins). If `expected` keys are
     given, the result says which are missing (the merged log is written either way, so
@@ -187,9 +194,9 @@ def merge(
     "sources", "complete"}`.
     """
     directory = Path(directory)
-    sources = ([directory / SAMPLES] if (directory / SAMPLES).exists() else []) + shard_files(
-        directory
-    )
+    main = directory / log
+    shards = shard_files(directory, log)
+    sources = ([main] if main.exists() else []) + shards
     rows: dict[Hashable, dict] = {}
     duplicates = 0
     for source in sources:
@@ -202,11 +209,14 @@ def merge(
     ordered = list(rows.values())
     if sort_key is not None:
         ordered.sort(key=sort_key)
-    tmp = directory / f".{SAMPLES}.{os.getpid()}.tmp"
+    tmp = directory / f".{log}.{os.getpid()}.tmp"
     with tmp.open("w", encoding="utf-8") as f:
         for row in ordered:
             f.write(json.dumps(jsonable(row), allow_nan=False) + "\n")
-    os.replace(tmp, directory / SAMPLES)
+    os.replace(tmp, main)
+    if remove_shards:
+        for shard in shards:
+            shard.unlink()
     missing = [] if expected is None else [k for k in expected if k not in rows]
     return {
         "rows": len(ordered),

@@ -54,6 +54,7 @@ import numpy as np
 
 from vlm_lens.data.yesno.items import YesNoItem, parse_yes_no, yes_no_score, yes_no_token_ids
 from vlm_lens.metrics.yesno import bootstrap_unit_sums, evaluate
+from vlm_lens.studies import runlog
 from vlm_lens.studies.runlog import SampleLog, Shard, jsonable, read_jsonl, write_json_atomic
 
 __all__ = [
@@ -80,7 +81,6 @@ __all__ = [
 RECORDS = "records.jsonl"
 ITEMS = "items.jsonl"
 RUN = "run.json"
-_SHARD_FILE = re.compile(r"^records\.shard-(\d+)-of-(\d+)\.jsonl$")
 
 #: Source -> recipients of the sweep, keyed by the label used in condition ids.
 DIRECTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -473,9 +473,7 @@ def run_sweep(
     if shard is not None:
         owned = {u for i, u in enumerate(units) if shard.owns(i)}
         items = [it for it in items if it.unit_id in owned]
-    log_path = run_dir / (
-        RECORDS if shard is None else f"records.shard-{shard.k}-of-{shard.n}.jsonl"
-    )
+    log_path = run_dir / (RECORDS if shard is None else shard.log_name(RECORDS))
     yes_ids, no_ids = yes_no_token_ids(model.processor)
     record = AttentionRecord(steps=[0], keep=("shares",), heads="mean") if record_shares else None
     hooks = {c.id: c.fwd_hooks(model) for c in conditions}
@@ -558,12 +556,7 @@ def _progress(total: int, enabled: bool, desc: str) -> Any:
 
 
 def _shard_logs(run_dir: Path) -> list[Path]:
-    found = []
-    for p in run_dir.glob("records.shard-*-of-*.jsonl"):
-        m = _SHARD_FILE.match(p.name)
-        if m:
-            found.append((int(m.group(2)), int(m.group(1)), p))
-    return [p for _, _, p in sorted(found)]
+    return runlog.shard_files(run_dir, RECORDS)
 
 
 def merge_records(run_dir: str | Path, *, remove_shards: bool = False) -> dict[str, Any]:
@@ -575,43 +568,24 @@ def merge_records(run_dir: str | Path, *, remove_shards: bool = False) -> dict[s
     pairs not in any log).
     """
     run_dir = Path(run_dir)
-    sources = [run_dir / RECORDS] + _shard_logs(run_dir)
-    rows: dict[tuple[str, str], dict] = {}
-    duplicates = 0
-    for source in sources:
-        for row in read_jsonl(source):
-            key = _record_key(row)
-            if key in rows:
-                duplicates += 1
-            else:
-                rows[key] = row
     conditions = json.loads((run_dir / RUN).read_text(encoding="utf-8"))["conditions"]
     item_ids = [it.item_id for it in load_items(run_dir)]
     c_rank = {c: i for i, c in enumerate(conditions)}
     i_rank = {i: n for n, i in enumerate(item_ids)}
-    ordered = sorted(
-        rows.values(),
-        key=lambda r: (
+    result = runlog.merge(
+        run_dir,
+        _record_key,
+        expected=[(c, i) for c in conditions for i in item_ids],
+        sort_key=lambda r: (
             c_rank.get(r["condition"], len(c_rank)),
             r["condition"],
             i_rank.get(r["item_id"], len(i_rank)),
         ),
+        log=RECORDS,
+        remove_shards=remove_shards,
     )
-    tmp = run_dir / f".{RECORDS}.{os.getpid()}.tmp"
-    with tmp.open("w", encoding="utf-8") as f:
-        for row in ordered:
-            f.write(json.dumps(jsonable(row), allow_nan=False) + "\n")
-    os.replace(tmp, run_dir / RECORDS)
-    if remove_shards:
-        for p in sources[1:]:
-            p.unlink()
-    missing = [(c, i) for c in conditions for i in item_ids if (c, i) not in rows]
-    return {
-        "rows": len(ordered),
-        "duplicates": duplicates,
-        "missing": missing,
-        "complete": not missing,
-    }
+    result.pop("sources")
+    return result
 
 
 def load_records(run_dir: str | Path) -> list[dict]:
