@@ -1,0 +1,241 @@
+"""Evaluate a counting organism and write its section of ``benchmarks/RESULTS.md``.
+
+``python -m vlm_lens.zoo.evaluate_organism [--model DIR] [--results benchmarks/RESULTS.md]``
+
+Everything runs through :class:`vlm_lens.HookedVLM` (``prepare`` + greedy ``generate``), as a
+user would, on data from seeds that training never draws (training uses seeds >= 10_000_000 and
+validation seed 5_000):
+
+- ``paper``: 256 fresh paper-spec images (``dots.generate(256, 10_000)``: radius 10, intensity
+  0-20, counts 10-16): exact accuracy, mean absolute error, mean bias error, parse rate.
+- ``control``: 256 images of ``dots.control_set(256, 10_001)``, where total dark area and count
+  are independent (same metrics).
+- ``yesno``: 256 balanced held-out questions: 128 "Are there exactly N dots?" on paper-spec
+  images (seed 10_002; N true or off by 1-3, half each) and 128 "Is there a dot in the top-left
+  quarter?" on training-distribution images (seed 10_003, half yes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from vlm_lens.data import dots
+from vlm_lens.data.yesno.items import parse_yes_no
+from vlm_lens.zoo.train import (
+    COUNT_PROMPT,
+    EXACT_PROMPT,
+    QUARTER_PROMPT,
+    has_top_left,
+    parse_count,
+    quarter_samples,
+)
+
+PAPER_SEED = 10_000
+CONTROL_SEED = 10_001
+EXACT_SEED = 10_002
+QUARTER_SEED = 10_003
+
+
+def _answers(model, images: Sequence, prompts: Sequence[str], batch: int = 16) -> list[str]:
+    texts: list[str] = []
+    for start in range(0, len(images), batch):
+        inputs = model.prepare(
+            images=[[im] for im in images[start : start + batch]],
+            prompt=list(prompts[start : start + batch]),
+        )
+        texts.extend(model.generate(inputs, max_new_tokens=4, keep_logits=False).texts)
+    return texts
+
+
+def count_metrics(model, samples: Sequence[dots.DotsSample]) -> dict:
+    texts = _answers(model, [s.image for s in samples], [COUNT_PROMPT] * len(samples))
+    values = [parse_count(t) for t in texts]
+    pairs = [(v, s.count) for v, s in zip(values, samples) if v is not None]
+    n = len(samples)
+    errors = [v - c for v, c in pairs]
+    return {
+        "n": n,
+        "exact": sum(e == 0 for e in errors) / n,
+        "mae": sum(abs(e) for e in errors) / max(len(errors), 1),
+        "mbe": sum(errors) / max(len(errors), 1),
+        "parse_rate": len(pairs) / n,
+        "within_1": sum(abs(e) <= 1 for e in errors) / n,
+    }
+
+
+def yesno_items(n: int = 256) -> list[tuple[object, str, bool, str]]:
+    """``(image, prompt, label, kind)``: half exact-count, half top-left-quarter; balanced."""
+    half = n // 2
+    rng = random.Random(EXACT_SEED)
+    items = []
+    for i, s in enumerate(dots.generate(half, EXACT_SEED)):
+        truth = i % 2 == 0
+        asked = s.count if truth else max(1, s.count + rng.choice([-3, -2, -1, 1, 2, 3]))
+        items.append((s.image, EXACT_PROMPT.format(n=asked), truth, "exact"))
+    want = [i % 2 == 0 for i in range(half)]
+    train_like = dict(count_range=(1, 30), radius_range=(7.0, 13.0), intensity_range=(0, 100))
+    for s in quarter_samples(half, QUARTER_SEED, want, **train_like):
+        items.append((s.image, QUARTER_PROMPT, has_top_left(s), "quarter"))
+    return items
+
+
+def yesno_metrics(model, n: int = 256) -> dict:
+    items = yesno_items(n)
+    texts = _answers(model, [it[0] for it in items], [it[1] for it in items])
+    out: dict = {"n": len(items)}
+    answers = [parse_yes_no(t) for t in texts]
+    for kind in ("exact", "quarter", None):
+        sel = [(a, it[2]) for a, it in zip(answers, items) if kind is None or it[3] == kind]
+        right = sum((a == "yes") == label and a != "other" for a, label in sel)
+        key = "accuracy" if kind is None else f"accuracy_{kind}"
+        out[key] = right / len(sel)
+    out["parse_rate"] = sum(a != "other" for a in answers) / len(answers)
+    out["yes_rate"] = sum(a == "yes" for a in answers) / len(answers)
+    return out
+
+
+def evaluate(path: str | Path, n: int = 256) -> dict:
+    from vlm_lens import HookedVLM
+
+    model = HookedVLM.from_pretrained(path)
+    start = time.monotonic()
+    with torch.no_grad():
+        result = {
+            "paper": count_metrics(model, dots.generate(n, PAPER_SEED)),
+            "control": count_metrics(model, dots.control_set(n, CONTROL_SEED)),
+            "yesno": yesno_metrics(model, n),
+        }
+    result["eval_seconds"] = round(time.monotonic() - start, 1)
+    return result
+
+
+# ------------------------------------------------------------------------------ report
+
+
+def machine() -> str:
+    name = platform.processor() or "unknown CPU"
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+        match = re.search(r"Model name:\s*(.+)", lscpu)
+        if match:
+            name = match.group(1).strip()
+    except OSError:
+        pass
+    import os
+
+    cores = os.cpu_count()
+    ram = "?"
+    try:
+        kb = int(re.search(r"MemTotal:\s*(\d+)", Path("/proc/meminfo").read_text()).group(1))
+        ram = f"{kb / 2**20:.0f} GiB"
+    except (OSError, AttributeError):
+        pass
+    return f"{name}, {cores} cores, {ram} RAM, torch {torch.__version__}"
+
+
+def section(result: dict, training: dict, path: str | Path) -> str:
+    p, c, y = result["paper"], result["control"], result["yesno"]
+    stages = training.get("stages") or [training]
+    cfg = stages[0].get("config", {})
+    size = cfg.get("size")
+    grid = f"{size // 32} x {size // 32}" if size else "?"
+    minutes = sum(st.get("seconds", 0) for st in stages) / 60
+    runs = "; then ".join(
+        f"`{st.get('command', '?')}` ({st.get('steps')} steps, "
+        f"{st.get('seconds', 0) / 60:.1f} min, lr {st.get('config', {}).get('lr')}, "
+        f"yes/no fraction {st.get('config', {}).get('yesno_fraction')})"
+        for st in stages
+    )
+    ok = lambda flag: "met" if flag else "**missed**"  # noqa: E731
+    lines = [
+        "## Organism",
+        "",
+        "The shipped model organism (`vlm_lens.zoo.organism()`): a small Qwen3-VL trained from "
+        "scratch by `vlm_lens.zoo.train`, evaluated by `vlm_lens.zoo.evaluate_organism` through "
+        "`HookedVLM` on seeds training never used.",
+        "",
+        f"- Machine: {machine()} (shared with other jobs while training).",
+        f"- Training: {runs}; batch {cfg.get('batch')}, {minutes:.1f} min wall time in all; "
+        f"images {size} px -> {grid} merged image tokens; dot radius {cfg.get('radius_range')}, "
+        f"intensity {cfg.get('intensity_range')}, counts {cfg.get('count_range')}.",
+        f"- Weights: {Path(path, 'model.safetensors').stat().st_size / 1e6:.1f} MB safetensors.",
+        "",
+        "| set | n | exact | MAE | MBE | parse rate | within ±1 | target |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| paper spec (seed {PAPER_SEED}, counts 10-16) | {p['n']} | {p['exact']:.1%} | "
+        f"{p['mae']:.3f} | {p['mbe']:+.3f} | {p['parse_rate']:.0%} | {p['within_1']:.1%} | "
+        f"exact ≥ 90% {ok(p['exact'] >= 0.9)}, MAE ≤ 0.15 {ok(p['mae'] <= 0.15)}, "
+        f"parseable {ok(p['parse_rate'] == 1.0)} |",
+        f"| area-decorrelated control (seed {CONTROL_SEED}) | {c['n']} | {c['exact']:.1%} | "
+        f"{c['mae']:.3f} | {c['mbe']:+.3f} | {c['parse_rate']:.0%} | {c['within_1']:.1%} | "
+        f"exact ≥ 60% {ok(c['exact'] >= 0.6)} |",
+        "",
+        f"Yes/no (balanced, {y['n']} questions): accuracy {y['accuracy']:.1%} "
+        f"(exactly-N {y['accuracy_exact']:.1%}, top-left quarter {y['accuracy_quarter']:.1%}), "
+        f"parse rate {y['parse_rate']:.0%}, yes rate {y['yes_rate']:.1%}; target ≥ 90% "
+        f"{ok(y['accuracy'] >= 0.9)}.",
+        "",
+        f"Evaluation took {result['eval_seconds']:.0f} s.",
+        "",
+    ]
+    if training.get("notes"):
+        lines += [training["notes"], ""]
+    return "\n".join(lines)
+
+
+def write_section(results: Path, text: str, heading: str = "## Organism") -> None:
+    """Replace our own section of ``results`` (or append it); other sections stay untouched."""
+    old = results.read_text() if results.exists() else "# Benchmarks\n"
+    lines = old.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.strip() == heading), None)
+    if start is None:
+        new = old.rstrip("\n") + "\n\n" + text
+    else:
+        end = next(
+            (j for j in range(start + 1, len(lines)) if lines[j].startswith("## ")), len(lines)
+        )
+        new = (
+            "".join(lines[:start])
+            + text
+            + ("\n" if end < len(lines) else "")
+            + "".join(lines[end:])
+        )
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(new)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from vlm_lens.zoo import organism
+
+    p = argparse.ArgumentParser(prog="python -m vlm_lens.zoo.evaluate_organism")
+    p.add_argument("--model", help="checkpoint dir (default: the shipped organism)")
+    p.add_argument("--results", help="RESULTS.md to write the '## Organism' section into")
+    p.add_argument("--n", type=int, default=256)
+    p.add_argument("--json", help="also write the metrics here")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    path = Path(args.model) if args.model else organism()
+    result = evaluate(path, args.n)
+    print(json.dumps(result, indent=2))
+    training_file = path / "training.json"
+    training = json.loads(training_file.read_text()) if training_file.exists() else {}
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    if args.results:
+        write_section(Path(args.results), section(result, training, path))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

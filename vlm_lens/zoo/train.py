@@ -1,0 +1,524 @@
+"""Train the counting model organism: a small Qwen3-VL that counts dots and answers yes/no.
+
+Run ``python -m vlm_lens.zoo.train --out DIR`` (see ``--help``). The model is the real
+``Qwen3VLForConditionalGeneration`` with a tiny config and the character-level tokenizer of
+:mod:`vlm_lens.zoo.tiny` (every digit is its own token), trained from scratch on CPU:
+
+- Counting rows: a fresh :func:`vlm_lens.data.dots.generate` image every step, rendered at the
+  paper's 1024x1024 spec but with varied dot radius and intensity (so total dark area is not a
+  perfect proxy for the count), counts uniform on 1-30, resized by the processor itself; the
+  paper's prompt; the answer is the count's digits followed by ``<|im_end|>``.
+- Yes/no rows (a fraction of every batch, balanced labels): "Are there exactly N dots?" (N the
+  true count or off by 1-3) and "Is there a dot in the top-left quarter?".
+
+Prompts are built by :func:`vlm_lens.core.prepare.prepare_inputs` -- the same code path as
+``HookedVLM.prepare`` -- so inference sees exactly the tokens training saw. The loss is taken on
+the answer tokens only. The processor normalises with ``image_mean = 1``, ``image_std = 0.5``
+(white background -> 0); with the usual CLIP statistics nothing is learned (shared ORGANISM.md).
+
+:func:`smoke` is a seconds-long run on a handful of tiny images, used by the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from vlm_lens.data import dots
+
+COUNT_PROMPT = "How many dots are there in the image? Answer directly. Answer: "
+EXACT_PROMPT = "Are there exactly {n} dots in the image? Answer yes or no. Answer: "
+QUARTER_PROMPT = "Is there a dot in the top-left quarter of the image? Answer yes or no. Answer: "
+
+#: Normalisation that maps the white background to 0 (the decisive setting, ORGANISM.md).
+IMAGE_MEAN = [1.0, 1.0, 1.0]
+IMAGE_STD = [0.5, 0.5, 0.5]
+
+# Dataset seeds: training draws from TRAIN_SEED_BASE * (seed + 1) + step, far from the
+# evaluation seeds (10_000+) and the validation seed used during training.
+TRAIN_SEED_BASE = 10_000_000
+VAL_SEED = 5_000
+
+
+@dataclass
+class TrainConfig:
+    out: str
+    steps: int | None = None
+    minutes: float | None = None
+    seed: int = 0
+    size: int = 224
+    batch: int = 16
+    yesno_fraction: float = 0.25
+    lr: float = 1e-3
+    warmup: int = 30
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.05
+    count_range: tuple[int, int] = (1, 30)
+    radius_range: tuple[float, float] = (7.0, 13.0)
+    intensity_range: tuple[int, int] = (0, 100)
+    image_size: int = 1024
+    eval_every: int = 100
+    val_images: int = 32
+    threads: int = 1  # 2 oversubscribes a shared 2-core machine (10x slower measured)
+    workers: int = 1  # background processes preparing batches
+    init: str | None = None  # continue from this checkpoint instead of a fresh random init
+    # model size
+    vision_depth: int = 4
+    vision_hidden: int = 128
+    text_hidden: int = 128
+    text_layers: int = 4
+
+
+# ------------------------------------------------------------------------------ model
+
+
+def build_checkpoint(cfg: TrainConfig, directory: Path, *, tiny: bool = False) -> Path:
+    """A fresh random-weight Qwen3-VL checkpoint with the organism's config and processor."""
+    from vlm_lens.zoo.tiny import tiny_checkpoint
+
+    factor = 32  # patch 16 x merge 2
+    image_processor = {
+        "size": {"shortest_edge": (2 * factor) ** 2, "longest_edge": cfg.size * cfg.size},
+        "image_mean": IMAGE_MEAN,
+        "image_std": IMAGE_STD,
+    }
+    if tiny:
+        return tiny_checkpoint(
+            "qwen3_vl", directory, seed=cfg.seed, image_processor=image_processor
+        )
+    return tiny_checkpoint(
+        "qwen3_vl",
+        directory,
+        seed=cfg.seed,
+        text_config={
+            "hidden_size": cfg.text_hidden,
+            "intermediate_size": 3 * cfg.text_hidden,
+            "num_hidden_layers": cfg.text_layers,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 32,
+        },
+        vision_config={
+            "depth": cfg.vision_depth,
+            "hidden_size": cfg.vision_hidden,
+            "intermediate_size": 2 * cfg.vision_hidden,
+            "num_heads": 4,
+            "deepstack_visual_indexes": [1, 2],
+        },
+        image_processor=image_processor,
+    )
+
+
+def load(path: Path):
+    import transformers
+
+    from vlm_lens.adapters import adapter_for
+
+    config = transformers.AutoConfig.from_pretrained(path)
+    model = transformers.Qwen3VLForConditionalGeneration.from_pretrained(path, config=config)
+    processor = transformers.AutoProcessor.from_pretrained(path)
+    return model, processor, adapter_for(config)
+
+
+# ------------------------------------------------------------------------------- data
+
+
+@dataclass
+class Row:
+    image: Any  # PIL image
+    prompt: str
+    answer: str
+    kind: str  # "count" | "exact" | "quarter"
+    count: int
+
+
+def has_top_left(sample: dots.DotsSample) -> bool:
+    half_w, half_h = sample.width / 2, sample.height / 2
+    return any(x < half_w and y < half_h for x, y in sample.centres)
+
+
+def yesno_row(sample: dots.DotsSample, rng: random.Random) -> Row:
+    """A balanced yes/no question about ``sample`` (kind and label drawn from ``rng``)."""
+    n = sample.count
+    if rng.random() < 0.5:
+        truth = rng.random() < 0.5
+        asked = n if truth else max(1, n + rng.choice([-3, -2, -1, 1, 2, 3]))
+        if asked == n:
+            truth = True
+        return Row(sample.image, EXACT_PROMPT.format(n=asked), "yes" if truth else "no", "exact", n)
+    truth = has_top_left(sample)
+    return Row(sample.image, QUARTER_PROMPT, "yes" if truth else "no", "quarter", n)
+
+
+def quarter_samples(
+    n: int, seed: int, want: Sequence[bool], **kwargs: Any
+) -> list[dots.DotsSample]:
+    """Samples whose top-left-quarter labels equal ``want`` (rejection from a seeded stream)."""
+    out: list[dots.DotsSample] = []
+    pool = dots.generate(max(8 * n, 64), seed, **kwargs)
+    need = list(want)
+    for sample in pool:
+        if not need:
+            break
+        label = has_top_left(sample)
+        if label in need:
+            need.remove(label)
+            out.append(sample)
+    if need:  # extremely unlikely; fall back to whatever is left
+        out.extend(pool[: len(need)])
+    return out
+
+
+def training_batch(cfg: TrainConfig, step: int) -> list[Row]:
+    seed = TRAIN_SEED_BASE * (cfg.seed + 1) + step
+    rng = random.Random(seed)
+    kwargs = dict(
+        size=cfg.image_size,
+        count_range=cfg.count_range,
+        radius_range=cfg.radius_range,
+        intensity_range=cfg.intensity_range,
+    )
+    n_yesno = round(cfg.batch * cfg.yesno_fraction)
+    samples = dots.generate(cfg.batch - n_yesno, seed, **kwargs)
+    rows = [Row(s.image, COUNT_PROMPT, str(s.count), "count", s.count) for s in samples]
+    if n_yesno:
+        # Quarter questions need balanced labels: draw their images to match a label.
+        extra = dots.generate(n_yesno, seed + TRAIN_SEED_BASE // 2, **kwargs)
+        for s in extra:
+            row = yesno_row(s, rng)
+            if row.kind == "quarter":
+                want = rng.random() < 0.5
+                if has_top_left(s) != want:
+                    s = quarter_samples(1, rng.randrange(2**31), [want], **kwargs)[0]
+                row = Row(s.image, QUARTER_PROMPT, "yes" if want else "no", "quarter", s.count)
+            rows.append(row)
+    return rows
+
+
+def encode(processor, adapter, config, rows: Sequence[Row]) -> tuple[dict[str, Tensor], Tensor]:
+    """Model inputs (prompt + answer + end of turn, right-extended) and answer-only labels."""
+    from vlm_lens.core.prepare import prepare_inputs
+
+    inputs = prepare_inputs(
+        processor, adapter, config, [[r.image] for r in rows], [r.prompt for r in rows]
+    )
+    tensors = dict(inputs.tensors)
+    tok = processor.tokenizer
+    eot = tok.convert_tokens_to_ids("<|im_end|>")
+    pad = tok.pad_token_id
+    answers = [tok.convert_tokens_to_ids(list(r.answer)) + [eot] for r in rows]
+    width = max(len(a) for a in answers)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=tensors["attention_mask"].dtype)
+    for i, a in enumerate(answers):
+        ids[i, : len(a)] = torch.tensor(a)
+        mask[i, : len(a)] = 1
+    prompt_len = tensors["input_ids"].shape[1]
+    tensors["input_ids"] = torch.cat([tensors["input_ids"], ids], dim=1)
+    tensors["attention_mask"] = torch.cat([tensors["attention_mask"], mask], dim=1)
+    if "mm_token_type_ids" in tensors:
+        extra = torch.zeros((len(rows), width), dtype=tensors["mm_token_type_ids"].dtype)
+        tensors["mm_token_type_ids"] = torch.cat([tensors["mm_token_type_ids"], extra], dim=1)
+    labels = torch.full_like(tensors["input_ids"], -100)
+    labels[:, prompt_len:] = torch.where(mask.bool(), ids, torch.full_like(ids, -100))
+    return tensors, labels
+
+
+def answer_loss(model, tensors: dict[str, Tensor], labels: Tensor) -> Tensor:
+    logits = model(**tensors, use_cache=False).logits
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100
+    )
+
+
+class _Batches(torch.utils.data.IterableDataset):
+    """Encoded training batches for steps ``start, start + 1, ...`` (split across workers)."""
+
+    def __init__(self, cfg: TrainConfig, processor, adapter, config, start: int = 0):
+        self.cfg, self.processor, self.adapter, self.config = cfg, processor, adapter, config
+        self.start = start
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        n, k = (1, 0) if info is None else (info.num_workers, info.id)
+        if info is not None:
+            torch.set_num_threads(1)
+        step = self.start + k
+        while True:
+            rows = training_batch(self.cfg, step)
+            yield encode(self.processor, self.adapter, self.config, rows)
+            step += n
+
+
+def batches(cfg: TrainConfig, processor, adapter, config):
+    """Iterator over ``(tensors, labels)`` for steps 0, 1, ... in order."""
+    data = _Batches(cfg, processor, adapter, config)
+    if cfg.workers <= 0:
+        return iter(data)
+    loader = torch.utils.data.DataLoader(
+        data, batch_size=None, num_workers=cfg.workers, prefetch_factor=4, persistent_workers=True
+    )
+    return iter(loader)
+
+
+# -------------------------------------------------------------------------- schedule
+
+
+def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    return torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=cfg.lr,
+        betas=(0.9, 0.98),
+    )
+
+
+# ------------------------------------------------------------------------ validation
+
+
+@torch.no_grad()
+def quick_accuracy(model, processor, adapter, samples: Sequence[dots.DotsSample]) -> dict:
+    """Greedy counts of ``samples`` with the raw HF model (exact accuracy and MAE)."""
+    from vlm_lens.core.prepare import prepare_inputs
+
+    model.eval()
+    right, abs_err, parsed = 0, 0.0, 0
+    for start in range(0, len(samples), 16):
+        chunk = samples[start : start + 16]
+        inputs = prepare_inputs(
+            processor,
+            adapter,
+            model.config,
+            [[s.image] for s in chunk],
+            [COUNT_PROMPT] * len(chunk),
+        )
+        out = model.generate(**inputs.tensors, max_new_tokens=4, do_sample=False)
+        texts = processor.tokenizer.batch_decode(
+            out[:, inputs.tensors["input_ids"].shape[1] :], skip_special_tokens=True
+        )
+        for s, t in zip(chunk, texts):
+            value = parse_count(t)
+            if value is not None:
+                parsed += 1
+                right += value == s.count
+                abs_err += abs(value - s.count)
+    model.train()
+    n = len(samples)
+    return {"exact": right / n, "mae": abs_err / max(parsed, 1), "parsed": parsed / n}
+
+
+def parse_count(text: str | None) -> int | None:
+    """The first integer in a model's answer, or None."""
+    import re
+
+    match = re.search(r"\d+", text or "")
+    return int(match.group()) if match else None
+
+
+# ------------------------------------------------------------------------------ train
+
+
+def _save(model, processor, out: Path, meta: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".saving-", dir=out.parent))
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        processor.save_pretrained(staging)
+        (staging / "training.json").write_text(json.dumps(meta, indent=2) + "\n")
+        for f in staging.iterdir():
+            shutil.move(str(f), out / f.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def train(cfg: TrainConfig, argv: Sequence[str] | None = None) -> dict:
+    from tqdm import tqdm
+
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    out = Path(cfg.out)
+    if cfg.init:
+        model, processor, adapter = load(Path(cfg.init))
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            model, processor, adapter = load(build_checkpoint(cfg, Path(tmp)))
+    model.config.text_config._attn_implementation = "sdpa"
+    model.train()
+    opt = make_optimizer(model, cfg)
+    val = dots.generate(cfg.val_images, VAL_SEED)  # paper spec, counts 10-16
+
+    # With --steps the cosine runs over steps; with only --minutes it runs over wall time, so
+    # the schedule ends on the deadline whatever the machine's (shared) speed.
+    if cfg.steps is None and cfg.minutes is None:
+        raise ValueError("give --steps or --minutes")
+    budget = cfg.minutes * 60 if cfg.minutes else None
+    start = time.monotonic()
+    history: list[dict] = []
+    bar = tqdm(total=cfg.steps, desc="train", dynamic_ncols=True)
+    step, ema = 0, None
+    stream = batches(cfg, processor, adapter, model.config)
+
+    def progress() -> float:
+        if cfg.steps is not None:
+            return step / cfg.steps
+        return (time.monotonic() - start) / budget
+
+    def done() -> bool:
+        if cfg.steps is not None and step >= cfg.steps:
+            return True
+        return budget is not None and time.monotonic() - start >= budget
+
+    while not done():
+        factor = lr_factor(step, 10**6, cfg.warmup, cfg.min_lr_ratio)  # warm-up part
+        if step >= cfg.warmup:
+            p = min(1.0, progress())
+            factor = cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p))
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * factor
+        tensors, labels = next(stream)
+        loss = answer_loss(model, tensors, labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
+        bar.update(1)
+        bar.set_postfix(loss=f"{ema:.3f}", lr=f"{cfg.lr * factor:.2e}")
+        if step % cfg.eval_every == 0 and not done():
+            metrics = quick_accuracy(model, processor, adapter, val)
+            metrics.update(step=step, loss=ema, seconds=round(time.monotonic() - start, 1))
+            history.append(metrics)
+            print(f"\n{json.dumps(metrics)}", file=sys.stderr, flush=True)
+            meta = {
+                "command": "python -m vlm_lens.zoo.train " + " ".join(argv or []),
+                "config": asdict(cfg),
+                "steps": step,
+                "seconds": round(time.monotonic() - start, 1),
+                "history": history,
+                "torch_threads": cfg.threads,
+            }
+            _save(model, processor, out, meta)
+    bar.close()
+    train_seconds = round(time.monotonic() - start, 1)
+    metrics = quick_accuracy(model, processor, adapter, val)
+    metrics.update(step=step, loss=ema, seconds=train_seconds)
+    history.append(metrics)
+    print(f"\n{json.dumps(metrics)}", file=sys.stderr, flush=True)
+    meta = {
+        "command": "python -m vlm_lens.zoo.train " + " ".join(argv or []),
+        "config": asdict(cfg),
+        "steps": step,
+        "seconds": train_seconds,
+        "history": history,
+        "torch_threads": cfg.threads,
+    }
+    _save(model, processor, out, meta)
+    return meta
+
+
+# ------------------------------------------------------------------------------ smoke
+
+
+def smoke(steps: int = 30, seed: int = 0, n_images: int = 4) -> tuple[float, float]:
+    """A seconds-long run on a handful of tiny images; returns (first loss, last loss).
+
+    Same code path as :func:`train` (checkpoint, prompts, answer-only loss, optimiser) on the
+    default tiny Qwen3-VL with 64 px images, repeating one fixed batch.
+    """
+    torch.manual_seed(seed)
+    cfg = TrainConfig(out="", seed=seed, size=64, batch=n_images, lr=3e-3, warmup=3)
+    with tempfile.TemporaryDirectory() as tmp:
+        model, processor, adapter = load(build_checkpoint(cfg, Path(tmp), tiny=True))
+    model.config.text_config._attn_implementation = "sdpa"
+    model.train()
+    opt = make_optimizer(model, cfg)
+    samples = dots.generate(n_images, seed, size=128, radius=6, count_range=(1, 9))
+    rows = [Row(s.image, COUNT_PROMPT, str(s.count), "count", s.count) for s in samples]
+    tensors, labels = encode(processor, adapter, model.config, rows)
+    losses = []
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * lr_factor(step, steps, cfg.warmup, cfg.min_lr_ratio)
+        loss = answer_loss(model, tensors, labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+    return losses[0], losses[-1]
+
+
+# ------------------------------------------------------------------------------- main
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = argparse.ArgumentParser(
+        prog="python -m vlm_lens.zoo.train", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--out", help="output checkpoint directory")
+    p.add_argument("--steps", type=int, help="training steps (the cosine schedule's length)")
+    p.add_argument("--minutes", type=float, help="time budget; without --steps, sets the steps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=224, help="max image side after resizing (px)")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--yesno-fraction", type=float, default=0.25)
+    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--threads", type=int, default=1, help="torch threads of the trainer")
+    p.add_argument("--workers", type=int, default=1, help="data-preparing processes")
+    p.add_argument("--init", help="continue training this checkpoint (a second stage)")
+    p.add_argument("--smoke", action="store_true", help="a few dozen steps on tiny images")
+    args = p.parse_args(argv)
+    if args.smoke:
+        first, last = smoke()
+        print(f"smoke: loss {first:.3f} -> {last:.3f}")
+        return 0 if last < first else 1
+    if not args.out:
+        p.error("--out is required")
+    cfg = TrainConfig(
+        out=args.out,
+        steps=args.steps,
+        minutes=args.minutes,
+        seed=args.seed,
+        size=args.size,
+        batch=args.batch,
+        lr=args.lr,
+        yesno_fraction=args.yesno_fraction,
+        eval_every=args.eval_every,
+        threads=args.threads,
+        workers=args.workers,
+        init=args.init,
+    )
+    meta = train(cfg, argv)
+    print(json.dumps(meta["history"][-1]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
