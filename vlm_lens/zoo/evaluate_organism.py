@@ -34,10 +34,11 @@ from vlm_lens.data import dots
 from vlm_lens.data.yesno.items import parse_yes_no
 from vlm_lens.zoo.train import (
     COUNT_PROMPT,
-    EXACT_PROMPT,
-    QUARTER_PROMPT,
-    has_top_left,
+    QUADRANTS,
+    exact_prompt,
+    has_dot_in,
     parse_count,
+    quarter_prompt,
     quarter_samples,
 )
 
@@ -75,18 +76,19 @@ def count_metrics(model, samples: Sequence[dots.DotsSample]) -> dict:
 
 
 def yesno_items(n: int = 256) -> list[tuple[object, str, bool, str]]:
-    """``(image, prompt, label, kind)``: half exact-count, half top-left-quarter; balanced."""
+    """``(image, prompt, label, kind)``: half exact-count, half quadrant questions; balanced."""
     half = n // 2
     rng = random.Random(EXACT_SEED)
     items = []
     for i, s in enumerate(dots.generate(half, EXACT_SEED)):
         truth = i % 2 == 0
         asked = s.count if truth else max(1, s.count + rng.choice([-3, -2, -1, 1, 2, 3]))
-        items.append((s.image, EXACT_PROMPT.format(n=asked), truth, "exact"))
-    want = [i % 2 == 0 for i in range(half)]
+        items.append((s.image, exact_prompt(asked), truth, "exact"))
     train_like = dict(count_range=(1, 30), radius_range=(7.0, 13.0), intensity_range=(0, 100))
-    for s in quarter_samples(half, QUARTER_SEED, want, **train_like):
-        items.append((s.image, QUARTER_PROMPT, has_top_left(s), "quarter"))
+    for i in range(half):
+        quadrant, want = i % len(QUADRANTS), (i // len(QUADRANTS)) % 2 == 0
+        s = quarter_samples(1, QUARTER_SEED + i, [want], quadrant, **train_like)[0]
+        items.append((s.image, quarter_prompt(quadrant), has_dot_in(s, quadrant), "quarter"))
     return items
 
 

@@ -38,10 +38,20 @@ import torch
 from torch import Tensor
 
 from vlm_lens.data import dots
+from vlm_lens.data.yesno.items import make_prompt
+from vlm_lens.data.yesno.synthetic import QUADRANTS, count_question, quadrant_question
 
 COUNT_PROMPT = "How many dots are there in the image? Answer directly. Answer: "
-EXACT_PROMPT = "Are there exactly {n} dots in the image? Answer yes or no. Answer: "
-QUARTER_PROMPT = "Is there a dot in the top-left quarter of the image? Answer yes or no. Answer: "
+
+
+def exact_prompt(n: int) -> str:
+    """The yes/no prompts are the synthetic paired set's, so the yes-bias study is in-distribution."""
+    return make_prompt(count_question(n))
+
+
+def quarter_prompt(quadrant: int) -> str:
+    return make_prompt(quadrant_question(quadrant))
+
 
 #: Normalisation that maps the white background to 0 (the decisive setting, ORGANISM.md).
 IMAGE_MEAN = [1.0, 1.0, 1.0]
@@ -145,9 +155,11 @@ class Row:
     count: int
 
 
-def has_top_left(sample: dots.DotsSample) -> bool:
+def has_dot_in(sample: dots.DotsSample, quadrant: int) -> bool:
+    """Whether a dot centre lies in `QUADRANTS[quadrant]` (0 top-left, 1 top-right, 2, 3 bottom)."""
     half_w, half_h = sample.width / 2, sample.height / 2
-    return any(x < half_w and y < half_h for x, y in sample.centres)
+    right, bottom = quadrant % 2 == 1, quadrant >= 2
+    return any((x >= half_w) == right and (y >= half_h) == bottom for x, y in sample.centres)
 
 
 def yesno_row(sample: dots.DotsSample, rng: random.Random) -> Row:
@@ -158,22 +170,23 @@ def yesno_row(sample: dots.DotsSample, rng: random.Random) -> Row:
         asked = n if truth else max(1, n + rng.choice([-3, -2, -1, 1, 2, 3]))
         if asked == n:
             truth = True
-        return Row(sample.image, EXACT_PROMPT.format(n=asked), "yes" if truth else "no", "exact", n)
-    truth = has_top_left(sample)
-    return Row(sample.image, QUARTER_PROMPT, "yes" if truth else "no", "quarter", n)
+        return Row(sample.image, exact_prompt(asked), "yes" if truth else "no", "exact", n)
+    quadrant = rng.randrange(len(QUADRANTS))
+    truth = has_dot_in(sample, quadrant)
+    return Row(sample.image, quarter_prompt(quadrant), "yes" if truth else "no", "quarter", n)
 
 
 def quarter_samples(
-    n: int, seed: int, want: Sequence[bool], **kwargs: Any
+    n: int, seed: int, want: Sequence[bool], quadrant: int = 0, **kwargs: Any
 ) -> list[dots.DotsSample]:
-    """Samples whose top-left-quarter labels equal ``want`` (rejection from a seeded stream)."""
+    """Samples whose labels for `quadrant` equal ``want`` (rejection from a seeded stream)."""
     out: list[dots.DotsSample] = []
     pool = dots.generate(max(8 * n, 64), seed, **kwargs)
     need = list(want)
     for sample in pool:
         if not need:
             break
-        label = has_top_left(sample)
+        label = has_dot_in(sample, quadrant)
         if label in need:
             need.remove(label)
             out.append(sample)
@@ -201,9 +214,12 @@ def training_batch(cfg: TrainConfig, step: int) -> list[Row]:
             row = yesno_row(s, rng)
             if row.kind == "quarter":
                 want = rng.random() < 0.5
-                if has_top_left(s) != want:
-                    s = quarter_samples(1, rng.randrange(2**31), [want], **kwargs)[0]
-                row = Row(s.image, QUARTER_PROMPT, "yes" if want else "no", "quarter", s.count)
+                quadrant = rng.randrange(len(QUADRANTS))
+                if has_dot_in(s, quadrant) != want:
+                    s = quarter_samples(1, rng.randrange(2**31), [want], quadrant, **kwargs)[0]
+                row = Row(
+                    s.image, quarter_prompt(quadrant), "yes" if want else "no", "quarter", s.count
+                )
             rows.append(row)
     return rows
 

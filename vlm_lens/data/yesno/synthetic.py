@@ -52,6 +52,18 @@ class DotImage:
         return im
 
 
+def quadrant_question(quadrant: int) -> str:
+    """The quadrant question; `quadrant` indexes `QUADRANTS`."""
+    return f"Is there a dot in the {QUADRANTS[quadrant]} quarter of the image?"
+
+
+def count_question(n: int) -> str:
+    """The exact-count question."""
+    return (
+        f"{'Is' if n == 1 else 'Are'} there exactly {n} {'dot' if n == 1 else 'dots'} in the image?"
+    )
+
+
 def _quadrant_of(x: float, y: float) -> int:
     return (2 if y >= 0.5 else 0) + (1 if x >= 0.5 else 0)
 
@@ -103,7 +115,7 @@ def generate(
             outside = [int(k) for k in rng.permutation(others * 2)[:n_other]]
             with_dot = _place(rng, [q, *outside], radius)
             without_dot = _place(rng, outside, radius)
-            question = f"Is there a dot in the {QUADRANTS[q]} quarter of the image?"
+            question = quadrant_question(q)
             pair = [(with_dot, True), (without_dot, False)]
             order = rng.permutation(2)
             for image_index, k in enumerate(order):
@@ -138,9 +150,7 @@ def generate(
             order = rng.permutation(2)
             for question_index, k in enumerate(order):
                 asked, label = pair[int(k)]
-                noun = "dot" if asked == 1 else "dots"
-                verb = "Is" if asked == 1 else "Are"
-                question = f"{verb} there exactly {asked} {noun} in the image?"
+                question = count_question(asked)
                 items.append(
                     YesNoItem(
                         benchmark="synthetic",
