@@ -167,7 +167,7 @@ def section(result: dict, training: dict, path: str | Path) -> str:
         "scratch by `vlm_lens.zoo.train`, evaluated by `vlm_lens.zoo.evaluate_organism` through "
         "`HookedVLM` on seeds training never used.",
         "",
-        f"- Machine: {machine()} (shared with other jobs while training).",
+        f"- Machine: {machine()}.",
         f"- Training: {runs}; batch {cfg.get('batch')}, {minutes:.1f} min wall time in all; "
         f"images {size} px -> {grid} merged image tokens; dot radius {cfg.get('radius_range')}, "
         f"intensity {cfg.get('intensity_range')}, counts {cfg.get('count_range')}.",
@@ -184,7 +184,7 @@ def section(result: dict, training: dict, path: str | Path) -> str:
         f"exact ≥ 60% {ok(c['exact'] >= 0.6)} |",
         "",
         f"Yes/no (balanced, {y['n']} questions): accuracy {y['accuracy']:.1%} "
-        f"(exactly-N {y['accuracy_exact']:.1%}, top-left quarter {y['accuracy_quarter']:.1%}), "
+        f"(exactly-N {y['accuracy_exact']:.1%}, dot-in-quadrant {y['accuracy_quarter']:.1%}), "
         f"parse rate {y['parse_rate']:.0%}, yes rate {y['yes_rate']:.1%}; target ≥ 90% "
         f"{ok(y['accuracy'] >= 0.9)}.",
         "",
