@@ -41,12 +41,11 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 from pathlib import Path
 from typing import Any
 
+from vlm_lens.cli._common import add_model_args, load_model, parse_shard
 from vlm_lens.studies import counting
-from vlm_lens.studies.runlog import Shard
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -80,10 +79,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", default="runs/counting", help="output directory")
     p.add_argument("--max-new-tokens", type=int, default=8)
-    p.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu")
-    p.add_argument("--device-map", default=None, help="e.g. auto (instead of --device)")
-    p.add_argument("--dtype", default=None, help="float32, bfloat16, float16 or auto")
-    p.add_argument("--shard", default=None, help="K/N: only samples with index %% N == K; or auto")
+    add_model_args(p, "K/N: only samples with index %% N == K; or auto")
     p.add_argument(
         "--regrounding",
         default=None,
@@ -120,32 +116,6 @@ def _layers(values: list[str] | None, flag: str = "--layers") -> Any:
         raise SystemExit(f"{flag}: expected 'last', 'paper', 'all' or integers") from err
 
 
-def _shard(text: str | None) -> Shard | None:
-    if text is None:
-        return None
-    if text == "auto":
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
-        return Shard(rank, world) if world > 1 else None
-    return Shard.parse(text)
-
-
-def _load(ref: Any, args: argparse.Namespace, shard: Shard | None):
-    from vlm_lens import HookedVLM
-
-    if isinstance(ref, HookedVLM):
-        return ref
-    device = args.device
-    if args.shard == "auto" and device is None and args.device_map is None:
-        import torch
-
-        if torch.cuda.is_available():
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    return HookedVLM.from_pretrained(
-        ref, device=device, dtype=args.dtype, device_map=args.device_map
-    )
-
-
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.action == "merge":
@@ -164,13 +134,13 @@ def run(args: argparse.Namespace) -> int:
         _report(out, args)
         return 0
 
-    shard = _shard(args.shard)
+    shard = parse_shard(args.shard)
     layers = _layers(args.layers) or "last"
     if layers == "all":
         raise SystemExit("--layers all is not supported (too many maps); name the layers")
     refs = [(m, m, None) for m in args.model] if args.model else [counting.default_model()]
     for ref, name, note in refs:
-        model = _load(ref, args, shard)
+        model = load_model(ref, args)
         regrounding = None
         if args.regrounding:
             reg_layers = _layers(args.regrounding_layers, "--regrounding-layers")

@@ -39,12 +39,10 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
 from pathlib import Path
-from typing import Any
 
+from vlm_lens.cli._common import add_model_args, load_model, parse_shard
 from vlm_lens.studies import yesbias
-from vlm_lens.studies.runlog import Shard
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -94,10 +92,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-new-tokens", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--out", default="runs/yesbias", help="output directory")
-    p.add_argument("--device", default=None, help="e.g. cuda, cuda:1, cpu")
-    p.add_argument("--device-map", default=None, help="e.g. auto (instead of --device)")
-    p.add_argument("--dtype", default=None, help="float32, bfloat16, float16 or auto")
-    p.add_argument("--shard", default=None, help="K/N: pairing units with index %% N == K; or auto")
+    add_model_args(p, "K/N: pairing units with index %% N == K; or auto")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples")
     p.add_argument(
         "--no-shares",
@@ -127,32 +122,6 @@ def load_items(name: str, path: str | None, limit: int | None, seed: int = 0) ->
     if path is None:
         return synthetic.generate(16 if limit is None else limit, seed=seed)
     return load_benchmark(name, path, limit=limit)
-
-
-def _shard(text: str | None) -> Shard | None:
-    if text is None:
-        return None
-    if text == "auto":
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
-        return Shard(rank, world) if world > 1 else None
-    return Shard.parse(text)
-
-
-def _load(ref: Any, args: argparse.Namespace):
-    from vlm_lens import HookedVLM
-
-    if isinstance(ref, HookedVLM):
-        return ref
-    device = args.device
-    if args.shard == "auto" and device is None and args.device_map is None:
-        import torch
-
-        if torch.cuda.is_available():
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    return HookedVLM.from_pretrained(
-        ref, device=device, dtype=args.dtype, device_map=args.device_map
-    )
 
 
 def run_dirs(out: Path) -> list[Path]:
@@ -202,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"report: {path}")
         return 0 if complete else 1
 
-    shard = _shard(args.shard)
+    shard = parse_shard(args.shard)
     benchmarks = [parse_benchmark(s) for s in (args.benchmark or ["synthetic"])]
     conditions = yesbias.sweep_conditions(
         args.sweep,
@@ -217,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
         ref, name, note = yesbias.default_model()
         print(note or f"no --model given: using {name}")
     tag = args.tag or (name if not args.model else yesbias.model_tag(args.model))
-    model = _load(ref, args)
+    model = load_model(ref, args)
     for bench, path in benchmarks:
         items = load_items(bench, path, args.limit, args.seed)
         if not items:
