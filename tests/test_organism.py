@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+import re
+
 import pytest
 import torch
 
@@ -11,6 +14,26 @@ from vlm_lens.zoo import organism_path, train
 
 # Held-out: training draws seeds >= 10_000_000, validation 5_000, the benchmark 10_000-10_003.
 TEST_SEED = 20_260
+
+# train.training_batch(TrainConfig(batch=16, yesno_fraction=0.3), 7), as the shipped run drew it
+PINNED_STEP_7 = [
+    ("count", "17", 17, "How many dots are there in the"),
+    ("count", "17", 17, "How many dots are there in the"),
+    ("count", "21", 21, "How many dots are there in the"),
+    ("count", "7", 7, "How many dots are there in the"),
+    ("count", "6", 6, "How many dots are there in the"),
+    ("count", "8", 8, "How many dots are there in the"),
+    ("count", "4", 4, "How many dots are there in the"),
+    ("count", "6", 6, "How many dots are there in the"),
+    ("count", "23", 23, "How many dots are there in the"),
+    ("count", "2", 2, "How many dots are there in the"),
+    ("count", "11", 11, "How many dots are there in the"),
+    ("quarter", "no", 3, "Is there a dot in the bottom-l"),
+    ("quarter", "yes", 26, "Is there a dot in the top-left"),
+    ("quarter", "no", 10, "Is there a dot in the top-left"),
+    ("quarter", "yes", 23, "Is there a dot in the top-righ"),
+    ("exact", "yes", 18, "Are there exactly 18 dots in t"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -70,3 +93,54 @@ def test_yes_no_training_rows_are_balanced():
     assert 0.25 < yes / len(rows) < 0.75
     for r in rows:
         assert r.answer in ("yes", "no")
+
+
+def test_wrong_counts_are_near_or_far():
+    rng = random.Random(0)
+    for n in range(1, 31):
+        near = {train.wrong_count(n, rng) for _ in range(200)}
+        assert near == {max(1, n + d) for d in (-3, -2, -1, 1, 2, 3)}
+        assert n not in near or n <= 3  # clipped at 1: only small counts can come out as n
+        far = {train.wrong_count(n, rng, far_share=1.0) for _ in range(400)}
+        assert n not in far and far <= set(range(1, 31)) and len(far) > 20
+
+
+def test_training_rows_label_exact_questions_by_the_asked_count():
+    cfg = train.TrainConfig(out="", batch=16, yesno_fraction=1.0, count_range=(1, 4))
+    rows = [r for step in range(8) for r in train.training_batch(cfg, step) if r.kind == "exact"]
+    assert rows
+    for r in rows:
+        asked = int(re.search(r"exactly (\d+)", r.prompt).group(1))
+        assert (asked == r.count) == (r.answer == "yes")
+
+
+def test_yes_no_rows_of_the_shipped_recipe_are_unchanged():
+    """The shipped organism's data stream (exact_share 0.5, no far negatives) is pinned: a
+    change here would stop its training command from reproducing its weights."""
+    cfg = train.TrainConfig(out="", batch=16, yesno_fraction=0.3)
+    rows = train.training_batch(cfg, 7)
+    digest = [(r.kind, r.answer, r.count, r.prompt[:30]) for r in rows]
+    assert digest == PINNED_STEP_7
+
+
+def test_exact_questions_alternate_true_and_near_false_counts():
+    samples = dots.generate(8, 3)
+    rows = train.exact_questions(samples, 3)
+    assert [r.answer for r in rows] == ["yes", "no"] * 4
+    for r, s in zip(rows, samples):
+        asked = int(re.search(r"exactly (\d+)", r.prompt).group(1))
+        assert (asked == s.count) == (r.answer == "yes") and abs(asked - s.count) <= 3
+
+
+def test_linear_patch_embedding_keeps_the_logits(tmp_path):
+    cfg = train.TrainConfig(out="", size=64)
+    model, processor, adapter = train.load(train.build_checkpoint(cfg, tmp_path, tiny=True))
+    samples = dots.generate(2, 0, size=128, radius=6, count_range=(1, 9))
+    rows = [train.Row(s.image, train.COUNT_PROMPT, str(s.count), "count", s.count) for s in samples]
+    tensors, _ = train.encode(processor, adapter, model.config, rows)
+    with torch.no_grad():
+        before = model(**tensors).logits
+        train.linear_patch_embedding(model)
+        after = model(**tensors).logits
+    assert model.model.visual.patch_embed.proj.weight.ndim == 5  # the saved weights are unchanged
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)

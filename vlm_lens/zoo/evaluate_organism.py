@@ -19,10 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import random
-import re
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -32,10 +28,11 @@ import torch
 
 from vlm_lens.data import dots
 from vlm_lens.data.yesno.items import parse_yes_no
+from vlm_lens.reports.machine import describe_machine
 from vlm_lens.zoo.train import (
     COUNT_PROMPT,
     QUADRANTS,
-    exact_prompt,
+    exact_questions,
     has_dot_in,
     parse_count,
     quarter_prompt,
@@ -78,12 +75,10 @@ def count_metrics(model, samples: Sequence[dots.DotsSample]) -> dict:
 def yesno_items(n: int = 256) -> list[tuple[object, str, bool, str]]:
     """``(image, prompt, label, kind)``: half exact-count, half quadrant questions; balanced."""
     half = n // 2
-    rng = random.Random(EXACT_SEED)
-    items = []
-    for i, s in enumerate(dots.generate(half, EXACT_SEED)):
-        truth = i % 2 == 0
-        asked = s.count if truth else max(1, s.count + rng.choice([-3, -2, -1, 1, 2, 3]))
-        items.append((s.image, exact_prompt(asked), truth, "exact"))
+    items = [
+        (r.image, r.prompt, r.answer == "yes", "exact")
+        for r in exact_questions(dots.generate(half, EXACT_SEED), EXACT_SEED)
+    ]
     train_like = dict(count_range=(1, 30), radius_range=(7.0, 13.0), intensity_range=(0, 100))
     for i in range(half):
         quadrant, want = i % len(QUADRANTS), (i // len(QUADRANTS)) % 2 == 0
@@ -125,27 +120,6 @@ def evaluate(path: str | Path, n: int = 256) -> dict:
 # ------------------------------------------------------------------------------ report
 
 
-def machine() -> str:
-    name = platform.processor() or "unknown CPU"
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        match = re.search(r"Model name:\s*(.+)", lscpu)
-        if match:
-            name = match.group(1).strip()
-    except OSError:
-        pass
-    import os
-
-    cores = os.cpu_count()
-    ram = "?"
-    try:
-        kb = int(re.search(r"MemTotal:\s*(\d+)", Path("/proc/meminfo").read_text()).group(1))
-        ram = f"{kb / 2**20:.0f} GiB"
-    except (OSError, AttributeError):
-        pass
-    return f"{name}, {cores} cores, {ram} RAM, torch {torch.__version__}"
-
-
 def section(result: dict, training: dict, path: str | Path) -> str:
     p, c, y = result["paper"], result["control"], result["yesno"]
     stages = training.get("stages") or [training]
@@ -156,7 +130,10 @@ def section(result: dict, training: dict, path: str | Path) -> str:
     runs = "; then ".join(
         f"`{st.get('command', '?')}` ({st.get('steps')} steps, "
         f"{st.get('seconds', 0) / 60:.1f} min, lr {st.get('config', {}).get('lr')}, "
-        f"yes/no fraction {st.get('config', {}).get('yesno_fraction')})"
+        f"yes/no fraction {st.get('config', {}).get('yesno_fraction')}, exact-count share "
+        f"{st.get('config', {}).get('exact_share', 0.5)}, far negatives "
+        f"{st.get('config', {}).get('far_share', 0.0)}, "
+        f"{st.get('config', {}).get('threads')} torch threads)"
         for st in stages
     )
     ok = lambda flag: "met" if flag else "**missed**"  # noqa: E731
@@ -167,7 +144,7 @@ def section(result: dict, training: dict, path: str | Path) -> str:
         "scratch by `vlm_lens.zoo.train`, evaluated by `vlm_lens.zoo.evaluate_organism` through "
         "`HookedVLM` on seeds training never used.",
         "",
-        f"- Machine: {machine()}.",
+        f"- Machine: {describe_machine()}.",
         f"- Training: {runs}; batch {cfg.get('batch')}, {minutes:.1f} min wall time in all; "
         f"images {size} px -> {grid} merged image tokens; dot radius {cfg.get('radius_range')}, "
         f"intensity {cfg.get('intensity_range')}, counts {cfg.get('count_range')}.",

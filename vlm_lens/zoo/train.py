@@ -72,6 +72,8 @@ class TrainConfig:
     size: int = 224
     batch: int = 16
     yesno_fraction: float = 0.25
+    exact_share: float = 0.5  # of the yes/no rows, the exact-count questions (rest: quadrants)
+    far_share: float = 0.0  # of the exact-count negatives, those far from the true count
     lr: float = 1e-3
     warmup: int = 30
     min_lr_ratio: float = 0.1
@@ -84,6 +86,7 @@ class TrainConfig:
     val_images: int = 32
     threads: int = 1  # 2 oversubscribes a shared 2-core machine (10x slower measured)
     workers: int = 1  # background processes preparing batches
+    linear_patch_embed: bool = False  # faster; changes float rounding (see linear_patch_embedding)
     init: str | None = None  # continue from this checkpoint instead of a fresh random init
     # model size
     vision_depth: int = 4
@@ -132,6 +135,26 @@ def build_checkpoint(cfg: TrainConfig, directory: Path, *, tiny: bool = False) -
     )
 
 
+def linear_patch_embedding(model) -> None:
+    """Run the vision patch embedding as the matrix product it is (training speed only).
+
+    Qwen3-VL embeds patches with a ``Conv3d`` whose stride equals its kernel, i.e. one linear
+    map of each flattened ``(channels, temporal, patch, patch)`` patch. On CPU the convolution
+    (forward + backward) costs ~15% of a training step; ``F.linear`` on the same weight
+    viewed as ``[hidden, channels * temporal * patch * patch]`` gives the same numbers (tested)
+    for a fraction of that. Weights, their names and the saved checkpoint are unchanged.
+    """
+    embed = model.model.visual.patch_embed
+    proj = embed.proj
+
+    def forward(hidden_states: Tensor) -> Tensor:
+        # hidden_states: [patches, channels * temporal * patch * patch]
+        flat = hidden_states.reshape(-1, proj.weight[0].numel()).to(proj.weight.dtype)
+        return torch.nn.functional.linear(flat, proj.weight.flatten(1), proj.bias)
+
+    embed.forward = forward
+
+
 def load(path: Path):
     import transformers
 
@@ -162,15 +185,33 @@ def has_dot_in(sample: dots.DotsSample, quadrant: int) -> bool:
     return any((x >= half_w) == right and (y >= half_h) == bottom for x, y in sample.centres)
 
 
-def yesno_row(sample: dots.DotsSample, rng: random.Random) -> Row:
-    """A balanced yes/no question about ``sample`` (kind and label drawn from ``rng``)."""
+def wrong_count(n: int, rng: random.Random, far_share: float = 0.0, top: int = 30) -> int:
+    """A count to ask about instead of ``n`` for a "no" question.
+
+    Near: ``n`` off by 1-3, clipped at 1 (so for ``n <= 3`` it can come out as ``n``: callers
+    label by comparing; the clipping is kept so the shipped organism's data stream, and with it
+    its weights, reproduce). With probability ``far_share``: any other count in ``1..top``,
+    an easy negative a model can answer from a rough count (no random draw is spent on this
+    choice when ``far_share`` is 0).
+    """
+    if far_share > 0 and rng.random() < far_share:
+        return rng.choice([k for k in range(1, max(top, n) + 1) if k != n])
+    return max(1, n + rng.choice([-3, -2, -1, 1, 2, 3]))
+
+
+def yesno_row(
+    sample: dots.DotsSample, rng: random.Random, exact_share: float = 0.5, far_share: float = 0.0
+) -> Row:
+    """A balanced yes/no question about ``sample`` (kind and label drawn from ``rng``).
+
+    ``exact_share`` of the questions are "Are there exactly N dots?", the rest quadrant ones.
+    """
     n = sample.count
-    if rng.random() < 0.5:
+    if rng.random() < exact_share:
         truth = rng.random() < 0.5
-        asked = n if truth else max(1, n + rng.choice([-3, -2, -1, 1, 2, 3]))
-        if asked == n:
-            truth = True
-        return Row(sample.image, exact_prompt(asked), "yes" if truth else "no", "exact", n)
+        asked = n if truth else wrong_count(n, rng, far_share)
+        answer = "yes" if asked == n else "no"
+        return Row(sample.image, exact_prompt(asked), answer, "exact", n)
     quadrant = rng.randrange(len(QUADRANTS))
     truth = has_dot_in(sample, quadrant)
     return Row(sample.image, quarter_prompt(quadrant), "yes" if truth else "no", "quarter", n)
@@ -211,7 +252,7 @@ def training_batch(cfg: TrainConfig, step: int) -> list[Row]:
         # Quarter questions need balanced labels: draw their images to match a label.
         extra = dots.generate(n_yesno, seed + TRAIN_SEED_BASE // 2, **kwargs)
         for s in extra:
-            row = yesno_row(s, rng)
+            row = yesno_row(s, rng, cfg.exact_share, cfg.far_share)
             if row.kind == "quarter":
                 want = rng.random() < 0.5
                 quadrant = rng.randrange(len(QUADRANTS))
@@ -317,34 +358,70 @@ def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 @torch.no_grad()
-def quick_accuracy(model, processor, adapter, samples: Sequence[dots.DotsSample]) -> dict:
-    """Greedy counts of ``samples`` with the raw HF model (exact accuracy and MAE)."""
+def _greedy_texts(model, processor, adapter, images: Sequence, prompts: Sequence[str]) -> list[str]:
+    """Greedy answers (up to 4 tokens) of the raw HF model, 16 rows at a time."""
     from vlm_lens.core.prepare import prepare_inputs
 
+    was_training = model.training
     model.eval()
-    right, abs_err, parsed = 0, 0.0, 0
-    for start in range(0, len(samples), 16):
-        chunk = samples[start : start + 16]
+    texts: list[str] = []
+    for start in range(0, len(images), 16):
         inputs = prepare_inputs(
             processor,
             adapter,
             model.config,
-            [[s.image] for s in chunk],
-            [COUNT_PROMPT] * len(chunk),
+            [[im] for im in images[start : start + 16]],
+            list(prompts[start : start + 16]),
         )
         out = model.generate(**inputs.tensors, max_new_tokens=4, do_sample=False)
-        texts = processor.tokenizer.batch_decode(
-            out[:, inputs.tensors["input_ids"].shape[1] :], skip_special_tokens=True
+        texts.extend(
+            processor.tokenizer.batch_decode(
+                out[:, inputs.tensors["input_ids"].shape[1] :], skip_special_tokens=True
+            )
         )
-        for s, t in zip(chunk, texts):
-            value = parse_count(t)
-            if value is not None:
-                parsed += 1
-                right += value == s.count
-                abs_err += abs(value - s.count)
-    model.train()
+    model.train(was_training)
+    return texts
+
+
+def quick_accuracy(
+    model, processor, adapter, samples: Sequence[dots.DotsSample], exact: Sequence[Row] = ()
+) -> dict:
+    """Exact accuracy and MAE of greedy counts of ``samples``; with ``exact`` rows, also the
+    accuracy on those "Are there exactly N dots?" questions (``yesno_exact``)."""
+    texts = _greedy_texts(
+        model, processor, adapter, [s.image for s in samples], [COUNT_PROMPT] * len(samples)
+    )
+    right, abs_err, parsed = 0, 0.0, 0
+    for s, t in zip(samples, texts):
+        value = parse_count(t)
+        if value is not None:
+            parsed += 1
+            right += value == s.count
+            abs_err += abs(value - s.count)
     n = len(samples)
-    return {"exact": right / n, "mae": abs_err / max(parsed, 1), "parsed": parsed / n}
+    out = {"exact": right / n, "mae": abs_err / max(parsed, 1), "parsed": parsed / n}
+    if exact:
+        from vlm_lens.data.yesno.items import parse_yes_no
+
+        texts = _greedy_texts(
+            model, processor, adapter, [r.image for r in exact], [r.prompt for r in exact]
+        )
+        out["yesno_exact"] = sum(parse_yes_no(t) == r.answer for t, r in zip(texts, exact)) / len(
+            exact
+        )
+    return out
+
+
+def exact_questions(samples: Sequence[dots.DotsSample], seed: int) -> list[Row]:
+    """ "Are there exactly N dots?" rows about ``samples``: N true for even rows, off by 1-3 for
+    odd ones (balanced whenever counts exceed 3, as in the paper spec's 10-16)."""
+    rng = random.Random(seed)
+    rows = []
+    for i, s in enumerate(samples):
+        asked = s.count if i % 2 == 0 else wrong_count(s.count, rng)
+        answer = "yes" if asked == s.count else "no"
+        rows.append(Row(s.image, exact_prompt(asked), answer, "exact", s.count))
+    return rows
 
 
 def parse_count(text: str | None) -> int | None:
@@ -383,9 +460,12 @@ def train(cfg: TrainConfig, argv: Sequence[str] | None = None) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             model, processor, adapter = load(build_checkpoint(cfg, Path(tmp)))
     model.config.text_config._attn_implementation = "sdpa"
+    if cfg.linear_patch_embed:
+        linear_patch_embedding(model)
     model.train()
     opt = make_optimizer(model, cfg)
     val = dots.generate(cfg.val_images, VAL_SEED)  # paper spec, counts 10-16
+    val_exact = exact_questions(dots.generate(cfg.val_images, VAL_SEED + 1), VAL_SEED + 1)
 
     # With --steps the cosine runs over steps; with only --minutes it runs over wall time, so
     # the schedule ends on the deadline whatever the machine's (shared) speed.
@@ -426,7 +506,7 @@ def train(cfg: TrainConfig, argv: Sequence[str] | None = None) -> dict:
         bar.update(1)
         bar.set_postfix(loss=f"{ema:.3f}", lr=f"{cfg.lr * factor:.2e}")
         if step % cfg.eval_every == 0 and not done():
-            metrics = quick_accuracy(model, processor, adapter, val)
+            metrics = quick_accuracy(model, processor, adapter, val, val_exact)
             metrics.update(step=step, loss=ema, seconds=round(time.monotonic() - start, 1))
             history.append(metrics)
             print(f"\n{json.dumps(metrics)}", file=sys.stderr, flush=True)
@@ -441,7 +521,7 @@ def train(cfg: TrainConfig, argv: Sequence[str] | None = None) -> dict:
             _save(model, processor, out, meta)
     bar.close()
     train_seconds = round(time.monotonic() - start, 1)
-    metrics = quick_accuracy(model, processor, adapter, val)
+    metrics = quick_accuracy(model, processor, adapter, val, val_exact)
     metrics.update(step=step, loss=ema, seconds=train_seconds)
     history.append(metrics)
     print(f"\n{json.dumps(metrics)}", file=sys.stderr, flush=True)
@@ -471,6 +551,7 @@ def smoke(steps: int = 30, seed: int = 0, n_images: int = 4) -> tuple[float, flo
     with tempfile.TemporaryDirectory() as tmp:
         model, processor, adapter = load(build_checkpoint(cfg, Path(tmp), tiny=True))
     model.config.text_config._attn_implementation = "sdpa"
+    linear_patch_embedding(model)
     model.train()
     opt = make_optimizer(model, cfg)
     samples = dots.generate(n_images, seed, size=128, radius=6, count_range=(1, 9))
@@ -505,9 +586,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--yesno-fraction", type=float, default=0.25)
+    p.add_argument(
+        "--exact-share", type=float, default=0.5, help="exact-count share of the yes/no rows"
+    )
+    p.add_argument(
+        "--far-share",
+        type=float,
+        default=0.0,
+        help="share of exact-count negatives drawn far from the true count (any other count)",
+    )
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--threads", type=int, default=1, help="torch threads of the trainer")
     p.add_argument("--workers", type=int, default=1, help="data-preparing processes")
+    p.add_argument(
+        "--linear-patch-embed",
+        action="store_true",
+        help="patch embedding as a matmul (faster on CPU; other rounding than the shipped run)",
+    )
     p.add_argument("--init", help="continue training this checkpoint (a second stage)")
     p.add_argument("--smoke", action="store_true", help="a few dozen steps on tiny images")
     args = p.parse_args(argv)
@@ -526,10 +621,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         batch=args.batch,
         lr=args.lr,
         yesno_fraction=args.yesno_fraction,
+        exact_share=args.exact_share,
+        far_share=args.far_share,
         eval_every=args.eval_every,
         threads=args.threads,
         workers=args.workers,
         init=args.init,
+        linear_patch_embed=args.linear_patch_embed,
     )
     meta = train(cfg, argv)
     print(json.dumps(meta["history"][-1]))
