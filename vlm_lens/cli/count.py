@@ -70,6 +70,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="hub ids or local checkpoints, compared side by side (default: organism / tiny)",
     )
     p.add_argument("--n", type=int, default=256, help="samples per condition (default 256)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=8,
+        help="images per forward batch (default 8; records match one-by-one up to rounding)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--layers",
@@ -175,6 +181,7 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             note=note,
             max_samples=args.limit,
+            batch_size=args.batch_size,
         )
         print(f"{name}: samples in {model_dir}")
         del model

@@ -5,6 +5,7 @@ A pipeline of plain functions, so a notebook can enter at any stage::
     configs  = conditions(CountingConfig(n=256), cot=True, three_digit=True)
     samples  = configs[0].dataset()                          # dataset (vlm_lens.data.dots)
     row      = count_sample(model, samples[0], configs[0])   # one record: answer + metrics
+    rows     = count_samples(model, samples[:8], configs[0])  # the same, one batch
     out      = run_counting(model, configs, "runs/", model_name="qwen3-vl-2b")  # JSONL log
     rows     = load_samples(out)                             # records
     summary  = summarize(rows)                               # accuracy, MBE, MAE, drops
@@ -93,6 +94,7 @@ __all__ = [
     "attention_table",
     "conditions",
     "count_sample",
+    "count_samples",
     "default_model",
     "digit_step_metrics",
     "load_samples",
@@ -520,74 +522,112 @@ def count_sample(
     generate_kwargs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run one image through the model and return its record (see the module docstring)."""
+    return count_samples(model, [sample], config, generate_kwargs=generate_kwargs)[0]
+
+
+def _until_eos(tokens: list[int], eos: Collection[int]) -> list[int]:
+    """A generated row up to and including its first EOS (a batch pads stopped rows)."""
+    for i, t in enumerate(tokens):
+        if t in eos:
+            return tokens[: i + 1]
+    return tokens
+
+
+def count_samples(
+    model: HookedVLM,
+    samples: Sequence[dots.DotsSample],
+    config: CountingConfig,
+    *,
+    generate_kwargs: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Run ``samples`` through the model as one batch; one record per sample, in order.
+
+    Rows are greedy and independent, so a record equals its one-image run up to float
+    rounding (all images of a condition have the same size and prompt: no padding).
+    With re-grounding, which edits each row at its own digit steps, samples run one by one.
+    """
+    samples = list(samples)
+    reg = config.regrounding
+    if reg is not None and len(samples) > 1:
+        return [
+            row
+            for sample in samples
+            for row in count_samples(model, [sample], config, generate_kwargs=generate_kwargs)
+        ]
     n_layers = model.cfg.n_layers
     layers = study_layers(config.layers, n_layers)
-    reg = config.regrounding
     reg_layers = [] if reg is None else study_layers(reg.layers or layers, n_layers)
     max_new = config.max_new_tokens
     kwargs = dict(generate_kwargs or {})
     if config.digits_only and "suppress_tokens" not in kwargs:
         extra, max_new = _digits_only_kwargs(model, len(str(config.count_range[1])))
         kwargs.update(extra)
-    inputs = model.prepare(images=sample.image, prompt=config.prompt)
+    inputs = model.prepare(
+        images=[[s.image] for s in samples], prompt=[config.prompt] * len(samples)
+    )
     record = AttentionRecord(layers=sorted(set(layers) | set(reg_layers)), keep=("image",))
     out = model.generate(inputs, max_new_tokens=max_new, record=record, **kwargs)
-    rec = out.recording
-    tokens = out.tokens[0].tolist()
-    text = out.texts[0]
-    prediction = parse_count(text, config.answer)
-    steps, digits = answer_steps(tokens, model.tokens_to_text, config.answer)
-    grid = tuple(inputs.segments.samples[0].images[0].grid)
-    attention = recording_metrics(
-        rec,
-        steps,
-        digits,
-        layers,
-        sample,
-        grid,
-        band_width=config.band_width,
-        keep_map=sample.index < config.example_maps,
-    )
-    row: dict[str, Any] = {
-        "condition": config.condition,
-        "index": sample.index,
-        "count": sample.count,
-        "text": text,
-        "tokens": tokens,
-        "prediction": prediction,
-        "correct": prediction == sample.count,
-        "error": None if prediction is None else prediction - sample.count,
-        "digit_steps": steps,
-        "digits": digits,
-        "layers": layers,
-        "grid": list(grid),
-        "image_size": list(sample.size),
-        "area": _area_shares(sample, grid, config.band_width),
-        "attention": attention,
-        "regrounding": None,
-    }
-    if sample.index < config.example_maps:
-        row["centres"] = [list(c) for c in sample.centres]
-    if reg is not None and steps:
-        targets = steps[1:] or [steps[0] + 1]
-        targets = [s for s in targets if s < max_new]
-        regrounded = None
-        if targets:
-            regrounded = reground(
-                model, inputs, out, steps[0], targets, reg, reg_layers, max_new, **kwargs
-            )
-        text2 = regrounded.texts[0] if regrounded is not None else text
-        pred2 = parse_count(text2, config.answer)
-        row["regrounding"] = {
-            "mode": reg.describe(),
-            "layers": reg_layers,
-            "steps": targets,
-            "text": text2,
-            "prediction": pred2,
-            "correct": pred2 == sample.count,
-            "error": None if pred2 is None else pred2 - sample.count,
+    eos = model.hf_model.generation_config.eos_token_id
+    eos_ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+    rows = []
+    for r, sample in enumerate(samples):
+        tokens = _until_eos(out.tokens[r].tolist(), eos_ids)
+        text = out.texts[r]
+        prediction = parse_count(text, config.answer)
+        steps, digits = answer_steps(tokens, model.tokens_to_text, config.answer)
+        grid = tuple(inputs.segments.samples[r].images[0].grid)
+        attention = recording_metrics(
+            out.recording,
+            steps,
+            digits,
+            layers,
+            sample,
+            grid,
+            row=r,
+            band_width=config.band_width,
+            keep_map=sample.index < config.example_maps,
+        )
+        row: dict[str, Any] = {
+            "condition": config.condition,
+            "index": sample.index,
+            "count": sample.count,
+            "text": text,
+            "tokens": tokens,
+            "prediction": prediction,
+            "correct": prediction == sample.count,
+            "error": None if prediction is None else prediction - sample.count,
+            "digit_steps": steps,
+            "digits": digits,
+            "layers": layers,
+            "grid": list(grid),
+            "image_size": list(sample.size),
+            "area": _area_shares(sample, grid, config.band_width),
+            "attention": attention,
+            "regrounding": None,
         }
-    return row
+        if sample.index < config.example_maps:
+            row["centres"] = [list(c) for c in sample.centres]
+        if reg is not None and steps:  # a batch of one (see above)
+            targets = steps[1:] or [steps[0] + 1]
+            targets = [s for s in targets if s < max_new]
+            regrounded = None
+            if targets:
+                regrounded = reground(
+                    model, inputs, out, steps[0], targets, reg, reg_layers, max_new, **kwargs
+                )
+            text2 = regrounded.texts[0] if regrounded is not None else text
+            pred2 = parse_count(text2, config.answer)
+            row["regrounding"] = {
+                "mode": reg.describe(),
+                "layers": reg_layers,
+                "steps": targets,
+                "text": text2,
+                "prediction": pred2,
+                "correct": pred2 == sample.count,
+                "error": None if pred2 is None else pred2 - sample.count,
+            }
+        rows.append(row)
+    return rows
 
 
 def _key(row: dict) -> tuple[str, int]:
@@ -622,6 +662,7 @@ def run_counting(
     generate_kwargs: dict[str, Any] | None = None,
     note: str | None = None,
     max_samples: int | None = None,
+    batch_size: int = 1,
 ) -> Path:
     """Run every condition on `model`, appending one JSON line per sample as it goes.
 
@@ -629,8 +670,12 @@ def run_counting(
     Samples already in the log are skipped, so calling it again after a stop resumes.
     `max_samples` stops after that many new samples (a run in chunks; resume continues).
     `note` (e.g. "untrained model") is kept in `run.json` and shown in the report.
+    `batch_size` images of a condition run as one batch (`count_samples`); a stop loses at
+    most the batch in flight.
     Returns the model's directory.
     """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     from tqdm.auto import tqdm
 
     configs = [configs] if isinstance(configs, CountingConfig) else list(configs)
@@ -660,15 +705,29 @@ def run_counting(
         if max_samples is not None:
             todo = todo[: max(max_samples, 0)]
         datasets: dict[str, list[dots.DotsSample]] = {}
-        bar = tqdm(todo, desc=f"count {model_name}", disable=not progress, unit="img")
-        for config, i in bar:
+        bar = tqdm(total=len(todo), desc=f"count {model_name}", disable=not progress, unit="img")
+        for config, indices in _batches(todo, batch_size):
             if config.condition not in datasets:
                 datasets[config.condition] = config.dataset()
-            row = count_sample(
-                model, datasets[config.condition][i], config, generate_kwargs=generate_kwargs
-            )
-            log.append({"model": model_name, **row})
+            batch = [datasets[config.condition][i] for i in indices]
+            for row in count_samples(model, batch, config, generate_kwargs=generate_kwargs):
+                log.append({"model": model_name, **row})
+            bar.update(len(batch))
+        bar.close()
     return model_dir
+
+
+def _batches(
+    todo: Sequence[tuple[CountingConfig, int]], size: int
+) -> list[tuple[CountingConfig, list[int]]]:
+    """Consecutive runs of at most ``size`` sample indices of one condition."""
+    out: list[tuple[CountingConfig, list[int]]] = []
+    for config, i in todo:
+        if out and out[-1][0] is config and len(out[-1][1]) < size:
+            out[-1][1].append(i)
+        else:
+            out.append((config, [i]))
+    return out
 
 
 def merge(out_dir: str | Path) -> dict[str, dict[str, Any]]:
