@@ -440,12 +440,11 @@ def test_bad_arguments_are_named(model, pairs):
 @pytest.mark.parametrize("arch", ["qwen3_vl", "gemma3", "llava"])
 def test_patched_batches_encode_the_image_once(tiny_ckpt, pairs, arch):
     """Rows of a patched batch share one vision-tower pass (its output is stacked back)."""
-    from vlm_lens.patching.sweep import _vision_tower
+    from vlm_lens.adapters import get_module
 
     m = HookedVLM.from_pretrained(tiny_ckpt(arch))
     pair = counting_pair(m, pairs[0])
-    tower = _vision_tower(m)
-    assert tower is not None
+    tower = get_module(m.hf_model, m.adapter.vision_tower)
     seen: list[int] = []
 
     def record(module, args, kwargs, output):

@@ -387,3 +387,15 @@ def test_inconsistent_overrides_are_rejected(tmp_path):
         )
     with pytest.raises(ValueError, match="mm_tokens_per_image"):
         tiny_checkpoint("gemma3", tmp_path, mm_tokens_per_image=9)
+
+
+def test_adapter_module_paths_exist_and_the_vision_tower_holds_no_language_layers(loaded):
+    from vlm_lens.adapters import adapter_for, get_module
+
+    arch, _, _, model = loaded
+    adapter = adapter_for(model.config)
+    tower = get_module(model, adapter.vision_tower)
+    lm = get_module(model, adapter.language_model)
+    get_module(model, adapter.image_embeds_module)
+    assert not any(m is lm for m in tower.modules())
+    assert any(p.requires_grad for p in tower.parameters())

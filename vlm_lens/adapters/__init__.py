@@ -45,6 +45,8 @@ class Adapter:
     layers: str = "layers"
     attention: str = "self_attn"
     image_embeds_module: str = "model.multi_modal_projector"
+    vision_tower: str = "model.vision_tower"
+    """The vision encoder (pixels in, patch features out); it holds no language-model hooks."""
     image_marker: str = "<image>"
     """How an image content item first shows in the rendered chat template (before expansion)."""
     grids: Callable[[Any, dict, int], list[tuple[int, int]]] = _llava_grids
@@ -58,7 +60,10 @@ class Adapter:
 
 
 _QWEN = dict(
-    image_embeds_module="model.visual.merger", image_marker="<|vision_start|>", grids=_qwen_grids
+    image_embeds_module="model.visual.merger",
+    vision_tower="model.visual",
+    image_marker="<|vision_start|>",
+    grids=_qwen_grids,
 )
 
 ADAPTERS: dict[str, Adapter] = {

@@ -34,6 +34,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from vlm_lens.adapters import get_module
 from vlm_lens.core.prepare import VLMInputs
 from vlm_lens.patching.inputs import check_same_layout, repeat_inputs, with_answer_prefix
 from vlm_lens.patching.positions import PositionGroup, Positions, position_groups
@@ -206,19 +207,6 @@ class _Counter:
         self.n = 0
 
 
-# Where the vision tower sits: Qwen-VL; LLaVA and Gemma3.
-_VISION_TOWERS = ("model.visual", "model.vision_tower")
-
-
-def _vision_tower(model: HookedVLM) -> torch.nn.Module | None:
-    for path in _VISION_TOWERS:
-        try:
-            return model.hf_model.get_submodule(path)
-        except AttributeError:
-            continue
-    return None
-
-
 def _first_copy(obj: Any, copies: int) -> Any:
     if isinstance(obj, Tensor) and obj.ndim and obj.shape[0] % copies == 0:
         return obj[: obj.shape[0] // copies]
@@ -247,10 +235,10 @@ def _one_vision_pass(model: HookedVLM, copies: int):
     stacked on the first axis) and a forward hook stacks its outputs back to `copies`. The
     language model sees exactly what it would have; only the repeated work is gone.
     """
-    tower = _vision_tower(model) if copies > 1 else None
-    if tower is None:
+    if copies <= 1:
         yield
         return
+    tower = get_module(model.hf_model, model.adapter.vision_tower)
 
     def shrink(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
         return (
