@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -61,6 +60,7 @@ from PIL import Image  # noqa: E402
 
 from vlm_lens import HookedVLM, zoo  # noqa: E402
 from vlm_lens.core.generation import AttentionRecord, generation_config  # noqa: E402
+from vlm_lens.reports.machine import machine_info
 
 PROMPT = "How many dots are there in the image? Answer directly. Answer: "
 
@@ -109,36 +109,6 @@ def tensor_bytes(tensors: Any) -> int:
     if isinstance(tensors, (list, tuple)):
         return sum(tensor_bytes(t) for t in tensors)
     return 0
-
-
-def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        mem_kb = next(
-            int(line.split()[1])
-            for line in Path("/proc/meminfo").read_text().splitlines()
-            if line.startswith("MemTotal")
-        )
-        ram = f"{mem_kb / 2**20:.1f} GiB"
-    except (OSError, StopIteration):
-        ram = "?"
-    return {
-        "cpu": cpu,
-        "logical_cpus": os.cpu_count(),
-        "ram": ram,
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
-    }
 
 
 def build_methods(path: Path, image_size: int, n_new: int) -> tuple[list[Method], dict]:
@@ -391,7 +361,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     methods, info = build_methods(Path(path), image_size, n_new)
     run(methods, repeats)
-    result = report(methods, info, machine())
+    result = report(methods, info, machine_info())
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2, default=str) + "\n")
     return result

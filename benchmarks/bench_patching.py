@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -44,7 +43,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch  # noqa: E402
-import transformers  # noqa: E402
 
 from vlm_lens import HookedVLM, zoo  # noqa: E402
 from vlm_lens.data.dots import counterfactual_pairs  # noqa: E402
@@ -55,6 +53,7 @@ from vlm_lens.patching import (  # noqa: E402
     patch_sweep,
     with_answer_prefix,
 )
+from vlm_lens.reports.machine import machine_info
 
 MEDIUM: dict[str, Any] = {
     "text_config": {
@@ -80,26 +79,6 @@ HOOKS = {
     "z": "blocks.{}.attn.hook_z",
     "pattern": "blocks.{}.attn.hook_pattern",
 }
-
-
-def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "logical_cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "load_average_before": os.getloadavg() if hasattr(os, "getloadavg") else None,
-    }
 
 
 def naive_loop(
@@ -199,14 +178,14 @@ def run(config: str, batch_size: int, repeats: int, directory: str | None = None
                 "max_abs_diff": float((result.values.flatten() - naive).abs().max()),
             }
         )
-    return {"machine": machine(), "model": info, "results": rows}
+    return {"machine": machine_info(), "model": info, "results": rows}
 
 
 def print_table(report: dict[str, Any]) -> None:
     m, info = report["machine"], report["model"]
     print(
         f"# {m['cpu']} ({m['logical_cpus']} logical CPUs, torch threads {m['torch_threads']}), "
-        f"torch {m['torch']}, transformers {m['transformers']}, load {m['load_average_before']}"
+        f"torch {m['torch']}, transformers {m['transformers']}, load {m['load_average']}"
     )
     print(
         f"# config {info['config']}: {info['parameters'] / 1e6:.2f} M params, "

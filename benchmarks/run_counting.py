@@ -30,6 +30,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from _runner import add_placement_args, placement_argv
+
 from vlm_lens.cli import main as vlm_lens_main
 
 PAPER_MODELS = (
@@ -44,14 +46,7 @@ PAPER_MODELS = (
 def build_argv(args: argparse.Namespace) -> list[str]:
     argv = ["count", "--model", *args.models, "--n", str(args.n), "--seed", str(args.seed)]
     argv += ["--layers", *args.layers, "--out", args.out]
-    if args.device:
-        argv += ["--device", args.device]
-    if args.device_map:
-        argv += ["--device-map", args.device_map]
-    if args.dtype:
-        argv += ["--dtype", args.dtype]
-    if args.shard:
-        argv += ["--shard", args.shard]
+    argv += placement_argv(args)
     if args.causal:
         argv += ["--regrounding", args.regrounding, "--cot", "--three-digit"]
     return argv
@@ -64,15 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--layers", nargs="+", default=["paper"])
     p.add_argument("--out", default="runs/counting-paper")
-    p.add_argument("--device", default="cuda")
-    p.add_argument("--device-map", default=None, help="e.g. auto for 12B on small GPUs")
-    p.add_argument("--dtype", default="bfloat16")
-    p.add_argument("--shard", default=None, help="K/N or auto (torchrun / accelerate)")
+    add_placement_args(p, "bfloat16", "e.g. auto for 12B on small GPUs")
     p.add_argument("--causal", action="store_true", help="add re-grounding, CoT and 3-digit runs")
     p.add_argument("--regrounding", default="restore", help="restore | restore-mass | scale:A")
     args = p.parse_args(argv)
-    if args.device_map:
-        args.device = None
     return vlm_lens_main(build_argv(args))
 
 

@@ -37,6 +37,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from _runner import add_placement_args, placement_argv
+
 from vlm_lens.cli import main as vlm_lens_main
 
 MODELS = (
@@ -77,14 +79,7 @@ def build_argv(model: str, args: argparse.Namespace) -> list[str]:
         argv += ["--limit", str(args.limit)]
     if args.knockout:
         argv.append("--knockout")
-    if args.device:
-        argv += ["--device", args.device]
-    if args.device_map:
-        argv += ["--device-map", args.device_map]
-    if args.dtype:
-        argv += ["--dtype", args.dtype]
-    if args.shard:
-        argv += ["--shard", args.shard]
+    argv += placement_argv(args)
     return argv
 
 
@@ -101,13 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--out", default="runs/yesbias-paper")
-    p.add_argument("--device", default="cuda")
-    p.add_argument("--device-map", default=None, help="e.g. auto for models larger than a GPU")
-    p.add_argument("--dtype", default="auto", help="auto: the checkpoint's own dtype")
-    p.add_argument("--shard", default=None, help="K/N or auto (torchrun / accelerate)")
+    add_placement_args(p, "auto", "e.g. auto for models larger than a GPU")
     args = p.parse_args(argv)
-    if args.device_map:
-        args.device = None
     status = 0
     for model in args.models:
         status |= vlm_lens_main(build_argv(model, args))
