@@ -88,9 +88,17 @@ def _place(
 
 
 def generate(
-    n_units: int, seed: int = 0, size: int = 448, radius: float = 0.035, max_dots: int = 6
+    n_units: int,
+    seed: int = 0,
+    size: int = 1024,
+    radius: float = 10 / 1024,
+    max_dots: int = 6,
 ) -> list[YesNoItem]:
     """`2 * n_units` items in `n_units` pairing units, half yes, half no.
+
+    The default images are the counting study's dots (`vlm_lens.data.dots`: 1024 px, radius
+    10 px, near-black on white), so a model trained on those -- the shipped organism -- is
+    asked about images of the kind it was trained on.
 
     Args:
         n_units: number of pairing units (types alternate quadrant / count).
