@@ -253,3 +253,23 @@ def test_counterfactual_pairs_differ_by_one_dot(clean_has_added):
 def test_counterfactual_pairs_need_two_counts():
     with pytest.raises(ValueError, match="two counts"):
         dots.counterfactual_pairs(1, seed=0, count_range=(12, 12))
+
+
+@pytest.mark.parametrize("quadrant", range(4))
+def test_empty_quadrant_keeps_that_quarter_free_at_high_counts(quadrant):
+    samples = dots.generate(
+        4, 9, count_range=(28, 30), radius_range=(7, 13), empty_quadrant=quadrant
+    )
+    for s in samples:
+        assert 28 <= s.count <= 30 and s.meta["empty_quadrant"] == quadrant
+        pixels = np.asarray(s.image.convert("L"))  # [height, width]
+        top, left = (quadrant // 2) * 512, (quadrant % 2) * 512
+        assert pixels[top : top + 512, left : left + 512].min() == 255
+        others = [q for q in range(4) if q != quadrant]
+        assert any(
+            pixels[(q // 2) * 512 : (q // 2) * 512 + 512, (q % 2) * 512 : (q % 2) * 512 + 512].min()
+            < 128
+            for q in others
+        )
+    with pytest.raises(ValueError, match="quadrant must be 0-3"):
+        dots.generate(1, 0, empty_quadrant=4)

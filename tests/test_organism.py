@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -144,3 +145,32 @@ def test_linear_patch_embedding_keeps_the_logits(tmp_path):
         after = model(**tensors).logits
     assert model.model.visual.patch_embed.proj.weight.ndim == 5  # the saved weights are unchanged
     torch.testing.assert_close(after, before, atol=1e-5, rtol=1e-5)
+
+
+def _quarter_rows(balanced: bool) -> list:
+    cfg = train.TrainConfig(
+        out="", batch=16, yesno_fraction=1.0, exact_share=0.0, balanced_quadrants=balanced
+    )
+    return [r for step in range(12) for r in train.training_batch(cfg, step)]
+
+
+def test_balanced_quadrant_labels_do_not_follow_the_count():
+    def mean_count(rows, answer):
+        counts = [r.count for r in rows if r.answer == answer]
+        return sum(counts) / len(counts)
+
+    old = _quarter_rows(balanced=False)  # the shipped recipe: "no" images hold few dots
+    assert mean_count(old, "yes") - mean_count(old, "no") > 8
+    rows = _quarter_rows(balanced=True)
+    assert abs(mean_count(rows, "yes") - mean_count(rows, "no")) < 4
+    assert 0.3 < sum(r.answer == "yes" for r in rows) / len(rows) < 0.7
+    for r in rows[:64]:  # the rendered quarter agrees with the label
+        quadrant = next(i for i, q in enumerate(train.QUADRANTS) if q in r.prompt)
+        pixels = np.asarray(r.image.convert("L"))  # [height, width]
+        half_h, half_w = pixels.shape[0] // 2, pixels.shape[1] // 2
+        top, left = (quadrant // 2) * half_h, (quadrant % 2) * half_w
+        quarter = pixels[top : top + half_h, left : left + half_w]
+        if r.answer == "no":
+            assert quarter.min() == 255  # no ink at all
+        else:
+            assert quarter.min() < 200

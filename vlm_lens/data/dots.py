@@ -386,13 +386,30 @@ class _Spec:
                 f"perfect hexagonal packing holds fewer); lower the count, radius or separation"
             )
 
-    def place(self, rng: np.random.Generator, radii: np.ndarray) -> np.ndarray:
-        """`[n, 2]` centres for dots of the given radii, by sequential rejection sampling."""
+    def quadrant_box(self, quadrant: int) -> tuple[float, float, float, float]:
+        """``(x0, y0, x1, y1)`` of a quarter: 0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right."""
+        if quadrant not in (0, 1, 2, 3):
+            raise ValueError(f"quadrant must be 0-3 (top-left ... bottom-right), got {quadrant!r}")
+        half_w, half_h = self.width / 2, self.height / 2
+        x0, y0 = (quadrant % 2) * half_w, (quadrant // 2) * half_h
+        return (x0, y0, x0 + half_w, y0 + half_h)
+
+    def place(
+        self,
+        rng: np.random.Generator,
+        radii: np.ndarray,
+        keep_free: tuple[float, float, float, float] | None = None,
+    ) -> np.ndarray:
+        """`[n, 2]` centres for dots of the given radii, by sequential rejection sampling.
+
+        `keep_free`: a box ``(x0, y0, x1, y1)`` no part of any dot may touch (no draw of the
+        random stream is added, so without it layouts are unchanged).
+        """
         n = len(radii)
         for _ in range(_RESTARTS + 1):
             centres = np.empty((n, 2), dtype=np.float64)
             for k in range(n):
-                spot = self._place_one(rng, centres[:k], radii[:k], float(radii[k]))
+                spot = self._place_one(rng, centres[:k], radii[:k], float(radii[k]), keep_free)
                 if spot is None:
                     break
                 centres[k] = spot
@@ -406,7 +423,12 @@ class _Spec:
         )
 
     def _place_one(
-        self, rng: np.random.Generator, placed: np.ndarray, placed_radii: np.ndarray, r: float
+        self,
+        rng: np.random.Generator,
+        placed: np.ndarray,
+        placed_radii: np.ndarray,
+        r: float,
+        keep_free: tuple[float, float, float, float] | None = None,
     ) -> np.ndarray | None:
         tries = 0
         min_dist = placed_radii + r + self.separation
@@ -415,10 +437,15 @@ class _Spec:
             tries += batch
             xs = rng.uniform(r, self.width - r, batch)
             ys = rng.uniform(r, self.height - r, batch)
-            if len(placed) == 0:
-                return np.array([xs[0], ys[0]])
-            d2 = (xs[:, None] - placed[None, :, 0]) ** 2 + (ys[:, None] - placed[None, :, 1]) ** 2
-            ok = np.all(d2 >= min_dist[None, :] ** 2, axis=1)
+            ok = np.ones(batch, dtype=bool)
+            if keep_free is not None:  # the dot's bounding box must miss the box
+                x0, y0, x1, y1 = keep_free
+                ok &= (xs + r <= x0) | (xs - r >= x1) | (ys + r <= y0) | (ys - r >= y1)
+            if len(placed):
+                d2 = (xs[:, None] - placed[None, :, 0]) ** 2 + (
+                    ys[:, None] - placed[None, :, 1]
+                ) ** 2
+                ok &= np.all(d2 >= min_dist[None, :] ** 2, axis=1)
             hits = np.flatnonzero(ok)
             if len(hits):
                 return np.array([xs[hits[0]], ys[hits[0]]])
@@ -482,6 +509,7 @@ def generate(
     radius_range: tuple[float, float] | None = None,
     max_tries: int = 10_000,
     renderer: Renderer | None = None,
+    empty_quadrant: int | None = None,
 ) -> list[DotsSample]:
     """The paper's counting dataset (§3.1); defaults reproduce it exactly.
 
@@ -500,6 +528,10 @@ def generate(
             e.g. `(7, 13)` for training data.
         max_tries: candidate centres drawn per dot before a layout is declared jammed.
         renderer: how to draw a sample (default: exact discs, `render_sample`).
+        empty_quadrant: keep this quarter free of ink (0 top-left, 1 top-right,
+            2 bottom-left, 3 bottom-right), at any count: "no" images for a "is there a dot
+            in the ... quarter?" question whose label does not follow the count. Recorded in
+            `meta`.
 
     Raises:
         ValueError: for invalid or impossible settings (too many / too large dots).
@@ -517,14 +549,18 @@ def generate(
         renderer=renderer,
     )
     spec.check_feasible(spec.radius_bounds, spec.count_range[1])
+    free = None if empty_quadrant is None else spec.quadrant_box(empty_quadrant)
+    meta: dict[str, Any] = {"family": "dots"}
+    if empty_quadrant is not None:
+        meta["empty_quadrant"] = empty_quadrant
     samples = []
     for i in range(n):
         rng = _rng(_FAMILY_GENERATE, seed, i)
         count = int(rng.integers(spec.count_range[0], spec.count_range[1] + 1))
         radii = spec.draw_radii(rng, count)
         intensities = spec.draw_intensities(rng, count)
-        centres = spec.place(rng, radii)
-        samples.append(spec.sample(i, seed, centres, radii, intensities, {"family": "dots"}))
+        centres = spec.place(rng, radii, free)
+        samples.append(spec.sample(i, seed, centres, radii, intensities, dict(meta)))
     return samples
 
 

@@ -87,6 +87,9 @@ class TrainConfig:
     threads: int = 1  # 2 oversubscribes a shared 2-core machine (10x slower measured)
     workers: int = 1  # background processes preparing batches
     linear_patch_embed: bool = False  # faster; changes float rounding (see linear_patch_embedding)
+    balanced_quadrants: bool = (
+        False  # quadrant labels independent of the count (see training_batch)
+    )
     init: str | None = None  # continue from this checkpoint instead of a fresh random init
     # model size
     vision_depth: int = 4
@@ -236,6 +239,23 @@ def quarter_samples(
     return out
 
 
+def count_free_quarter_sample(
+    want: bool, quadrant: int, rng: random.Random, kwargs: dict[str, Any]
+) -> dots.DotsSample:
+    """An image for a quadrant question whose label is independent of its count.
+
+    The count is drawn first, uniformly; a "no" image keeps the quarter free of ink
+    (``dots.generate(empty_quadrant=...)``), a "yes" image is drawn at that count until a
+    dot centre lies in the quarter.
+    """
+    lo, hi = kwargs["count_range"]
+    fixed = dict(kwargs, count_range=(n := rng.randint(max(lo, 1), hi), n))
+    seed = rng.randrange(2**31)
+    if not want:
+        return dots.generate(1, seed, empty_quadrant=quadrant, **fixed)[0]
+    return quarter_samples(1, seed, [True], quadrant, **fixed)[0]
+
+
 def training_batch(cfg: TrainConfig, step: int) -> list[Row]:
     seed = TRAIN_SEED_BASE * (cfg.seed + 1) + step
     rng = random.Random(seed)
@@ -256,7 +276,12 @@ def training_batch(cfg: TrainConfig, step: int) -> list[Row]:
             if row.kind == "quarter":
                 want = rng.random() < 0.5
                 quadrant = rng.randrange(len(QUADRANTS))
-                if has_dot_in(s, quadrant) != want:
+                if cfg.balanced_quadrants:
+                    s = count_free_quarter_sample(want, quadrant, rng, kwargs)
+                elif has_dot_in(s, quadrant) != want:
+                    # Rejection from the stream: an empty quarter almost only occurs with few
+                    # dots, so here the label follows the count (the shipped organism learned
+                    # exactly that shortcut; see balanced_quadrants).
                     s = quarter_samples(1, rng.randrange(2**31), [want], quadrant, **kwargs)[0]
                 row = Row(
                     s.image, quarter_prompt(quadrant), "yes" if want else "no", "quarter", s.count
@@ -603,6 +628,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="patch embedding as a matmul (faster on CPU; other rounding than the shipped run)",
     )
+    p.add_argument(
+        "--balanced-quadrants",
+        action="store_true",
+        help="quadrant questions whose label does not follow the count (empty quarters at any count)",
+    )
     p.add_argument("--init", help="continue training this checkpoint (a second stage)")
     p.add_argument("--smoke", action="store_true", help="a few dozen steps on tiny images")
     args = p.parse_args(argv)
@@ -628,6 +658,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         workers=args.workers,
         init=args.init,
         linear_patch_embed=args.linear_patch_embed,
+        balanced_quadrants=args.balanced_quadrants,
     )
     meta = train(cfg, argv)
     print(json.dumps(meta["history"][-1]))
