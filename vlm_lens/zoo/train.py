@@ -253,7 +253,11 @@ def count_free_quarter_sample(
     seed = rng.randrange(2**31)
     if not want:
         return dots.generate(1, seed, empty_quadrant=quadrant, **fixed)[0]
-    return quarter_samples(1, seed, [True], quadrant, **fixed)[0]
+    for k in range(1000):  # one layout at a time: P(yes) >= 1/4 at every count
+        sample = dots.generate(1, seed + k, **fixed)[0]
+        if has_dot_in(sample, quadrant):
+            return sample
+    raise RuntimeError(f"no layout of {n} dots put one in quarter {quadrant}")
 
 
 def training_batch(cfg: TrainConfig, step: int) -> list[Row]:
