@@ -246,3 +246,16 @@ def test_wrapping_an_existing_hf_model(tiny_ckpt):
     model = HookedVLM(hf, transformers.AutoProcessor.from_pretrained(path))
     assert model.hf_model is hf and model.cfg.arch == "llava"
     assert "blocks.0.attn.hook_pattern" in model.hook_dict
+
+
+def test_eos_token_ids_are_the_generation_configs_as_a_tuple(arch_models, monkeypatch):
+    _, model, _ = arch_models
+    tok = model.processor.tokenizer
+    ends = {"<|im_end|>", "<end_of_turn>", "</s>", "<eos>"}
+    names = {tok.convert_ids_to_tokens(i) for i in model.eos_token_ids}
+    assert names & ends, names  # the end-of-turn token of each chat format
+    config = model.hf_model.generation_config
+    monkeypatch.setattr(config, "eos_token_id", 7)
+    assert model.eos_token_ids == (7,)
+    monkeypatch.setattr(config, "eos_token_id", None)
+    assert model.eos_token_ids == ()

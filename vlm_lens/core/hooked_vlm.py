@@ -302,6 +302,14 @@ class HookedVLM(HookedRootModule):
     def tokens_to_text(self, tokens: Tensor | Sequence[int]) -> str:
         return self.processor.tokenizer.decode(tokens, skip_special_tokens=True)
 
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        """The ids that end generation (the checkpoint's generation config; an int or a list)."""
+        eos = self.hf_model.generation_config.eos_token_id
+        if eos is None:
+            return ()
+        return tuple(int(i) for i in (eos if isinstance(eos, (list, tuple)) else [eos]))
+
     # ------------------------------------------------------------------ generation
     def generate(
         self,

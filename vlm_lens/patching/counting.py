@@ -74,13 +74,6 @@ def answer_tokens(model: HookedVLM, text: str) -> tuple[int, ...]:
     return tuple(int(i) for i in ids)
 
 
-def _end_token(model: HookedVLM) -> int | None:
-    eos = model.hf_model.generation_config.eos_token_id
-    if isinstance(eos, (list, tuple)):
-        eos = eos[0] if eos else None
-    return None if eos is None else int(eos)
-
-
 def counting_pair(
     model: HookedVLM,
     pair: DotsPair,
@@ -93,7 +86,9 @@ def counting_pair(
     check_same_layout(clean, corrupted)
     clean_answer = answer_tokens(model, str(pair.clean.count))
     corrupted_answer = answer_tokens(model, str(pair.corrupted.count))
-    steps = answer_steps(clean_answer, corrupted_answer, end_token=_end_token(model))
+    steps = answer_steps(
+        clean_answer, corrupted_answer, end_token=next(iter(model.eos_token_ids), None)
+    )
     if not steps:
         raise ValueError(
             f"the answers {pair.clean.count} and {pair.corrupted.count} tokenize the same"

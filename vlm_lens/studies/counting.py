@@ -335,9 +335,8 @@ def _digits_only_kwargs(model: HookedVLM, max_digits: int) -> tuple[dict[str, An
         return {"suppress_tokens": _DIGIT_SUPPRESS[model]}, max_digits
     tok = model.processor.tokenizer
     vocab = max(len(tok), model.cfg.d_vocab)
-    eos = model.hf_model.generation_config.eos_token_id
-    eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-    allowed = {i for i in range(len(tok)) if tok.decode([i]).strip().isdigit()} | eos_ids
+    digits = {i for i in range(len(tok)) if tok.decode([i]).strip().isdigit()}
+    allowed = digits | set(model.eos_token_ids)
     _DIGIT_SUPPRESS[model] = [i for i in range(vocab) if i not in allowed]
     return {"suppress_tokens": _DIGIT_SUPPRESS[model]}, max_digits
 
@@ -567,11 +566,9 @@ def count_samples(
     )
     record = AttentionRecord(layers=sorted(set(layers) | set(reg_layers)), keep=("image",))
     out = model.generate(inputs, max_new_tokens=max_new, record=record, **kwargs)
-    eos = model.hf_model.generation_config.eos_token_id
-    eos_ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
     rows = []
     for r, sample in enumerate(samples):
-        tokens = _until_eos(out.tokens[r].tolist(), eos_ids)
+        tokens = _until_eos(out.tokens[r].tolist(), model.eos_token_ids)
         text = out.texts[r]
         prediction = parse_count(text, config.answer)
         steps, digits = answer_steps(tokens, model.tokens_to_text, config.answer)
