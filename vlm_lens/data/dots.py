@@ -298,6 +298,21 @@ def _int_range(
     return lo, hi
 
 
+def quadrant_box(width: float, height: float, quadrant: int) -> tuple[float, float, float, float]:
+    """``(x0, y0, x1, y1)`` of a quarter: 0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right."""
+    if quadrant not in (0, 1, 2, 3):
+        raise ValueError(f"quadrant must be 0-3 (top-left ... bottom-right), got {quadrant!r}")
+    half_w, half_h = width / 2, height / 2
+    x0, y0 = (quadrant % 2) * half_w, (quadrant // 2) * half_h
+    return (x0, y0, x0 + half_w, y0 + half_h)
+
+
+def has_dot_in(sample: DotsSample, quadrant: int) -> bool:
+    """Whether a dot centre of ``sample`` lies in that quarter (numbered as in `quadrant_box`)."""
+    x0, y0, x1, y1 = quadrant_box(sample.width, sample.height, quadrant)
+    return any(x0 <= x < x1 and y0 <= y < y1 for x, y in sample.centres)
+
+
 @dataclass(frozen=True)
 class _Spec:
     """Validated parameters shared by all families."""
@@ -385,14 +400,6 @@ class _Spec:
                 f"separation {s:g} cannot fit in a {self.width}x{self.height} image (even a "
                 f"perfect hexagonal packing holds fewer); lower the count, radius or separation"
             )
-
-    def quadrant_box(self, quadrant: int) -> tuple[float, float, float, float]:
-        """``(x0, y0, x1, y1)`` of a quarter: 0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right."""
-        if quadrant not in (0, 1, 2, 3):
-            raise ValueError(f"quadrant must be 0-3 (top-left ... bottom-right), got {quadrant!r}")
-        half_w, half_h = self.width / 2, self.height / 2
-        x0, y0 = (quadrant % 2) * half_w, (quadrant // 2) * half_h
-        return (x0, y0, x0 + half_w, y0 + half_h)
 
     def place(
         self,
@@ -549,7 +556,7 @@ def generate(
         renderer=renderer,
     )
     spec.check_feasible(spec.radius_bounds, spec.count_range[1])
-    free = None if empty_quadrant is None else spec.quadrant_box(empty_quadrant)
+    free = None if empty_quadrant is None else quadrant_box(spec.width, spec.height, empty_quadrant)
     meta: dict[str, Any] = {"family": "dots"}
     if empty_quadrant is not None:
         meta["empty_quadrant"] = empty_quadrant

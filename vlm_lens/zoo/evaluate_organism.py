@@ -33,7 +33,6 @@ from vlm_lens.zoo.train import (
     COUNT_PROMPT,
     QUADRANTS,
     exact_questions,
-    has_dot_in,
     parse_count,
     quarter_prompt,
     quarter_samples,
@@ -83,7 +82,7 @@ def yesno_items(n: int = 256) -> list[tuple[object, str, bool, str]]:
     for i in range(half):
         quadrant, want = i % len(QUADRANTS), (i // len(QUADRANTS)) % 2 == 0
         s = quarter_samples(1, QUARTER_SEED + i, [want], quadrant, **train_like)[0]
-        items.append((s.image, quarter_prompt(quadrant), has_dot_in(s, quadrant), "quarter"))
+        items.append((s.image, quarter_prompt(quadrant), dots.has_dot_in(s, quadrant), "quarter"))
     return items
 
 
