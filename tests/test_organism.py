@@ -174,3 +174,37 @@ def test_balanced_quadrant_labels_do_not_follow_the_count():
             assert quarter.min() == 255  # no ink at all
         else:
             assert quarter.min() < 200
+
+
+def test_paired_exact_questions_ask_one_image_its_true_and_a_wrong_count():
+    cfg = train.TrainConfig(
+        out="", batch=16, yesno_fraction=1.0, exact_share=1.0, paired_exact=True, far_share=0.3
+    )
+    for step in range(4):
+        rows = train.training_batch(cfg, step)
+        assert len(rows) == 16 and all(r.kind == "exact" for r in rows)
+        for true, wrong in zip(rows[::2], rows[1::2]):
+            assert true.image is wrong.image
+            assert (true.answer, wrong.answer) == ("yes", "no")
+            assert true.prompt == train.exact_prompt(true.count)
+            assert wrong.prompt != true.prompt
+    ones = train.exact_pair(dots.generate(1, 0, count_range=(1, 1))[0], random.Random(0))
+    assert ones[1].prompt != ones[0].prompt  # a count of 1 is still asked a wrong count
+
+
+def test_weight_average_tracks_the_mean_and_is_swapped_in_only_inside_its_context():
+    model = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    average = train.WeightAverage(model, decay=0.5)
+    for value in (1.0, 1.0, 1.0):
+        with torch.no_grad():
+            model.weight.fill_(value)
+        average.update(model)
+    # effective decays min(0.5, 2/11)=2/11, min(0.5, 3/12)=1/4, min(0.5, 4/13)=4/13
+    expected = 1 - (2 / 11) * (1 / 4) * (4 / 13)
+    with average.applied(model):
+        assert model.weight[0, 0].item() == pytest.approx(expected)
+    assert model.weight[0, 0].item() == 1.0  # the trained weights are back
+    with pytest.raises(ValueError, match="ema decay"):
+        train.WeightAverage(model, decay=1.0)

@@ -22,6 +22,7 @@ the answer tokens only. The processor normalises with ``image_mean = 1``, ``imag
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import random
@@ -89,6 +90,10 @@ class TrainConfig:
     workers: int = 1  # background processes preparing batches
     linear_patch_embed: bool = False  # faster; changes float rounding (see linear_patch_embedding)
     balanced_quadrants: bool = False  # quadrant labels that do not follow the count
+    paired_exact: bool = (
+        False  # exact-count questions as minimal pairs: same image, true and wrong N
+    )
+    ema: float = 0.0  # decay of an exponential moving average of the weights (0: off)
     init: str | None = None  # continue from this checkpoint instead of a fresh random init
     # model size
     vision_depth: int = 4
@@ -213,6 +218,24 @@ def yesno_row(
     return Row(sample.image, quarter_prompt(quadrant), "yes" if truth else "no", "quarter", n)
 
 
+def exact_pair(sample: dots.DotsSample, rng: random.Random, far_share: float = 0.0) -> list[Row]:
+    """A minimal pair of "Are there exactly N dots?" rows on one image: N true, then N wrong.
+
+    The two rows differ only in the asked count, so nothing about the image alone predicts the
+    label: the loss rewards comparing N with the count. (Counts of 1 can only be asked about
+    as 2 or more, so the wrong count is redrawn until it differs.)
+    """
+    n = sample.count
+    wrong = wrong_count(n, rng, far_share)
+    while wrong == n:
+        wrong = wrong_count(n, rng, far_share)
+    image = sample.image  # rendered on access: once for both rows
+    return [
+        Row(image, exact_prompt(n), "yes", "exact", n),
+        Row(image, exact_prompt(wrong), "no", "exact", n),
+    ]
+
+
 def quarter_samples(
     n: int, seed: int, want: Sequence[bool], quadrant: int = 0, **kwargs: Any
 ) -> list[dots.DotsSample]:
@@ -269,7 +292,12 @@ def training_batch(cfg: TrainConfig, step: int) -> list[Row]:
         # Quarter questions need balanced labels: draw their images to match a label.
         extra = dots.generate(n_yesno, seed + TRAIN_SEED_BASE // 2, **kwargs)
         for s in extra:
+            if len(rows) == cfg.batch:  # a minimal pair took the last two slots
+                break
             row = yesno_row(s, rng, cfg.exact_share, cfg.far_share)
+            if row.kind == "exact" and cfg.paired_exact and len(rows) + 2 <= cfg.batch:
+                rows.extend(exact_pair(s, rng, cfg.far_share))
+                continue
             if row.kind == "quarter":
                 want = rng.random() < 0.5
                 quadrant = rng.randrange(len(QUADRANTS))
@@ -374,6 +402,44 @@ def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
         lr=cfg.lr,
         betas=(0.9, 0.98),
     )
+
+
+class WeightAverage:
+    """An exponential moving average of a model's parameters (Polyak averaging).
+
+    With a high learning rate the count calibration of a small model swings by one from
+    evaluation to evaluation; the average over the last ~``1 / (1 - decay)`` steps does not.
+    The effective decay ramps up as ``min(decay, (1 + t) / (10 + t))``, so the random
+    initialisation is forgotten early. :meth:`applied` swaps the average in (for evaluation and
+    saving) and restores the trained weights afterwards.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"ema decay must be in (0, 1), got {decay}")
+        self.decay, self.updates = decay, 0
+        self.shadow = [p.detach().clone() for p in model.parameters()]
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for avg, p in zip(self.shadow, model.parameters()):
+            avg.lerp_(p.detach(), 1.0 - decay)
+
+    @contextlib.contextmanager
+    def applied(self, model: torch.nn.Module):
+        params = list(model.parameters())
+        trained = [p.detach().clone() for p in params]
+        with torch.no_grad():
+            for p, avg in zip(params, self.shadow):
+                p.copy_(avg)
+        try:
+            yield model
+        finally:
+            with torch.no_grad():
+                for p, t in zip(params, trained):
+                    p.copy_(t)
 
 
 # ------------------------------------------------------------------------ validation
@@ -486,6 +552,11 @@ def train(cfg: TrainConfig, argv: Sequence[str] | None = None) -> dict:
         linear_patch_embedding(model)
     model.train()
     opt = make_optimizer(model, cfg)
+    average = WeightAverage(model, cfg.ema) if cfg.ema else None
+
+    def evaluated():  # the weights that are validated and saved: the average when there is one
+        return average.applied(model) if average else contextlib.nullcontext(model)
+
     val = dots.generate(cfg.val_images, VAL_SEED)  # paper spec, counts 10-16
     val_exact = exact_questions(dots.generate(cfg.val_images, VAL_SEED + 1), VAL_SEED + 1)
 
@@ -497,7 +568,7 @@ def train(cfg: TrainConfig, argv: Sequence[str] | None = None) -> dict:
     start = time.monotonic()
     history: list[dict] = []
     bar = tqdm(total=cfg.steps, desc="train", dynamic_ncols=True)
-    step, ema = 0, None
+    step, smoothed = 0, None
     stream = batches(cfg, processor, adapter, model.config)
 
     def progress() -> float:
@@ -523,13 +594,16 @@ def train(cfg: TrainConfig, argv: Sequence[str] | None = None) -> dict:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        if average:
+            average.update(model)
         step += 1
-        ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
+        smoothed = loss.item() if smoothed is None else 0.95 * smoothed + 0.05 * loss.item()
         bar.update(1)
-        bar.set_postfix(loss=f"{ema:.3f}", lr=f"{cfg.lr * factor:.2e}")
+        bar.set_postfix(loss=f"{smoothed:.3f}", lr=f"{cfg.lr * factor:.2e}")
         if step % cfg.eval_every == 0 and not done():
-            metrics = quick_accuracy(model, processor, adapter, val, val_exact)
-            metrics.update(step=step, loss=ema, seconds=round(time.monotonic() - start, 1))
+            with evaluated():
+                metrics = quick_accuracy(model, processor, adapter, val, val_exact)
+            metrics.update(step=step, loss=smoothed, seconds=round(time.monotonic() - start, 1))
             history.append(metrics)
             print(f"\n{json.dumps(metrics)}", file=sys.stderr, flush=True)
             meta = {
@@ -540,11 +614,13 @@ def train(cfg: TrainConfig, argv: Sequence[str] | None = None) -> dict:
                 "history": history,
                 "torch_threads": cfg.threads,
             }
-            _save(model, processor, out, meta)
+            with evaluated():
+                _save(model, processor, out, meta)
     bar.close()
     train_seconds = round(time.monotonic() - start, 1)
-    metrics = quick_accuracy(model, processor, adapter, val, val_exact)
-    metrics.update(step=step, loss=ema, seconds=train_seconds)
+    with evaluated():
+        metrics = quick_accuracy(model, processor, adapter, val, val_exact)
+    metrics.update(step=step, loss=smoothed, seconds=train_seconds)
     history.append(metrics)
     print(f"\n{json.dumps(metrics)}", file=sys.stderr, flush=True)
     meta = {
@@ -555,7 +631,12 @@ def train(cfg: TrainConfig, argv: Sequence[str] | None = None) -> dict:
         "history": history,
         "torch_threads": cfg.threads,
     }
-    _save(model, processor, out, meta)
+    if average:  # the last trained weights too, to compare with the average
+        meta["raw_weights"] = quick_accuracy(model, processor, adapter, val, val_exact)
+        print(f"raw weights: {json.dumps(meta['raw_weights'])}", file=sys.stderr, flush=True)
+        _save(model, processor, out / "raw", meta)
+    with evaluated():
+        _save(model, processor, out, meta)
     return meta
 
 
@@ -629,6 +710,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="quadrant questions whose label does not follow the count (empty quarters at any count)",
     )
+    p.add_argument(
+        "--paired-exact",
+        action="store_true",
+        help="exact-count questions as minimal pairs (one image asked its true and a wrong count)",
+    )
+    p.add_argument(
+        "--ema",
+        type=float,
+        default=0.0,
+        help="validate and save a moving average of the weights with this decay (e.g. 0.999)",
+    )
     p.add_argument("--init", help="continue training this checkpoint (a second stage)")
     p.add_argument("--smoke", action="store_true", help="a few dozen steps on tiny images")
     args = p.parse_args(argv)
@@ -655,6 +747,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         init=args.init,
         linear_patch_embed=args.linear_patch_embed,
         balanced_quadrants=args.balanced_quadrants,
+        paired_exact=args.paired_exact,
+        ema=args.ema,
     )
     meta = train(cfg, argv)
     print(json.dumps(meta["history"][-1]))
