@@ -94,6 +94,7 @@ class TrainConfig:
         False  # exact-count questions as minimal pairs: same image, true and wrong N
     )
     ema: float = 0.0  # decay of an exponential moving average of the weights (0: off)
+    resume: bool = False  # continue the interrupted run in `out` (see train)
     init: str | None = None  # continue from this checkpoint instead of a fresh random init
     # model size
     vision_depth: int = 4
@@ -362,7 +363,10 @@ class _Batches(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         n, k = (1, 0) if info is None else (info.num_workers, info.id)
         if info is not None:
+            import signal
+
             torch.set_num_threads(1)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # the trainer decides when to stop
         step = self.start + k
         while True:
             rows = training_batch(self.cfg, step)
@@ -370,9 +374,9 @@ class _Batches(torch.utils.data.IterableDataset):
             step += n
 
 
-def batches(cfg: TrainConfig, processor, adapter, config):
-    """Iterator over ``(tensors, labels)`` for steps 0, 1, ... in order."""
-    data = _Batches(cfg, processor, adapter, config)
+def batches(cfg: TrainConfig, processor, adapter, config, start: int = 0):
+    """Iterator over ``(tensors, labels)`` for steps ``start``, ``start + 1``, ... in order."""
+    data = _Batches(cfg, processor, adapter, config, start)
     if cfg.workers <= 0:
         return iter(data)
     loader = torch.utils.data.DataLoader(
@@ -536,12 +540,131 @@ def _save(model, processor, out: Path, meta: dict) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
+RESUME_DIR = "resume"
+#: Config fields that may differ between a run and its resumption (they change no number).
+RESUMABLE_CHANGES = frozenset({"workers", "eval_every", "resume"})
+
+
+def save_resume_point(out: Path, step: int, model, opt, average, info: dict) -> None:
+    """Everything needed to continue at ``step`` bit-identically, written atomically to
+    ``out/resume``: raw weights, AdamW moments, the weight average (one safetensors file) and
+    the counters (``state.json``). The data stream is a function of the step, so nothing else
+    is needed."""
+    from safetensors.torch import save_file
+
+    tensors = {f"model.{n}": p.detach().clone() for n, p in model.named_parameters()}
+    state = opt.state_dict()
+    for pid, moments in state["state"].items():
+        for key, value in moments.items():
+            tensors[f"opt.{pid}.{key}"] = value.detach().clone()
+    if average:
+        tensors.update({f"ema.{i}": t.clone() for i, t in enumerate(average.shadow)})
+    counters = dict(
+        info,
+        step=step,
+        param_groups=state["param_groups"],
+        ema_updates=average.updates if average else None,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".resume-", dir=out))
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(staging / "state.safetensors"))
+    (staging / "state.json").write_text(json.dumps(counters, indent=2) + "\n")
+    target = out / RESUME_DIR
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
+
+
+def load_resume_point(out: Path, cfg: TrainConfig, model, opt, average) -> dict:
+    """Restore :func:`save_resume_point`'s state into ``model``, ``opt`` and ``average``."""
+    from safetensors.torch import load_file
+
+    where = out / RESUME_DIR
+    if not (where / "state.json").exists():
+        raise FileNotFoundError(f"no resume point in {where}; start the run without --resume")
+    counters = json.loads((where / "state.json").read_text())
+    saved, now = counters["config"], json.loads(json.dumps(asdict(cfg)))  # tuples as lists
+    changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
+    if changed:
+        raise ValueError(
+            "--resume needs the interrupted run's settings; these differ: "
+            + ", ".join(f"{k} (was {saved.get(k)!r}, now {now[k]!r})" for k in changed)
+        )
+    tensors = load_file(str(where / "state.safetensors"))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(tensors[f"model.{name}"])
+    moments: dict[int, dict[str, Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("opt."):
+            _, pid, name = key.split(".", 2)
+            moments.setdefault(int(pid), {})[name] = value
+    opt.load_state_dict({"state": moments, "param_groups": counters["param_groups"]})
+    if average:
+        average.shadow = [tensors[f"ema.{i}"] for i in range(len(average.shadow))]
+        average.updates = counters["ema_updates"]
+    return counters
+
+
+@contextlib.contextmanager
+def stop_requests():
+    """Turn SIGINT/SIGTERM into a request to stop after the current step (a second Ctrl-C
+    aborts at once). Yields a dict whose ``"stop"`` turns True on a request."""
+    import signal
+    import threading
+
+    flag = {"stop": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def request(signum, frame):
+        if flag["stop"] and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        flag["stop"] = True
+        print(
+            "\nstopping after this step and saving a resume point (Ctrl-C again aborts)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    previous = {sig: signal.signal(sig, request) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
+    """Linear warm-up over ``cfg.warmup`` steps, then a cosine from ``cfg.lr`` to
+    ``cfg.min_lr_ratio * cfg.lr`` over ``progress`` (steps or wall time) from 0 to 1."""
+    if step < cfg.warmup:
+        return cfg.lr * lr_factor(step, 10**6, cfg.warmup, cfg.min_lr_ratio)
+    p = min(1.0, progress)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p)))
+
+
 def train(cfg: TrainConfig, argv: Sequence[str] | None = None) -> dict:
+    """Train as ``cfg`` says; returns the run's metadata (also written to ``out/training.json``).
+
+    Every ``eval_every`` steps the validated weights go to ``cfg.out`` together with a resume
+    point (``out/resume``). On SIGINT/SIGTERM the run stops after the current step, saves a
+    resume point and returns with ``meta["stopped"] = True``; ``cfg.resume`` continues it, with
+    the same result as an uninterrupted run. A finished run removes its resume point.
+    """
     from tqdm import tqdm
 
+    if cfg.steps is None and cfg.minutes is None:
+        raise ValueError("give --steps or --minutes")
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
+    if not cfg.resume and (out / RESUME_DIR).exists():
+        raise FileExistsError(
+            f"{out} holds an unfinished run ({out / RESUME_DIR}); pass --resume to continue it, "
+            "or choose another --out"
+        )
     if cfg.init:
         model, processor, adapter = load(Path(cfg.init))
     else:
@@ -560,83 +683,94 @@ def train(cfg: TrainConfig, argv: Sequence[str] | None = None) -> dict:
     val = dots.generate(cfg.val_images, VAL_SEED)  # paper spec, counts 10-16
     val_exact = exact_questions(dots.generate(cfg.val_images, VAL_SEED + 1), VAL_SEED + 1)
 
+    step, smoothed, history, elapsed = 0, None, [], 0.0
+    if cfg.resume:
+        counters = load_resume_point(out, cfg, model, opt, average)
+        step, smoothed = counters["step"], counters["loss"]
+        history, elapsed = counters["history"], counters["seconds"]
+        print(f"resuming at step {step}", file=sys.stderr, flush=True)
     # With --steps the cosine runs over steps; with only --minutes it runs over wall time, so
     # the schedule ends on the deadline whatever the machine's (shared) speed.
-    if cfg.steps is None and cfg.minutes is None:
-        raise ValueError("give --steps or --minutes")
     budget = cfg.minutes * 60 if cfg.minutes else None
-    start = time.monotonic()
-    history: list[dict] = []
-    bar = tqdm(total=cfg.steps, desc="train", dynamic_ncols=True)
-    step, smoothed = 0, None
-    stream = batches(cfg, processor, adapter, model.config)
+    start = time.monotonic() - elapsed
+
+    def seconds() -> float:
+        return round(time.monotonic() - start, 1)
 
     def progress() -> float:
-        if cfg.steps is not None:
-            return step / cfg.steps
-        return (time.monotonic() - start) / budget
+        return step / cfg.steps if cfg.steps is not None else (time.monotonic() - start) / budget
 
     def done() -> bool:
         if cfg.steps is not None and step >= cfg.steps:
             return True
         return budget is not None and time.monotonic() - start >= budget
 
-    while not done():
-        factor = lr_factor(step, 10**6, cfg.warmup, cfg.min_lr_ratio)  # warm-up part
-        if step >= cfg.warmup:
-            p = min(1.0, progress())
-            factor = cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p))
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr * factor
-        tensors, labels = next(stream)
-        loss = answer_loss(model, tensors, labels)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        if average:
-            average.update(model)
-        step += 1
-        smoothed = loss.item() if smoothed is None else 0.95 * smoothed + 0.05 * loss.item()
-        bar.update(1)
-        bar.set_postfix(loss=f"{smoothed:.3f}", lr=f"{cfg.lr * factor:.2e}")
-        if step % cfg.eval_every == 0 and not done():
-            with evaluated():
-                metrics = quick_accuracy(model, processor, adapter, val, val_exact)
-            metrics.update(step=step, loss=smoothed, seconds=round(time.monotonic() - start, 1))
+    def metadata() -> dict:
+        return {
+            "command": "python -m vlm_lens.zoo.train " + " ".join(argv or []),
+            "config": asdict(cfg),
+            "steps": step,
+            "seconds": seconds(),
+            "history": history,
+            "torch_threads": cfg.threads,
+        }
+
+    def checkpoint(metrics: dict | None) -> dict:
+        if metrics is not None:
+            metrics.update(step=step, loss=smoothed, seconds=seconds())
             history.append(metrics)
             print(f"\n{json.dumps(metrics)}", file=sys.stderr, flush=True)
-            meta = {
-                "command": "python -m vlm_lens.zoo.train " + " ".join(argv or []),
-                "config": asdict(cfg),
-                "steps": step,
-                "seconds": round(time.monotonic() - start, 1),
-                "history": history,
-                "torch_threads": cfg.threads,
-            }
-            with evaluated():
-                _save(model, processor, out, meta)
+        meta = metadata()
+        save_resume_point(out, step, model, opt, average, dict(meta, loss=smoothed))
+        with evaluated():
+            _save(model, processor, out, meta)
+        return meta
+
+    bar = tqdm(total=cfg.steps, initial=step, desc="train", dynamic_ncols=True)
+    stream = batches(cfg, processor, adapter, model.config, start=step)
+    with stop_requests() as requested:
+        while not done():
+            lr = lr_at(cfg, step, progress())
+            for group in opt.param_groups:
+                group["lr"] = lr
+            tensors, labels = next(stream)
+            loss = answer_loss(model, tensors, labels)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            if average:
+                average.update(model)
+            step += 1
+            smoothed = loss.item() if smoothed is None else 0.95 * smoothed + 0.05 * loss.item()
+            bar.update(1)
+            bar.set_postfix(loss=f"{smoothed:.3f}", lr=f"{lr:.2e}")
+            if requested["stop"] and not done():
+                bar.close()
+                meta = dict(checkpoint(None), stopped=True)
+                print(
+                    f"stopped at step {step}; continue with the same command plus --resume",
+                    file=sys.stderr,
+                )
+                return meta
+            if step % cfg.eval_every == 0 and not done():
+                with evaluated():
+                    metrics = quick_accuracy(model, processor, adapter, val, val_exact)
+                checkpoint(metrics)
     bar.close()
-    train_seconds = round(time.monotonic() - start, 1)
     with evaluated():
         metrics = quick_accuracy(model, processor, adapter, val, val_exact)
-    metrics.update(step=step, loss=smoothed, seconds=train_seconds)
+    metrics.update(step=step, loss=smoothed, seconds=seconds())
     history.append(metrics)
     print(f"\n{json.dumps(metrics)}", file=sys.stderr, flush=True)
-    meta = {
-        "command": "python -m vlm_lens.zoo.train " + " ".join(argv or []),
-        "config": asdict(cfg),
-        "steps": step,
-        "seconds": train_seconds,
-        "history": history,
-        "torch_threads": cfg.threads,
-    }
+    meta = metadata()
     if average:  # the last trained weights too, to compare with the average
         meta["raw_weights"] = quick_accuracy(model, processor, adapter, val, val_exact)
         print(f"raw weights: {json.dumps(meta['raw_weights'])}", file=sys.stderr, flush=True)
         _save(model, processor, out / "raw", meta)
     with evaluated():
         _save(model, processor, out, meta)
+    shutil.rmtree(out / RESUME_DIR, ignore_errors=True)
     return meta
 
 
@@ -721,6 +855,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=0.0,
         help="validate and save a moving average of the weights with this decay (e.g. 0.999)",
     )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run in --out (same settings) where it stopped",
+    )
     p.add_argument("--init", help="continue training this checkpoint (a second stage)")
     p.add_argument("--smoke", action="store_true", help="a few dozen steps on tiny images")
     args = p.parse_args(argv)
@@ -749,8 +888,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         balanced_quadrants=args.balanced_quadrants,
         paired_exact=args.paired_exact,
         ema=args.ema,
+        resume=args.resume,
     )
-    meta = train(cfg, argv)
+    meta = train(cfg, [a for a in argv if a != "--resume"])
+    if meta.get("stopped"):
+        return 130
     print(json.dumps(meta["history"][-1]))
     return 0
 
