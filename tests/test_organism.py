@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import re
 
@@ -115,13 +116,45 @@ def test_training_rows_label_exact_questions_by_the_asked_count():
         assert (asked == r.count) == (r.answer == "yes")
 
 
-def test_yes_no_rows_of_the_shipped_recipe_are_unchanged():
-    """The shipped organism's data stream (exact_share 0.5, no far negatives) is pinned: a
-    change here would stop its training command from reproducing its weights."""
+def test_yes_no_rows_of_the_default_recipe_are_unchanged():
+    """The default data stream (exact_share 0.5, no far negatives, no pairs) is pinned: the
+    session-1 organism's commands (RESULTS.md) reproduce its weights only while it holds."""
     cfg = train.TrainConfig(out="", batch=16, yesno_fraction=0.3)
     rows = train.training_batch(cfg, 7)
     digest = [(r.kind, r.answer, r.count, r.prompt[:30]) for r in rows]
     assert digest == PINNED_STEP_7
+
+
+# sha256 over steps 7-9 of the shipped recipe's rows (kind, answer, count, prompt, pixels)
+SHIPPED_STREAM = "0a93ef7366835a2691a386f68318a4cb29a170c6c9d5fd7a1ad6d0db7e32f5d5"
+
+
+def test_the_shipped_organism_recipe_draws_the_same_training_data():
+    """A change to the shipped run's data stream would stop its command reproducing its weights."""
+    import hashlib
+    import shlex
+
+    meta = json.loads((zoo.organism() / "training.json").read_text())
+    (stage,) = meta["stages"]
+    argv = shlex.split(stage["command"])[3:]  # after "python -m vlm_lens.zoo.train"
+    parsed = train.parse_args(argv)
+    assert asdict_subset(parsed, stage["config"])  # the command is the recorded config
+    digest = hashlib.sha256()
+    kinds = []
+    for step in (7, 8, 9):
+        for r in train.training_batch(parsed, step):
+            kinds.append(r.kind)
+            digest.update(f"{r.kind}|{r.answer}|{r.count}|{r.prompt}".encode())
+            digest.update(r.image.tobytes())
+    assert {"count", "exact", "quarter"} <= set(kinds)
+    assert digest.hexdigest() == SHIPPED_STREAM
+
+
+def asdict_subset(cfg, recorded: dict) -> bool:
+    from dataclasses import asdict
+
+    now = json.loads(json.dumps(asdict(cfg)))
+    return all(now[k] == v for k, v in recorded.items() if k not in ("out", "resume"))
 
 
 def test_exact_questions_alternate_true_and_near_false_counts():
@@ -208,3 +241,91 @@ def test_weight_average_tracks_the_mean_and_is_swapped_in_only_inside_its_contex
     assert model.weight[0, 0].item() == 1.0  # the trained weights are back
     with pytest.raises(ValueError, match="ema decay"):
         train.WeightAverage(model, decay=1.0)
+
+
+def test_evaluation_writes_targets_and_diagnostics_into_its_own_section(tmp_path):
+    from vlm_lens.zoo import evaluate_organism as ev
+
+    path = zoo.organism()
+    result = ev.evaluate(path, n=8)
+    assert result["paper"]["n"] == 8 and result["control"]["n"] == 8
+    free = result["diagnostics"]["quarter_count_free"]
+    assert free["n"] == 4 and 0.0 <= free["accuracy"] <= 1.0
+    assert sum(b["n"] for b in free["by_count"].values()) == 4
+    assert set(result["diagnostics"]["exact_yes_rate"]) == {"true", "near", "far"}
+    training = json.loads((path / "training.json").read_text())
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# Benchmarks\n\n## Organism\n\nstale\n\n## Overhead\n\nkept\n")
+    ev.write_section(results, ev.section(result, training, path))
+    text = results.read_text()
+    assert "stale" not in text and "kept" in text
+    assert "Diagnostics. Quadrant questions whose label does not follow the count" in text
+    assert text.index("## Organism") < text.index("## Overhead")
+
+
+def _tiny_run(out, **changes) -> "train.TrainConfig":
+    """A seconds-long train() on a very small organism config (same code path)."""
+    settings = dict(
+        out=str(out),
+        steps=6,
+        size=64,
+        batch=4,
+        image_size=128,
+        count_range=(1, 5),
+        radius_range=(3.0, 5.0),
+        val_images=2,
+        eval_every=100,
+        workers=0,
+        warmup=2,
+        yesno_fraction=0.5,
+        paired_exact=True,
+        ema=0.9,
+        vision_depth=3,
+        vision_hidden=32,
+        text_hidden=32,
+        text_layers=1,
+    )
+    settings.update(changes)
+    return train.TrainConfig(**settings)
+
+
+def _weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_an_interrupted_training_run_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    straight = train.train(_tiny_run(tmp_path / "straight"))
+    assert not (tmp_path / "straight" / train.RESUME_DIR).exists()
+
+    calls = {"n": 0}
+    real_loss = train.answer_loss
+
+    def interrupted_at_step_3(*args):
+        calls["n"] += 1
+        if calls["n"] == 3:  # Ctrl-C arrives in the middle of step 3
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_loss(*args)
+
+    monkeypatch.setattr(train, "answer_loss", interrupted_at_step_3)
+    stopped = train.train(_tiny_run(tmp_path / "resumed"))
+    assert stopped["stopped"] and stopped["steps"] == 3
+    with pytest.raises(FileExistsError, match="--resume"):
+        train.train(_tiny_run(tmp_path / "resumed"))
+    with pytest.raises(ValueError, match="batch"):
+        train.train(_tiny_run(tmp_path / "resumed", resume=True, batch=8))
+    monkeypatch.setattr(train, "answer_loss", real_loss)
+    resumed = train.train(_tiny_run(tmp_path / "resumed", resume=True))
+    assert resumed["steps"] == straight["steps"] == 6
+    assert not (tmp_path / "resumed" / train.RESUME_DIR).exists()
+    for name in ("", "raw"):  # the weight average and the trained weights
+        a, b = _weights(tmp_path / "straight" / name), _weights(tmp_path / "resumed" / name)
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), key
+    with pytest.raises(FileNotFoundError, match="no resume point"):
+        train.train(_tiny_run(tmp_path / "fresh", resume=True))

@@ -13,12 +13,21 @@ validation seed 5_000):
 - ``yesno``: 256 balanced held-out questions: 128 "Are there exactly N dots?" on paper-spec
   images (seed 10_002; N true or off by 1-3, half each) and 128 "Is there a dot in the top-left
   quarter?" on training-distribution images (seed 10_003, half yes).
+- ``diagnostics`` (beside the targets, to tell skills from shortcuts):
+
+  - ``quarter_count_free``: 128 quadrant questions whose label does not follow the count
+    (seed 10_004; a "no" image keeps the quarter ink-free at any count), with the yes-rate on
+    quarters with and without a dot by count band. In the set above an empty quarter almost
+    only occurs with few dots, so a model can score there by counting; here it cannot.
+  - ``exact_yes_rate``: how often "Are there exactly N dots?" gets "yes" on paper-spec images
+    (seed 10_005) when N is the true count, off by 1-3 ("near"), or 6+ away ("far").
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import sys
 import time
 from collections.abc import Sequence
@@ -32,6 +41,8 @@ from vlm_lens.reports.machine import describe_machine
 from vlm_lens.zoo.train import (
     COUNT_PROMPT,
     QUADRANTS,
+    count_free_quarter_sample,
+    exact_prompt,
     exact_questions,
     parse_count,
     quarter_prompt,
@@ -42,6 +53,9 @@ PAPER_SEED = 10_000
 CONTROL_SEED = 10_001
 EXACT_SEED = 10_002
 QUARTER_SEED = 10_003
+COUNT_FREE_SEED = 10_004
+EXACT_RATE_SEED = 10_005
+COUNT_BANDS = ((1, 4), (5, 9), (10, 16), (17, 30))
 
 
 def _answers(model, images: Sequence, prompts: Sequence[str], batch: int = 16) -> list[str]:
@@ -101,6 +115,59 @@ def yesno_metrics(model, n: int = 256) -> dict:
     return out
 
 
+def _rate(flags: Sequence[bool]) -> float | None:
+    return sum(flags) / len(flags) if flags else None
+
+
+def quarter_count_free(model, n: int = 128) -> dict:
+    """Quadrant questions whose label is independent of the count (see the module doc)."""
+    rng = random.Random(COUNT_FREE_SEED)
+    train_like = dict(count_range=(1, 30), radius_range=(7.0, 13.0), intensity_range=(0, 100))
+    rows = []
+    for i in range(n):
+        quadrant, want = i % len(QUADRANTS), (i // len(QUADRANTS)) % 2 == 0
+        s = count_free_quarter_sample(want, quadrant, rng, train_like)
+        rows.append((s.image, quarter_prompt(quadrant), dots.has_dot_in(s, quadrant), s.count))
+    said_yes = [
+        parse_yes_no(t) == "yes"
+        for t in _answers(model, [r[0] for r in rows], [r[1] for r in rows])
+    ]
+    bands = {}
+    for lo, hi in COUNT_BANDS:
+        sel = [(y, r[2]) for y, r in zip(said_yes, rows) if lo <= r[3] <= hi]
+        bands[f"{lo}-{hi}"] = {
+            "n": len(sel),
+            "yes_rate_with_dot": _rate([y for y, label in sel if label]),
+            "yes_rate_without_dot": _rate([y for y, label in sel if not label]),
+        }
+    return {
+        "n": n,
+        "accuracy": sum(y == r[2] for y, r in zip(said_yes, rows)) / n,
+        "by_count": bands,
+    }
+
+
+def exact_yes_rates(model, n: int = 64) -> dict:
+    """How often "exactly N?" gets "yes" for the true N, a near miss (1-3) and a far one (6+)."""
+    samples = dots.generate(n, EXACT_RATE_SEED)
+    rng = random.Random(EXACT_RATE_SEED)
+    asked = {
+        "true": [s.count for s in samples],
+        "near": [s.count + rng.choice([-3, -2, -1, 1, 2, 3]) for s in samples],
+        "far": [rng.choice([k for k in range(1, 31) if abs(k - s.count) >= 6]) for s in samples],
+    }
+    images = [s.image for s in samples]
+    return {
+        kind: _rate(
+            [
+                parse_yes_no(t) == "yes"
+                for t in _answers(model, images, [exact_prompt(k) for k in counts])
+            ]
+        )
+        for kind, counts in asked.items()
+    }
+
+
 def evaluate(path: str | Path, n: int = 256) -> dict:
     from vlm_lens import HookedVLM
 
@@ -111,12 +178,29 @@ def evaluate(path: str | Path, n: int = 256) -> dict:
             "paper": count_metrics(model, dots.generate(n, PAPER_SEED)),
             "control": count_metrics(model, dots.control_set(n, CONTROL_SEED)),
             "yesno": yesno_metrics(model, n),
+            "diagnostics": {
+                "quarter_count_free": quarter_count_free(model, n // 2),
+                "exact_yes_rate": exact_yes_rates(model, n // 4),
+            },
         }
     result["eval_seconds"] = round(time.monotonic() - start, 1)
     return result
 
 
 # ------------------------------------------------------------------------------ report
+
+
+def _options(cfg: dict) -> str:
+    """The training options a stage turned on (those off by default), as ", a, b"."""
+    named = {
+        "balanced_quadrants": "count-free quadrant labels",
+        "paired_exact": "exact-count minimal pairs",
+        "linear_patch_embed": "linear patch embedding",
+    }
+    on = [text for key, text in named.items() if cfg.get(key)]
+    if cfg.get("ema"):
+        on.append(f"weight average (EMA {cfg['ema']})")
+    return "".join(f", {text}" for text in on)
 
 
 def section(result: dict, training: dict, path: str | Path) -> str:
@@ -132,7 +216,7 @@ def section(result: dict, training: dict, path: str | Path) -> str:
         f"yes/no fraction {st.get('config', {}).get('yesno_fraction')}, exact-count share "
         f"{st.get('config', {}).get('exact_share', 0.5)}, far negatives "
         f"{st.get('config', {}).get('far_share', 0.0)}, "
-        f"{st.get('config', {}).get('threads')} torch threads)"
+        f"{st.get('config', {}).get('threads')} torch threads{_options(st.get('config', {}))})"
         for st in stages
     )
     ok = lambda flag: "met" if flag else "**missed**"  # noqa: E731
@@ -164,12 +248,29 @@ def section(result: dict, training: dict, path: str | Path) -> str:
         f"parse rate {y['parse_rate']:.0%}, yes rate {y['yes_rate']:.1%}; target ≥ 90% "
         f"{ok(y['accuracy'] >= 0.9)}.",
         "",
-        f"Evaluation took {result['eval_seconds']:.0f} s.",
-        "",
     ]
+    if "diagnostics" in result:
+        lines += [diagnostics_paragraph(result["diagnostics"]), ""]
+    lines += [f"Evaluation took {result['eval_seconds']:.0f} s.", ""]
     if training.get("notes"):
         lines += [training["notes"], ""]
     return "\n".join(lines)
+
+
+def diagnostics_paragraph(diag: dict) -> str:
+    q, e = diag["quarter_count_free"], diag["exact_yes_rate"]
+    pct = lambda x: "-" if x is None else f"{x:.0%}"  # noqa: E731
+    bands = "; ".join(
+        f"{band} dots: {pct(b['yes_rate_with_dot'])} with a dot, "
+        f"{pct(b['yes_rate_without_dot'])} without"
+        for band, b in q["by_count"].items()
+    )
+    return (
+        f"Diagnostics. Quadrant questions whose label does not follow the count (seed "
+        f"{COUNT_FREE_SEED}, {q['n']} questions): accuracy {q['accuracy']:.1%}; yes-rate {bands}. "
+        f'"Exactly N?" answered "yes" (seed {EXACT_RATE_SEED}): {pct(e["true"])} for the true '
+        f"N, {pct(e['near'])} for N off by 1-3, {pct(e['far'])} for N 6 or more away."
+    )
 
 
 def write_section(results: Path, text: str, heading: str = "## Organism") -> None:

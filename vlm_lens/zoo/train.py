@@ -809,8 +809,7 @@ def smoke(steps: int = 30, seed: int = 0, n_images: int = 4) -> tuple[float, flo
 # ------------------------------------------------------------------------------- main
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m vlm_lens.zoo.train", description=__doc__.split("\n")[0]
     )
@@ -862,14 +861,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--init", help="continue training this checkpoint (a second stage)")
     p.add_argument("--smoke", action="store_true", help="a few dozen steps on tiny images")
-    args = p.parse_args(argv)
-    if args.smoke:
-        first, last = smoke()
-        print(f"smoke: loss {first:.3f} -> {last:.3f}")
-        return 0 if last < first else 1
-    if not args.out:
-        p.error("--out is required")
-    cfg = TrainConfig(
+    return p
+
+
+def config_from(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(
         out=args.out,
         steps=args.steps,
         minutes=args.minutes,
@@ -890,6 +886,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         ema=args.ema,
         resume=args.resume,
     )
+
+
+def parse_args(argv: Sequence[str]) -> TrainConfig:
+    """The :class:`TrainConfig` a command line asks for (``--out`` is required)."""
+    p = parser()
+    args = p.parse_args(list(argv))
+    if not args.out:
+        p.error("--out is required")
+    return config_from(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser().parse_args(argv)
+    if args.smoke:
+        first, last = smoke()
+        print(f"smoke: loss {first:.3f} -> {last:.3f}")
+        return 0 if last < first else 1
+    cfg = parse_args(argv)
     meta = train(cfg, [a for a in argv if a != "--resume"])
     if meta.get("stopped"):
         return 130
