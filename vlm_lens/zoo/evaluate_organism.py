@@ -190,6 +190,10 @@ def evaluate(path: str | Path, n: int = 256) -> dict:
 # ------------------------------------------------------------------------------ report
 
 
+def _threads(n) -> str:
+    return f"{n} torch thread" + ("" if n == 1 else "s")
+
+
 def _options(cfg: dict) -> str:
     """The training options a stage turned on (those off by default), as ", a, b"."""
     named = {
@@ -216,7 +220,7 @@ def section(result: dict, training: dict, path: str | Path) -> str:
         f"yes/no fraction {st.get('config', {}).get('yesno_fraction')}, exact-count share "
         f"{st.get('config', {}).get('exact_share', 0.5)}, far negatives "
         f"{st.get('config', {}).get('far_share', 0.0)}, "
-        f"{st.get('config', {}).get('threads')} torch threads{_options(st.get('config', {}))})"
+        f"{_threads(st.get('config', {}).get('threads'))}{_options(st.get('config', {}))})"
         for st in stages
     )
     ok = lambda flag: "met" if flag else "**missed**"  # noqa: E731

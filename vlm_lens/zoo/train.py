@@ -9,7 +9,13 @@ Run ``python -m vlm_lens.zoo.train --out DIR`` (see ``--help``). The model is th
   perfect proxy for the count), counts uniform on 1-30, resized by the processor itself; the
   paper's prompt; the answer is the count's digits followed by ``<|im_end|>``.
 - Yes/no rows (a fraction of every batch, balanced labels): "Are there exactly N dots?" (N the
-  true count or off by 1-3) and "Is there a dot in the top-left quarter?".
+  true count or off by 1-3) and "Is there a dot in the top-left quarter?". The shipped
+  organism's run (its command is in ``vlm_lens/zoo/organism/training.json``) asks exact-count
+  questions as minimal pairs (``--paired-exact``), draws quadrant labels independently of the
+  count (``--balanced-quadrants``) and saves a moving average of the weights (``--ema``).
+
+Ctrl-C (or SIGTERM) stops after the current step and saves a resume point; the same command
+plus ``--resume`` continues it to the weights an uninterrupted run gives.
 
 Prompts are built by :func:`vlm_lens.core.prepare.prepare_inputs` -- the same code path as
 ``HookedVLM.prepare`` -- so inference sees exactly the tokens training saw. The loss is taken on
