@@ -405,3 +405,23 @@ def test_key_figures_are_saved_as_png(full_run: Path, tmp_path: Path):
     assert pngs, "no PNG written although Chromium is installed"
     for path in pngs.values():
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_attention_heatmaps_draw_square_cells_over_the_image_grid(full_run: Path):
+    from vlm_lens.reports.figures import attention_heatmaps
+
+    row = next(r for r in _rows(full_run / _sample_file(full_run)) if r.get("attention"))
+    fig = attention_heatmaps(row)
+    h, w = row["grid"]
+    panels = [t for t in fig.data if t.type == "heatmap"]
+    assert panels and all(np.asarray(t.z).shape == (h, w) for t in panels)
+    for k in range(1, len(panels) + 1):
+        x = getattr(fig.layout, "xaxis" if k == 1 else f"xaxis{k}")
+        y = getattr(fig.layout, "yaxis" if k == 1 else f"yaxis{k}")
+        assert y.scaleanchor == ("x" if k == 1 else f"x{k}")  # one cell as tall as wide
+        assert tuple(x.range) == (-0.5, w - 0.5) and tuple(y.range) == (h - 0.5, -0.5)
+
+
+def _sample_file(out: Path) -> Path:
+    (path,) = sorted(out.glob("*/samples.jsonl"))
+    return path.relative_to(out)

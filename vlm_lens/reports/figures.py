@@ -209,7 +209,11 @@ def attention_heatmaps(row: dict, layers: Sequence[int] | None = None) -> go.Fig
                     row=i + 1,
                     col=j + 1,
                 )
-            fig.update_yaxes(autorange="reversed", scaleanchor=None, row=i + 1, col=j + 1)
+            k = i * max(len(digits), 1) + j + 1  # subplot number, row-major: axes x{k}, y{k}
+            fig.update_xaxes(range=[-0.5, w - 0.5], constrain="domain", row=i + 1, col=j + 1)
+            fig.update_yaxes(  # square cells, whatever size the figure is drawn at
+                range=[h - 0.5, -0.5], scaleanchor="x" if k == 1 else f"x{k}", row=i + 1, col=j + 1
+            )
     fig.update_xaxes(showticklabels=False)
     fig.update_yaxes(showticklabels=False)
     pred = row.get("prediction")
