@@ -138,7 +138,7 @@ def test_the_shipped_organism_recipe_draws_the_same_training_data():
     (stage,) = meta["stages"]
     argv = shlex.split(stage["command"])[3:]  # after "python -m vlm_lens.zoo.train"
     parsed = train.parse_args(argv)
-    assert asdict_subset(parsed, stage["config"])  # the command is the recorded config
+    assert _matches_recorded(parsed, stage["config"])  # the command is the recorded config
     digest = hashlib.sha256()
     kinds = []
     for step in (7, 8, 9):
@@ -150,7 +150,7 @@ def test_the_shipped_organism_recipe_draws_the_same_training_data():
     assert digest.hexdigest() == SHIPPED_STREAM
 
 
-def asdict_subset(cfg, recorded: dict) -> bool:
+def _matches_recorded(cfg, recorded: dict) -> bool:
     from dataclasses import asdict
 
     now = json.loads(json.dumps(asdict(cfg)))
@@ -319,9 +319,14 @@ def test_an_interrupted_training_run_resumes_to_the_same_weights(tmp_path, monke
     with pytest.raises(ValueError, match="batch"):
         train.train(_tiny_run(tmp_path / "resumed", resume=True, batch=8))
     monkeypatch.setattr(train, "answer_loss", real_loss)
+    # as a crash between save_resume_point's two renames would leave it
+    point = tmp_path / "resumed" / train.RESUME_DIR
+    point.rename(point.with_name(f"{train.RESUME_DIR}.old"))
+    with pytest.raises(FileExistsError, match="--resume"):
+        train.train(_tiny_run(tmp_path / "resumed"))
     resumed = train.train(_tiny_run(tmp_path / "resumed", resume=True))
     assert resumed["steps"] == straight["steps"] == 6
-    assert not (tmp_path / "resumed" / train.RESUME_DIR).exists()
+    assert not any((tmp_path / "resumed").glob(f"{train.RESUME_DIR}*"))
     for name in ("", "raw"):  # the weight average and the trained weights
         a, b = _weights(tmp_path / "straight" / name), _weights(tmp_path / "resumed" / name)
         assert a.keys() == b.keys()

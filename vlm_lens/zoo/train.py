@@ -33,11 +33,13 @@ import json
 import math
 import random
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -96,9 +98,7 @@ class TrainConfig:
     workers: int = 1  # background processes preparing batches
     linear_patch_embed: bool = False  # faster; changes float rounding (see linear_patch_embedding)
     balanced_quadrants: bool = False  # quadrant labels that do not follow the count
-    paired_exact: bool = (
-        False  # exact-count questions as minimal pairs: same image, true and wrong N
-    )
+    paired_exact: bool = False  # exact-count questions as pairs: one image, true and wrong N
     ema: float = 0.0  # decay of an exponential moving average of the weights (0: off)
     resume: bool = False  # continue the interrupted run in `out` (see train)
     init: str | None = None  # continue from this checkpoint instead of a fresh random init
@@ -369,8 +369,6 @@ class _Batches(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         n, k = (1, 0) if info is None else (info.num_workers, info.id)
         if info is not None:
-            import signal
-
             torch.set_num_threads(1)
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # the trainer decides when to stop
         step = self.start + k
@@ -394,11 +392,16 @@ def batches(cfg: TrainConfig, processor, adapter, config, start: int = 0):
 # -------------------------------------------------------------------------- schedule
 
 
+def cosine_factor(progress: float, min_ratio: float) -> float:
+    """From 1 at ``progress`` 0 down to ``min_ratio`` at 1 (and after), along a cosine."""
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
 def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """Linear warm-up over ``warmup`` steps, then the cosine over the remaining steps."""
     if step < warmup:
         return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return cosine_factor((step - warmup) / max(1, total - warmup), min_ratio)
 
 
 def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -548,14 +551,15 @@ def _save(model, processor, out: Path, meta: dict) -> None:
 
 RESUME_DIR = "resume"
 #: Config fields that may differ between a run and its resumption (they change no number).
-RESUMABLE_CHANGES = frozenset({"workers", "eval_every", "resume"})
+RESUMABLE_CHANGES = frozenset({"out", "workers", "eval_every", "resume"})
 
 
 def save_resume_point(out: Path, step: int, model, opt, average, info: dict) -> None:
-    """Everything needed to continue at ``step`` bit-identically, written atomically to
-    ``out/resume``: raw weights, AdamW moments, the weight average (one safetensors file) and
-    the counters (``state.json``). The data stream is a function of the step, so nothing else
-    is needed."""
+    """Everything needed to continue at ``step`` bit-identically, in ``out/resume``: raw
+    weights, AdamW moments, the weight average (one safetensors file) and the counters
+    (``state.json``). The data stream is a function of the step, so nothing else is needed.
+    The new point is written beside the old one and swapped in by renames; a crash in between
+    leaves the old one as ``resume.old``, which :func:`load_resume_point` falls back to."""
     from safetensors.torch import save_file
 
     tensors = {f"model.{n}": p.detach().clone() for n, p in model.named_parameters()}
@@ -575,10 +579,12 @@ def save_resume_point(out: Path, step: int, model, opt, average, info: dict) -> 
     staging = Path(tempfile.mkdtemp(prefix=".resume-", dir=out))
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(staging / "state.safetensors"))
     (staging / "state.json").write_text(json.dumps(counters, indent=2) + "\n")
-    target = out / RESUME_DIR
+    target, previous = out / RESUME_DIR, out / f"{RESUME_DIR}.old"
+    shutil.rmtree(previous, ignore_errors=True)
     if target.exists():
-        shutil.rmtree(target)
+        target.rename(previous)
     staging.rename(target)
+    shutil.rmtree(previous, ignore_errors=True)
 
 
 def load_resume_point(out: Path, cfg: TrainConfig, model, opt, average) -> dict:
@@ -586,8 +592,12 @@ def load_resume_point(out: Path, cfg: TrainConfig, model, opt, average) -> dict:
     from safetensors.torch import load_file
 
     where = out / RESUME_DIR
+    if not (where / "state.json").exists():  # a crash between save_resume_point's renames
+        where = out / f"{RESUME_DIR}.old"
     if not (where / "state.json").exists():
-        raise FileNotFoundError(f"no resume point in {where}; start the run without --resume")
+        raise FileNotFoundError(
+            f"no resume point in {out / RESUME_DIR}; start the run without --resume"
+        )
     counters = json.loads((where / "state.json").read_text())
     saved, now = counters["config"], json.loads(json.dumps(asdict(cfg)))  # tuples as lists
     changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k])
@@ -616,9 +626,6 @@ def load_resume_point(out: Path, cfg: TrainConfig, model, opt, average) -> dict:
 def stop_requests():
     """Turn SIGINT/SIGTERM into a request to stop after the current step (a second Ctrl-C
     aborts at once). Yields a dict whose ``"stop"`` turns True on a request."""
-    import signal
-    import threading
-
     flag = {"stop": False}
     if threading.current_thread() is not threading.main_thread():
         yield flag
@@ -644,11 +651,10 @@ def stop_requests():
 
 def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
     """Linear warm-up over ``cfg.warmup`` steps, then a cosine from ``cfg.lr`` to
-    ``cfg.min_lr_ratio * cfg.lr`` over ``progress`` (steps or wall time) from 0 to 1."""
+    ``cfg.min_lr_ratio * cfg.lr`` over ``progress`` (of the steps or the wall time)."""
     if step < cfg.warmup:
-        return cfg.lr * lr_factor(step, 10**6, cfg.warmup, cfg.min_lr_ratio)
-    p = min(1.0, progress)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p)))
+        return cfg.lr * ((step + 1) / cfg.warmup)  # this rounding: the shipped run's
+    return cfg.lr * cosine_factor(progress, cfg.min_lr_ratio)
 
 
 def train(cfg: TrainConfig, argv: Sequence[str] | None = None) -> dict:
@@ -666,7 +672,8 @@ def train(cfg: TrainConfig, argv: Sequence[str] | None = None) -> dict:
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
-    if not cfg.resume and (out / RESUME_DIR).exists():
+    resume_points = [out / RESUME_DIR, out / f"{RESUME_DIR}.old"]
+    if not cfg.resume and any(p.exists() for p in resume_points):
         raise FileExistsError(
             f"{out} holds an unfinished run ({out / RESUME_DIR}); pass --resume to continue it, "
             "or choose another --out"
@@ -721,11 +728,14 @@ def train(cfg: TrainConfig, argv: Sequence[str] | None = None) -> dict:
             "torch_threads": cfg.threads,
         }
 
+    def record(metrics: dict) -> None:
+        metrics.update(step=step, loss=smoothed, seconds=seconds())
+        history.append(metrics)
+        print(f"\n{json.dumps(metrics)}", file=sys.stderr, flush=True)
+
     def checkpoint(metrics: dict | None) -> dict:
         if metrics is not None:
-            metrics.update(step=step, loss=smoothed, seconds=seconds())
-            history.append(metrics)
-            print(f"\n{json.dumps(metrics)}", file=sys.stderr, flush=True)
+            record(metrics)
         meta = metadata()
         save_resume_point(out, step, model, opt, average, dict(meta, loss=smoothed))
         with evaluated():
@@ -765,10 +775,7 @@ def train(cfg: TrainConfig, argv: Sequence[str] | None = None) -> dict:
                 checkpoint(metrics)
     bar.close()
     with evaluated():
-        metrics = quick_accuracy(model, processor, adapter, val, val_exact)
-    metrics.update(step=step, loss=smoothed, seconds=seconds())
-    history.append(metrics)
-    print(f"\n{json.dumps(metrics)}", file=sys.stderr, flush=True)
+        record(quick_accuracy(model, processor, adapter, val, val_exact))
     meta = metadata()
     if average:  # the last trained weights too, to compare with the average
         meta["raw_weights"] = quick_accuracy(model, processor, adapter, val, val_exact)
@@ -776,7 +783,8 @@ def train(cfg: TrainConfig, argv: Sequence[str] | None = None) -> dict:
         _save(model, processor, out / "raw", meta)
     with evaluated():
         _save(model, processor, out, meta)
-    shutil.rmtree(out / RESUME_DIR, ignore_errors=True)
+    for point in resume_points:
+        shutil.rmtree(point, ignore_errors=True)
     return meta
 
 
@@ -871,27 +879,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def config_from(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(
-        out=args.out,
-        steps=args.steps,
-        minutes=args.minutes,
-        seed=args.seed,
-        size=args.size,
-        batch=args.batch,
-        lr=args.lr,
-        yesno_fraction=args.yesno_fraction,
-        exact_share=args.exact_share,
-        far_share=args.far_share,
-        eval_every=args.eval_every,
-        threads=args.threads,
-        workers=args.workers,
-        init=args.init,
-        linear_patch_embed=args.linear_patch_embed,
-        balanced_quadrants=args.balanced_quadrants,
-        paired_exact=args.paired_exact,
-        ema=args.ema,
-        resume=args.resume,
-    )
+    """Every :class:`TrainConfig` field the command line has a flag for (same names)."""
+    given = vars(args)
+    return TrainConfig(**{f.name: given[f.name] for f in fields(TrainConfig) if f.name in given})
 
 
 def parse_args(argv: Sequence[str]) -> TrainConfig:
