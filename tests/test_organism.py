@@ -334,3 +334,32 @@ def test_an_interrupted_training_run_resumes_to_the_same_weights(tmp_path, monke
             assert torch.equal(a[key], b[key]), key
     with pytest.raises(FileNotFoundError, match="no resume point"):
         train.train(_tiny_run(tmp_path / "fresh", resume=True))
+
+
+@pytest.mark.parametrize("answer", ["yes", "no"])
+def test_diagnostics_count_what_a_constant_answerer_says(monkeypatch, answer):
+    """Labels are balanced, so always-yes and always-no both score exactly half; the asked
+    counts are the true one, 1-3 off and 6+ off."""
+    from vlm_lens.zoo import evaluate_organism as ev
+
+    asked: list[str] = []
+
+    def constant(model, images, prompts, batch=16):
+        asked.extend(prompts)
+        return [answer] * len(prompts)
+
+    monkeypatch.setattr(ev, "_answers", constant)
+    free = ev.quarter_count_free(None, n=16)
+    assert free["accuracy"] == 0.5
+    said = 1.0 if answer == "yes" else 0.0
+    for band in free["by_count"].values():
+        assert band["yes_rate_with_dot"] in (said, None)
+        assert band["yes_rate_without_dot"] in (said, None)
+    asked.clear()
+    assert ev.exact_yes_rates(None, n=8) == {"true": said, "near": said, "far": said}
+    samples = dots.generate(8, ev.EXACT_RATE_SEED)
+    numbers = [int(re.search(r"\d+", p).group()) for p in asked]
+    true, near, far = numbers[:8], numbers[8:16], numbers[16:]
+    assert true == [s.count for s in samples]
+    assert all(1 <= abs(k - s.count) <= 3 for k, s in zip(near, samples))
+    assert all(abs(k - s.count) >= 6 for k, s in zip(far, samples))

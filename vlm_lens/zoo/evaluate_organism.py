@@ -41,12 +41,14 @@ from vlm_lens.reports.machine import describe_machine
 from vlm_lens.zoo.train import (
     COUNT_PROMPT,
     QUADRANTS,
+    TrainConfig,
     count_free_quarter_sample,
     exact_prompt,
     exact_questions,
     parse_count,
     quarter_prompt,
     quarter_samples,
+    wrong_count,
 )
 
 PAPER_SEED = 10_000
@@ -56,6 +58,13 @@ QUARTER_SEED = 10_003
 COUNT_FREE_SEED = 10_004
 EXACT_RATE_SEED = 10_005
 COUNT_BANDS = ((1, 4), (5, 9), (10, 16), (17, 30))
+_DEFAULTS = TrainConfig(out="")
+#: Quadrant questions are asked on images like the training ones (the trainer's defaults).
+TRAIN_LIKE = {
+    "count_range": _DEFAULTS.count_range,
+    "radius_range": _DEFAULTS.radius_range,
+    "intensity_range": _DEFAULTS.intensity_range,
+}
 
 
 def _answers(model, images: Sequence, prompts: Sequence[str], batch: int = 16) -> list[str]:
@@ -92,10 +101,9 @@ def yesno_items(n: int = 256) -> list[tuple[object, str, bool, str]]:
         (r.image, r.prompt, r.answer == "yes", "exact")
         for r in exact_questions(dots.generate(half, EXACT_SEED), EXACT_SEED)
     ]
-    train_like = dict(count_range=(1, 30), radius_range=(7.0, 13.0), intensity_range=(0, 100))
     for i in range(half):
         quadrant, want = i % len(QUADRANTS), (i // len(QUADRANTS)) % 2 == 0
-        s = quarter_samples(1, QUARTER_SEED + i, [want], quadrant, **train_like)[0]
+        s = quarter_samples(1, QUARTER_SEED + i, [want], quadrant, **TRAIN_LIKE)[0]
         items.append((s.image, quarter_prompt(quadrant), dots.has_dot_in(s, quadrant), "quarter"))
     return items
 
@@ -122,11 +130,10 @@ def _rate(flags: Sequence[bool]) -> float | None:
 def quarter_count_free(model, n: int = 128) -> dict:
     """Quadrant questions whose label is independent of the count (see the module doc)."""
     rng = random.Random(COUNT_FREE_SEED)
-    train_like = dict(count_range=(1, 30), radius_range=(7.0, 13.0), intensity_range=(0, 100))
     rows = []
     for i in range(n):
         quadrant, want = i % len(QUADRANTS), (i // len(QUADRANTS)) % 2 == 0
-        s = count_free_quarter_sample(want, quadrant, rng, train_like)
+        s = count_free_quarter_sample(want, quadrant, rng, TRAIN_LIKE)
         rows.append((s.image, quarter_prompt(quadrant), dots.has_dot_in(s, quadrant), s.count))
     said_yes = [
         parse_yes_no(t) == "yes"
@@ -153,7 +160,7 @@ def exact_yes_rates(model, n: int = 64) -> dict:
     rng = random.Random(EXACT_RATE_SEED)
     asked = {
         "true": [s.count for s in samples],
-        "near": [s.count + rng.choice([-3, -2, -1, 1, 2, 3]) for s in samples],
+        "near": [wrong_count(s.count, rng) for s in samples],  # counts 10-16: never clipped
         "far": [rng.choice([k for k in range(1, 31) if abs(k - s.count) >= 6]) for s in samples],
     }
     images = [s.image for s in samples]
@@ -190,8 +197,17 @@ def evaluate(path: str | Path, n: int = 256) -> dict:
 # ------------------------------------------------------------------------------ report
 
 
-def _threads(n) -> str:
-    return f"{n} torch thread" + ("" if n == 1 else "s")
+def _stage(stage: dict) -> str:
+    """One training stage: its command and what it ran with."""
+    cfg = stage.get("config", {})
+    threads = cfg.get("threads")
+    return (
+        f"`{stage.get('command', '?')}` ({stage.get('steps')} steps, "
+        f"{stage.get('seconds', 0) / 60:.1f} min, lr {cfg.get('lr')}, "
+        f"yes/no fraction {cfg.get('yesno_fraction')}, exact-count share "
+        f"{cfg.get('exact_share', 0.5)}, far negatives {cfg.get('far_share', 0.0)}, "
+        f"{threads} torch thread{'' if threads == 1 else 's'}{_options(cfg)})"
+    )
 
 
 def _options(cfg: dict) -> str:
@@ -214,15 +230,7 @@ def section(result: dict, training: dict, path: str | Path) -> str:
     size = cfg.get("size")
     grid = f"{size // 32} x {size // 32}" if size else "?"
     minutes = sum(st.get("seconds", 0) for st in stages) / 60
-    runs = "; then ".join(
-        f"`{st.get('command', '?')}` ({st.get('steps')} steps, "
-        f"{st.get('seconds', 0) / 60:.1f} min, lr {st.get('config', {}).get('lr')}, "
-        f"yes/no fraction {st.get('config', {}).get('yesno_fraction')}, exact-count share "
-        f"{st.get('config', {}).get('exact_share', 0.5)}, far negatives "
-        f"{st.get('config', {}).get('far_share', 0.0)}, "
-        f"{_threads(st.get('config', {}).get('threads'))}{_options(st.get('config', {}))})"
-        for st in stages
-    )
+    runs = "; then ".join(_stage(st) for st in stages)
     ok = lambda flag: "met" if flag else "**missed**"  # noqa: E731
     lines = [
         "## Organism",
@@ -261,19 +269,22 @@ def section(result: dict, training: dict, path: str | Path) -> str:
     return "\n".join(lines)
 
 
+def _pct(rate: float | None) -> str:
+    return "-" if rate is None else f"{rate:.0%}"
+
+
 def diagnostics_paragraph(diag: dict) -> str:
     q, e = diag["quarter_count_free"], diag["exact_yes_rate"]
-    pct = lambda x: "-" if x is None else f"{x:.0%}"  # noqa: E731
     bands = "; ".join(
-        f"{band} dots: {pct(b['yes_rate_with_dot'])} with a dot, "
-        f"{pct(b['yes_rate_without_dot'])} without"
+        f"{band} dots: {_pct(b['yes_rate_with_dot'])} with a dot, "
+        f"{_pct(b['yes_rate_without_dot'])} without"
         for band, b in q["by_count"].items()
     )
     return (
         f"Diagnostics. Quadrant questions whose label does not follow the count (seed "
         f"{COUNT_FREE_SEED}, {q['n']} questions): accuracy {q['accuracy']:.1%}; yes-rate {bands}. "
-        f'"Exactly N?" answered "yes" (seed {EXACT_RATE_SEED}): {pct(e["true"])} for the true '
-        f"N, {pct(e['near'])} for N off by 1-3, {pct(e['far'])} for N 6 or more away."
+        f'"Exactly N?" answered "yes" (seed {EXACT_RATE_SEED}): {_pct(e["true"])} for the true '
+        f"N, {_pct(e['near'])} for N off by 1-3, {_pct(e['far'])} for N 6 or more away."
     )
 
 
