@@ -302,6 +302,8 @@ def training_batch(cfg: TrainConfig, step: int) -> list[Row]:
             if len(rows) == cfg.batch:  # a minimal pair took the last two slots
                 break
             row = yesno_row(s, rng, cfg.exact_share, cfg.far_share)
+            # With pairs the drawn exact row is replaced; its draws stay in the stream so that
+            # one stream serves both settings (the shipped run's is pinned by a test).
             if row.kind == "exact" and cfg.paired_exact and len(rows) + 2 <= cfg.batch:
                 rows.extend(exact_pair(s, rng, cfg.far_share))
                 continue
