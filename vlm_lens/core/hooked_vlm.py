@@ -91,7 +91,9 @@ class HookedVLM(HookedRootModule):
         lm = get_module(hf_model, self.adapter.language_model)
         layers = list(get_module(lm, self.adapter.layers))
         attns = [get_module(layer, self.adapter.attention) for layer in layers]
-        lm.config._attn_implementation_internal = _attention.ATTENTION_NAME
+        # The public setter (it validates the name against AttentionInterface); the language
+        # model shares its config object with the top-level model's text config.
+        lm.set_attn_implementation(_attention.ATTENTION_NAME)
         self._lm = [lm]  # a list keeps it out of the module tree (it is inside hf_model already)
         self._named_hooks = install(
             layers, attns, get_module(hf_model, self.adapter.image_embeds_module), self.run_state
@@ -263,11 +265,18 @@ class HookedVLM(HookedRootModule):
 
     # ------------------------------------------------------------------ running
     def _track_position(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        """Before each language-model call: where do this call's query rows sit, which step is it."""
+        """Before each language-model call: where do this call's query rows sit, which step is it.
+
+        The KV cache is found by type, not by keyword: transformers has passed it as
+        `past_key_values=` and, since 5.2x, as `cache=` (PITFALLS 12). Its length before this
+        call is the number of positions already processed.
+        """
         embeds = kwargs.get("inputs_embeds")
         if embeds is None:
             embeds = kwargs.get("input_ids", args[0] if args else None)
-        cache = kwargs.get("past_key_values")
+        cache = next(
+            (v for v in (*args, *kwargs.values()) if isinstance(v, transformers.Cache)), None
+        )
         past = int(cache.get_seq_length()) if cache is not None else 0
         run = self.run_state
         run.query_start, run.n_queries = past, int(embeds.shape[1])
