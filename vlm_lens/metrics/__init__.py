@@ -20,6 +20,7 @@ from vlm_lens.metrics.attention import (
 )
 from vlm_lens.metrics.yesno import (
     OFFICIAL,
+    IncompleteUnitsWarning,
     bootstrap_ratio_ci,
     bootstrap_unit_sums,
     evaluate,
@@ -29,6 +30,7 @@ from vlm_lens.metrics.yesno import (
 __all__ = [
     "OFFICIAL",
     "HaloMasks",
+    "IncompleteUnitsWarning",
     "bootstrap_ratio_ci",
     "bootstrap_unit_sums",
     "evaluate",
