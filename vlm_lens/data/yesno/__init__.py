@@ -7,6 +7,7 @@ answer parser and unit shape, a synthetic set.
 Metrics over these items live in `vlm_lens.metrics.yesno`.
 """
 
+from vlm_lens.data.paths import OutsideRootError
 from vlm_lens.data.yesno import synthetic
 from vlm_lens.data.yesno.items import (
     ANSWER_SUFFIX,
@@ -22,7 +23,6 @@ from vlm_lens.data.yesno.loaders import (
     MME_COGNITION,
     MME_PERCEPTION,
     SUGARCREPE_SUBSETS,
-    OutsideRootError,
     ParquetImage,
     canonical_name,
     load_beaf,

@@ -69,6 +69,7 @@ from typing import Any
 from PIL import Image
 
 from vlm_lens.core.images import load_image
+from vlm_lens.data.paths import confined
 from vlm_lens.data.yesno.items import YesNoItem, caption_prompt, make_prompt
 
 PathLike = str | os.PathLike
@@ -107,36 +108,11 @@ _IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 # --------------------------------------------------------------------------- helpers
 
 
-class OutsideRootError(ValueError):
-    """An image path from an annotation file that leads outside its dataset folder."""
-
-
 def _exists(path: PathLike, bench: str) -> Path:
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{bench}: {p} does not exist")
     return p
-
-
-def _confined(path: Path, root: Path, bench: str, where: str, allow_outside_root: bool) -> Path:
-    """`path` itself, once it is known to resolve (symlinks followed) inside `root`.
-
-    Every image path the loaders take from an annotation file, a parquet path cell or a
-    folder listing goes through here: those files come from the internet, and an
-    absolute name, a `..` or a symlink would otherwise feed any file on the machine to
-    the model.
-    """
-    if allow_outside_root:
-        return path
-    resolved = path.resolve()
-    if not resolved.is_relative_to(root.resolve()):
-        raise OutsideRootError(
-            f"{bench}: image path {str(path)!r} in {where} resolves to {resolved}, outside "
-            f"the dataset folder {root}; refused, since annotation files come from the "
-            "internet. Pass allow_outside_root=True if you keep the images elsewhere "
-            "on purpose."
-        )
-    return path
 
 
 def _parquet_files(path: Path) -> list[Path]:
@@ -204,7 +180,7 @@ class ParquetImage:
             if data:
                 cell = data
             elif name:
-                path = _confined(
+                path = confined(
                     Path(self.file).parent / str(name),
                     self.root,
                     self.bench,
@@ -335,12 +311,12 @@ def _find_image(
 ) -> Path | None:
     """The first existing `root / name` (extension optional), each confined to its root."""
     for root in roots:
-        p = _confined(root / name, root, bench, where, allow_outside_root)
+        p = confined(root / name, root, bench, where, allow_outside_root)
         if p.is_file():
             return p
         if not Path(name).suffix:
             for ext in _IMAGE_EXTS:
-                q = _confined(p.with_name(p.name + ext), root, bench, where, allow_outside_root)
+                q = confined(p.with_name(p.name + ext), root, bench, where, allow_outside_root)
                 if q.is_file():
                     return q
     return None
@@ -438,11 +414,11 @@ def _mme_folder_items(
             qa_dir, img_dir = cdir, cdir
         for txt in sorted(qa_dir.glob("*.txt")):
             # Listed files may be symlinks out of the download: confine them like names.
-            _confined(txt, root, "MME", f"the listing of {qa_dir}", allow_outside_root)
+            confined(txt, root, "MME", f"the listing of {qa_dir}", allow_outside_root)
             image = _find_image(txt.stem, [img_dir], "MME", f"the listing of {img_dir}", True)
             if image is None:
                 raise FileNotFoundError(f"MME: no image for {txt} in {img_dir}")
-            _confined(image, root, "MME", f"the listing of {img_dir}", allow_outside_root)
+            confined(image, root, "MME", f"the listing of {img_dir}", allow_outside_root)
             unit = f"{category}/{image.name}"
             k = 0
             for n, line in enumerate(txt.read_text(encoding="utf-8").splitlines(), 1):
