@@ -217,7 +217,7 @@ def test_load_keeps_image_paths_inside_the_directory(tmp_path, kind):
     records = [json.loads(line) for line in index.read_text().splitlines()]
     records[1]["image"] = name
     index.write_text("".join(json.dumps(r) + "\n" for r in records))
-    with pytest.raises(OutsideRootError, match=r"dots: image path .* in .*samples\.jsonl:2"):
+    with pytest.raises(OutsideRootError, match=r"dots: path .* in .*samples\.jsonl:2"):
         dots.load(data)
     loaded = dots.load(data, allow_outside_root=True)
     assert np.array_equal(loaded[1].pixels(), samples[1].pixels())

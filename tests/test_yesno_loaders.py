@@ -761,7 +761,7 @@ def test_mme_folder_listing_symlinks_are_confined(tmp_path):
     (root / "count" / "0001.txt").write_text(
         f"Is there one?{MME_SUFFIX}\tYes\nAre there two?{MME_SUFFIX}\tNo\n"
     )
-    with pytest.raises(OutsideRootError, match=r"MME: image path .*0001\.png.*listing of"):
+    with pytest.raises(OutsideRootError, match=r"MME: path .*0001\.png.*listing of"):
         load_mme(root)
     items = load_mme(root, allow_outside_root=True)
     assert items[0].load_images()[0].getpixel((0, 0)) == SECRET

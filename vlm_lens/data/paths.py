@@ -29,9 +29,9 @@ def confined(
     resolved = path.resolve()
     if not resolved.is_relative_to(root.resolve()):
         raise OutsideRootError(
-            f"{dataset}: image path {str(path)!r} in {where} resolves to {resolved}, "
+            f"{dataset}: path {str(path)!r} in {where} resolves to {resolved}, "
             f"outside the dataset folder {root}; refused, since annotation files come from "
-            "the internet. Pass allow_outside_root=True if you keep the images elsewhere "
+            "the internet. Pass allow_outside_root=True if you keep the files elsewhere "
             "on purpose."
         )
     return path
