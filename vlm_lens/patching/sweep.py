@@ -270,16 +270,9 @@ def _last_logits(
     """One forward pass keeping only the last row's logits (a real vocabulary times the whole
     prompt times the batch would not fit). `copies`: the batch is that many copies of one
     example (`repeat_inputs`), so the image is encoded once."""
-    kwargs = model._model_kwargs(inputs)
-    with (
-        torch.no_grad(),
-        model._running(inputs),
-        model.hooks(fwd_hooks=fwd_hooks),
-        _one_vision_pass(model, copies),
-    ):
-        out = model.hf_model(**kwargs, use_cache=False, logits_to_keep=1)
+    with torch.no_grad(), model.hooks(fwd_hooks=fwd_hooks), _one_vision_pass(model, copies):
+        logits = model(inputs, logits_to_keep=1)[:, -1]
     counter.n += 1
-    logits = out.logits[:, -1]
     return logits if logits.dtype == torch.float64 else logits.float()
 
 
