@@ -259,3 +259,39 @@ def test_eos_token_ids_are_the_generation_configs_as_a_tuple(arch_models, monkey
     assert model.eos_token_ids == (7,)
     monkeypatch.setattr(config, "eos_token_id", None)
     assert model.eos_token_ids == ()
+
+
+def test_logits_to_keep_gives_the_last_rows_of_the_full_forward(arch_models):
+    """What the patching sweep reads: the next-token logits, without the whole prompt's."""
+    arch, model, _ = arch_models
+    inputs = model.prepare(images=[dots_image(2)] * 2, prompt=[PROMPT, "Count: "])
+    with torch.no_grad():
+        full = model(inputs)
+        last = model(inputs, logits_to_keep=1)
+        two = model(inputs, logits_to_keep=2)
+    assert last.shape == (2, 1, full.shape[-1]) and two.shape[1] == 2
+    torch.testing.assert_close(last[:, -1], full[:, -1], rtol=0, atol=1e-6)
+    torch.testing.assert_close(two, full[:, -2:], rtol=0, atol=1e-6)
+
+
+def test_running_gives_hf_kwargs_and_the_segments_to_hooks_for_its_duration(arch_models):
+    arch, model, eager = arch_models
+    inputs = model.prepare(images=[dots_image(3)], prompt=PROMPT)
+    seen = []
+    with model.running(inputs) as kwargs:
+        assert set(kwargs) == set(inputs.tensors)  # every tensor the processor returned
+        assert model.run_state.segments is inputs.segments
+        with (
+            model.hooks(
+                fwd_hooks=[
+                    ("blocks.0.hook_resid_pre", lambda t, hook: seen.append(hook.run.segments))
+                ]
+            ),
+            torch.no_grad(),
+        ):
+            by_hand = model.hf_model(**kwargs, use_cache=False).logits
+    assert model.run_state.segments is None  # restored after the run
+    assert seen == [inputs.segments]
+    torch.testing.assert_close(by_hand, hf_logits(eager, inputs), rtol=0, atol=1e-5)
+    with pytest.raises(TypeError, match="model.prepare"), model.running(inputs.tensors):
+        pass

@@ -3,6 +3,8 @@
 
 Attention functions take distributions (or maps) on the last axis / axes and are
 vectorised over leading axes.
+
+Not for: running models or recording attention (`vlm_lens.core`).
 """
 
 from vlm_lens.metrics.attention import (

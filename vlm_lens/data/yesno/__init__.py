@@ -4,7 +4,7 @@ answer parser and unit shape, a synthetic set.
 >>> from vlm_lens.data.yesno import load_benchmark, parse_yes_no
 >>> items = load_benchmark("pope", "/data/POPE", limit=10)  # doctest: +SKIP
 
-Metrics over these items live in `vlm_lens.metrics.yesno`.
+Not for: metrics over these items (`vlm_lens.metrics.yesno`).
 """
 
 from vlm_lens.data.paths import OutsideRootError

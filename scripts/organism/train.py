@@ -1,6 +1,6 @@
 """Train the counting model organism: a small Qwen3-VL that counts dots and answers yes/no.
 
-Run ``python -m vlm_lens.zoo.train --out DIR`` (see ``--help``). The model is the real
+Run ``python -m scripts.organism.train --out DIR`` (see ``--help``). The model is the real
 ``Qwen3VLForConditionalGeneration`` with a tiny config and the character-level tokenizer of
 :mod:`vlm_lens.zoo.tiny` (every digit is its own token), trained from scratch on CPU:
 
@@ -23,6 +23,10 @@ the answer tokens only. The processor normalises with ``image_mean = 1``, ``imag
 (white background -> 0); with the usual CLIP statistics nothing is learned (shared ORGANISM.md).
 
 :func:`smoke` is a seconds-long run on a handful of tiny images, used by the tests.
+
+Not for: loading the shipped organism (`vlm_lens.zoo.organism()`); this script sits beside the
+package and is not installed with it. The shipped run's ``training.json`` records the command
+as it was run then, ``python -m vlm_lens.zoo.train``: the same arguments work here.
 """
 
 from __future__ import annotations
@@ -722,7 +726,7 @@ def train(cfg: TrainConfig, argv: Sequence[str] | None = None) -> dict:
 
     def metadata() -> dict:
         return {
-            "command": "python -m vlm_lens.zoo.train " + " ".join(argv or []),
+            "command": "python -m scripts.organism.train " + " ".join(argv or []),
             "config": asdict(cfg),
             "steps": step,
             "seconds": seconds(),
@@ -827,7 +831,7 @@ def smoke(steps: int = 30, seed: int = 0, n_images: int = 4) -> tuple[float, flo
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m vlm_lens.zoo.train", description=__doc__.split("\n")[0]
+        prog="python -m scripts.organism.train", description=__doc__.split("\n")[0]
     )
     p.add_argument("--out", help="output checkpoint directory")
     p.add_argument("--steps", type=int, help="training steps (the cosine schedule's length)")
