@@ -689,7 +689,7 @@ def train(cfg: TrainConfig, argv: Sequence[str] | None = None) -> dict:
     else:
         with tempfile.TemporaryDirectory() as tmp:
             model, processor, adapter = load(build_checkpoint(cfg, Path(tmp)))
-    model.config.text_config._attn_implementation = "sdpa"
+    model.set_attn_implementation("sdpa")
     if cfg.linear_patch_embed:
         linear_patch_embedding(model)
     model.train()
@@ -807,7 +807,7 @@ def smoke(steps: int = 30, seed: int = 0, n_images: int = 4) -> tuple[float, flo
     cfg = TrainConfig(out="", seed=seed, size=64, batch=n_images, lr=3e-3, warmup=3)
     with tempfile.TemporaryDirectory() as tmp:
         model, processor, adapter = load(build_checkpoint(cfg, Path(tmp), tiny=True))
-    model.config.text_config._attn_implementation = "sdpa"
+    model.set_attn_implementation("sdpa")
     model.train()
     opt = make_optimizer(model, cfg)
     samples = dots.generate(n_images, seed, size=128, radius=6, count_range=(1, 9))

@@ -30,8 +30,8 @@ from typing import Any
 import torch
 import transformers
 from torch import Tensor
+from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
-from transformer_lens.HookedRootModule import HookedRootModule
 
 from vlm_lens.adapters import Adapter, adapter_for, get_module
 from vlm_lens.core import attention as _attention
@@ -205,11 +205,22 @@ class HookedVLM(HookedRootModule):
             return [self.resolve_hook_name(n) for n in names_filter]
         return names_filter
 
-    # TransformerLens routes every named hook through these two methods.
-    def _enable_hook(self, name: str | Callable, hook: Callable, dir: str) -> None:  # noqa: A002
-        super()._enable_hook(
-            self.resolve_hook_name(name) if isinstance(name, str) else name, hook, dir
-        )
+    def _resolved(self, hooks: Any) -> list[tuple[Any, Callable]]:
+        return [(self.resolve_hook_name(n) if isinstance(n, str) else n, fn) for n, fn in hooks]
+
+    # TransformerLens's public entry points for named hooks (run_with_hooks and run_with_cache
+    # call hooks()); names are resolved before any hook is attached.
+    @contextmanager
+    def hooks(
+        self,
+        fwd_hooks: Any = (),
+        bwd_hooks: Any = (),
+        reset_hooks_end: bool = True,
+        clear_contexts: bool = False,
+    ):
+        fwd, bwd = self._resolved(fwd_hooks), self._resolved(bwd_hooks)
+        with super().hooks(fwd, bwd, reset_hooks_end, clear_contexts) as model:
+            yield model
 
     def add_hook(
         self, name: str | Callable, hook: Callable, dir: str = "fwd", **kwargs: Any
