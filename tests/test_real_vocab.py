@@ -271,7 +271,17 @@ def test_left_padded_batch_equals_single_rows_shifted(hooked, arch):
     singles = [model.prepare(images=im, prompt=p) for im, p in zip(images, prompts)]
     pads = [len(s.padding) for s in batch.segments.samples]
     assert pads[0] > 0 and pads[1] == 0
+    image_id = model.adapter.image_token_id(model.hf_model.config)
     for row, (single, n_pad) in enumerate(zip(singles, pads)):
+        want = expected_kinds(
+            model.processor.tokenizer,
+            batch.input_ids[row],
+            batch.attention_mask[row],
+            batch.texts[row],
+            header(arch, None),
+            image_id,
+        )
+        assert torch.equal(batch.segments.kinds[row], want)
         for name in batch.tensors:
             if batch[name].shape[:2] == batch.input_ids.shape:  # per-token tensors
                 assert torch.equal(batch[name][row, n_pad:], single[name][0]), name

