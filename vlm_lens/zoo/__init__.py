@@ -4,10 +4,12 @@
 >>> path = zoo.tiny_checkpoint("qwen3_vl", "/tmp/zoo")  # doctest: +SKIP
 >>> path = zoo.organism()  # the shipped dots-counting Qwen3-VL  # doctest: +SKIP
 
-See :func:`tiny_checkpoint` for the layout on disk and how to override the config, and
-:func:`organism` for the trained model organism (trained and evaluated by the scripts in
-`scripts/organism/` of the source tree, which are not part of the installed package).
-The names load on first use (`vlm_lens._lazy`): `zoo.organism()` does not import transformers.
+See :func:`tiny_checkpoint` for the layout on disk and how to override the config,
+:mod:`vlm_lens.zoo.real_vocab` for tiny checkpoints around the real tokenizers, chat templates
+and processor settings (fetched with npm), and :func:`organism` for the trained model organism
+(trained and evaluated by the scripts in `scripts/organism/` of the source tree, which are not
+part of the installed package). The names load on first use (`vlm_lens._lazy`): `zoo.organism()`
+does not import transformers.
 
 Not for: loading checkpoints (`HookedVLM.from_pretrained`) or training them.
 """
