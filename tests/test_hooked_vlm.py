@@ -49,7 +49,9 @@ def test_logits_match_hf_eager_without_hooks(arch_models):
     assert (ours - hf_logits(eager, inputs)).abs().max().item() <= 1e-5
 
 
-def test_logits_match_hf_eager_with_identity_hooks_everywhere(arch_models):
+def test_logits_match_hf_eager_with_identity_hooks_everywhere(arch_models, request):
+    """Every hook point (residual, norms, attention, per-head results, MLP, final norm) fires
+    once and, as the identity, leaves HF's logits unchanged."""
     arch, model, eager = arch_models
     inputs = model.prepare(images=[dots_image(1)], prompt=PROMPT)
     seen: list[str] = []
@@ -58,10 +60,24 @@ def test_logits_match_hf_eager_with_identity_hooks_everywhere(arch_models):
         seen.append(hook.name)
         return t
 
+    # Per-head results are opt-in (TransformerLens's use_attn_result) and undefined on Gemma3.
+    per_head = not model.adapter.sandwich_norms
+    request.addfinalizer(lambda: model.set_use_attn_result(False))
+    model.set_use_attn_result(per_head)
     with torch.no_grad():
         ours = model.run_with_hooks(inputs, fwd_hooks=[(lambda name: True, identity)])
-    assert set(seen) == set(model.hook_dict), "every hook point must fire once on a forward pass"
-    assert len(seen) == len(model.hook_dict)
+    expected = {n for n in model.hook_dict if per_head or not n.endswith("attn.hook_result")}
+    assert set(seen) == expected, "every hook point must fire once on a forward pass"
+    assert len(seen) == len(expected)
+    for name in (
+        "hook_attn_out",
+        "hook_resid_mid",
+        "mlp.hook_pre",
+        "mlp.hook_post",
+        "ln1.hook_scale",
+    ):
+        assert f"blocks.0.{name}" in expected
+    assert {"hook_embed", "ln_final.hook_scale", "ln_final.hook_normalized"} <= expected
     assert (ours - hf_logits(eager, inputs)).abs().max().item() <= 1e-5
 
 

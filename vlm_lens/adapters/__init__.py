@@ -1,9 +1,11 @@
 """Per-architecture knowledge, one small declarative record per architecture.
 
-An adapter says where the decoder layers are, which module emits the image
-embeddings, how an image item appears in a rendered chat template and how an
-image's visual tokens form a grid. Everything else (hooking, segments,
-generation) is shared code that reads these records.
+An adapter says where the decoder layers are, which modules inside a layer
+compute what (norms, attention, MLP, and which module's output is added to the
+residual stream), which module emits the image embeddings, how an image item
+appears in a rendered chat template and how an image's visual tokens form a grid.
+Everything else (hooking, segments, generation) is shared code that reads these
+records.
 
 Not for: behaviour. If an architecture needs code, it is a bug in the shared path
 or a field here.
@@ -37,6 +39,16 @@ def _llava_grids(config: Any, processor_out: dict, n_images: int) -> list[tuple[
     return [(side, side)] * n_images
 
 
+def _no_deepstack(config: Any) -> int:
+    return 0
+
+
+def _qwen3_deepstack(config: Any) -> int:
+    # The language model adds visual features to the image positions of the residual stream
+    # after each of its first len(deepstack_visual_indexes) layers (Qwen3-VL "deepstack").
+    return len(getattr(config.vision_config, "deepstack_visual_indexes", None) or ())
+
+
 @dataclass(frozen=True)
 class Adapter:
     arch: str
@@ -51,6 +63,39 @@ class Adapter:
     image_marker: str = "<image>"
     """How an image content item first shows in the rendered chat template (before expansion)."""
     grids: Callable[[Any, dict, int], list[tuple[int, int]]] = _llava_grids
+
+    # Inside a decoder layer (paths from the layer). The layer computes
+    #   mid  = resid_pre + attn_out(attention(ln1(resid_pre)))
+    #   post = mid + mlp_out(mlp(ln2(mid)))
+    # where attn_out / mlp_out are the attention / MLP themselves, or a norm after them
+    # (Gemma3's "sandwich" norms): the module whose output is added to the residual stream.
+    ln1: str = "input_layernorm"
+    ln2: str = "post_attention_layernorm"
+    attn_out: str = "self_attn"
+    mlp: str = "mlp"
+    mlp_out: str = "mlp"
+    # Inside the attention / the gated MLP (down(act(gate(x)) * up(x))).
+    o_proj: str = "o_proj"
+    mlp_gate: str = "gate_proj"
+    mlp_up: str = "up_proj"
+    mlp_down: str = "down_proj"
+    # RMSNorm: out = x / sqrt(mean(x^2) + eps) * (norm_weight_offset + weight).
+    norm_eps: str = "variance_epsilon"
+    """Attribute of a norm module holding its epsilon."""
+    norm_weight_offset: float = 0.0
+    """Gemma3 stores its norm weights as offsets from 1."""
+    final_norm: str = "norm"
+    """The norm before the unembedding (path from the language model)."""
+    lm_head: str = "lm_head"
+    """The unembedding (path from the whole model)."""
+    deepstack: Callable[[Any], int] = _no_deepstack
+    """How many of the first layers the language model adds visual features after (outside
+    the layers, so neither attention nor MLP output: `hook_deepstack`)."""
+
+    @property
+    def sandwich_norms(self) -> bool:
+        """Whether attention and MLP outputs pass a norm before they join the residual stream."""
+        return self.attn_out != self.attention or self.mlp_out != self.mlp
 
     def image_token_id(self, config: Any) -> int:
         for name in ("image_token_id", "image_token_index"):
@@ -68,7 +113,9 @@ _QWEN = dict(
 )
 
 ADAPTERS: dict[str, Adapter] = {
-    "qwen3_vl": Adapter("qwen3_vl", "Qwen3VLForConditionalGeneration", **_QWEN),
+    "qwen3_vl": Adapter(
+        "qwen3_vl", "Qwen3VLForConditionalGeneration", **_QWEN, deepstack=_qwen3_deepstack
+    ),
     "qwen2_5_vl": Adapter("qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration", **_QWEN),
     "qwen2_vl": Adapter("qwen2_vl", "Qwen2VLForConditionalGeneration", **_QWEN),
     "gemma3": Adapter(
@@ -76,6 +123,11 @@ ADAPTERS: dict[str, Adapter] = {
         "Gemma3ForConditionalGeneration",
         image_marker="<start_of_image>",
         grids=_gemma3_grids,
+        ln2="pre_feedforward_layernorm",
+        attn_out="post_attention_layernorm",
+        mlp_out="post_feedforward_layernorm",
+        norm_eps="eps",
+        norm_weight_offset=1.0,
     ),
     "llava": Adapter(
         "llava", "LlavaForConditionalGeneration", image_marker="<image>", grids=_llava_grids

@@ -3,9 +3,16 @@
 The wrapper owns an unmodified HF model. It selects vlm_lens's attention function
 for the language model only, attaches hook points inside the HF module tree, and
 exposes them under TransformerLens names through `HookedRootModule`
-(`run_with_hooks`, `run_with_cache`, `hooks()`, `reset_hooks`, `hook_dict`).
-Layer indices may be negative wherever a hook is named; layer lists take the grammar of
-`vlm_lens.core.layers`.
+(`run_with_hooks`, `run_with_cache`, `hooks()`, `add_hook`, `reset_hooks`, `list_hooks`,
+`hook_dict`; forward and backward hooks). Layer indices may be negative wherever a hook is
+named; layer lists take the grammar of `vlm_lens.core.layers`.
+
+What TransformerLens's analysis code reads off a model is here too, so its
+`ActivationCache` methods work on a VLM (`vlm_lens.core.cache`): `cfg` (n_layers, n_heads,
+d_model, d_head, d_mlp, d_vocab, device, normalization_type, use_attn_result),
+`W_U` / `b_U` / `W_O` / `blocks[L]` / `ln_final` (`vlm_lens.core.weights`),
+`tokens_to_residual_directions`, `to_single_token`, and the tokenizer helpers `to_tokens`,
+`to_str_tokens` (image tokens labelled `<img{i} r{row}c{col}>`), `to_string`.
 
 `with model.running(inputs) as kwargs:` is the one public way to drive the HF model by
 hand: it gives the HF keyword arguments and tells the hook points the prompt's layout.
@@ -28,27 +35,47 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 import transformers
+from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from vlm_lens.adapters import Adapter, adapter_for, get_module
 from vlm_lens.core import attention as _attention
+from vlm_lens.core.cache import ActivationCache
 from vlm_lens.core.generation import GenerationResult, generate
-from vlm_lens.core.hook_points import VLMHookPoint, install
+from vlm_lens.core.hook_points import NO_SEQUENCE_AXIS, VLMHookPoint, install
 from vlm_lens.core.layers import LayerSpec, check_layer, resolve_layers
 from vlm_lens.core.prepare import VLMInputs, prepare_inputs
 from vlm_lens.core.recording import AttentionRecord
 from vlm_lens.core.run_state import RunState
+from vlm_lens.core.segments import KIND_GENERATED, KIND_IMAGE, KIND_TEXT
 from vlm_lens.core.trace import GenerationTrace, trace_generation
+from vlm_lens.core.weights import (
+    AttentionWeights,
+    BlockWeights,
+    FinalNorm,
+    MLPWeights,
+    folded_rows,
+    folded_unembed,
+)
+
+__all__ = ["ActivationCache", "HookedVLM", "VLMConfig"]
 
 _LAYER_NAME = re.compile(r"^blocks\.(-?\d+)\.(.+)$")
+RETURN_TYPES = ("logits", "loss", "both", None, "output")
 
 
-@dataclass(frozen=True)
+@dataclass
 class VLMConfig:
-    """The language model's dimensions, named as in TransformerLens's `cfg`."""
+    """The language model's dimensions and settings, named as in TransformerLens's `cfg`.
+
+    `normalization_type` is "RMSPre": RMSNorms whose `hook_normalized` is before the weight
+    (TransformerLens's folded convention; the final norm's weight is folded into `W_U`).
+    `device` / `dtype`: where the inputs go (the embedding's device; updated by `.to()`).
+    """
 
     arch: str
     n_layers: int
@@ -57,25 +84,14 @@ class VLMConfig:
     d_head: int
     d_model: int
     d_vocab: int
-
-
-class ActivationCache(dict):
-    """A dict of cached activations that also accepts negative layer indices in names."""
-
-    def __init__(self, data: dict, resolve: Callable[[str], str]):
-        super().__init__(data)
-        self._resolve = resolve
-
-    def __getitem__(self, name: str) -> Tensor:
-        return super().__getitem__(name if dict.__contains__(self, name) else self._resolve(name))
-
-    def __contains__(self, name: object) -> bool:
-        if dict.__contains__(self, name):
-            return True
-        try:
-            return dict.__contains__(self, self._resolve(name))  # type: ignore[arg-type]
-        except (KeyError, ValueError):
-            return False
+    d_mlp: int
+    device: torch.device
+    dtype: torch.dtype
+    use_attn_result: bool = False
+    normalization_type: str = "RMSPre"
+    final_rms: bool = True
+    attn_only: bool = False
+    positional_embedding_type: str = "rotary"
 
 
 def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str | None:
@@ -106,22 +122,42 @@ class HookedVLM(HookedRootModule):
         # model shares its config object with the top-level model's text config.
         lm.set_attn_implementation(_attention.ATTENTION_NAME)
         self._lm = [lm]  # a list keeps it out of the module tree (it is inside hf_model already)
-        self._named_hooks = install(
-            layers, attns, get_module(hf_model, self.adapter.image_embeds_module), self.run_state
-        )
-        lm.register_forward_pre_hook(self._track_position, with_kwargs=True)
-
         text = lm.config
         n_heads = text.num_attention_heads
+        self._named_hooks = install(hf_model, self.adapter, self.run_state, n_heads)
+        lm.register_forward_pre_hook(self._track_position, with_kwargs=True)
+
+        a = self.adapter
+        mlps = [get_module(layer, a.mlp) for layer in layers]
         self.cfg = VLMConfig(
-            arch=self.adapter.arch,
+            arch=a.arch,
             n_layers=len(layers),
             n_heads=n_heads,
             n_key_value_heads=getattr(text, "num_key_value_heads", None) or n_heads,
             d_head=getattr(text, "head_dim", None) or text.hidden_size // n_heads,
             d_model=text.hidden_size,
             d_vocab=text.vocab_size,
+            d_mlp=get_module(mlps[0], a.mlp_down).in_features,
+            device=self.input_device,
+            dtype=self.dtype,
         )
+        # Views, not submodules: the weights stay where HF keeps them (a list or a plain
+        # object is not registered in the module tree).
+        self.blocks = [
+            BlockWeights(
+                AttentionWeights(get_module(attn, a.o_proj), n_heads),
+                MLPWeights(*(get_module(mlp, p) for p in (a.mlp_gate, a.mlp_up, a.mlp_down))),
+            )
+            for attn, mlp in zip(attns, mlps)
+        ]
+        final = get_module(lm, a.final_norm)
+        self._final_norm = [final]
+        self.ln_final = FinalNorm(
+            float(getattr(final, a.norm_eps)),
+            self._named_hooks["ln_final.hook_scale"],
+            self._named_hooks["ln_final.hook_normalized"],
+        )
+        self.set_use_attn_result(False)
         self.setup()
 
     # ------------------------------------------------------------------ loading
@@ -206,7 +242,23 @@ class HookedVLM(HookedRootModule):
         return names_filter
 
     def _resolved(self, hooks: Any) -> list[tuple[Any, Callable]]:
-        return [(self.resolve_hook_name(n) if isinstance(n, str) else n, fn) for n, fn in hooks]
+        out = [(self.resolve_hook_name(n) if isinstance(n, str) else n, fn) for n, fn in hooks]
+        for name, _ in out:
+            if isinstance(name, str):
+                self._check_enabled(name)
+        return out
+
+    def _check_enabled(self, name: str) -> None:
+        hp = self.hook_dict[name]
+        if isinstance(hp, VLMHookPoint) and not hp.enabled:
+            # AssertionError, as TransformerLens raises for a hook on a switched-off point.
+            raise AssertionError(
+                f"cannot hook {name}: per-head results are off; call "
+                "model.set_use_attn_result(True) first (as in TransformerLens)"
+            )
+
+    def check_hooks_to_add(self, hook_point: Any, hook_point_name: str, *args: Any, **kwargs: Any):
+        self._check_enabled(hook_point_name)
 
     # TransformerLens's public entry points for named hooks (run_with_hooks and run_with_cache
     # call hooks()); names are resolved before any hook is attached.
@@ -229,11 +281,67 @@ class HookedVLM(HookedRootModule):
             self.resolve_hook_name(name) if isinstance(name, str) else name, hook, dir, **kwargs
         )
 
-    def run_with_cache(self, *args: Any, names_filter: Any = None, **kwargs: Any):
-        logits, cache = super().run_with_cache(
-            *args, names_filter=self._names_filter(names_filter), **kwargs
+    def list_hooks(self, name_filter: Any = None, *args: Any, **kwargs: Any) -> dict:
+        return super().list_hooks(self._names_filter(name_filter), *args, **kwargs)
+
+    def run_with_cache(
+        self,
+        *args: Any,
+        names_filter: Any = None,
+        remove_batch_dim: bool = False,
+        **kwargs: Any,
+    ) -> tuple[Any, ActivationCache]:
+        """TransformerLens's `run_with_cache`; the cache is a TransformerLens `ActivationCache`
+        (`vlm_lens.core.cache`). `incl_bwd=True` needs a scalar: `return_type="loss"`."""
+        inputs = args[0] if args else kwargs.get("inputs")
+        segments = inputs.segments if isinstance(inputs, VLMInputs) else None
+        if remove_batch_dim and segments is not None and segments.batch_size != 1:
+            raise AssertionError(
+                f"Cannot remove batch dimension from cache with batch size {segments.batch_size}:"
+                " remove_batch_dim=True needs one example"
+            )
+        out, cache = super().run_with_cache(
+            *args,
+            names_filter=self._names_filter(names_filter),
+            remove_batch_dim=remove_batch_dim,
+            **kwargs,
         )
-        return logits, ActivationCache(cache, self.resolve_hook_name)
+        return out, ActivationCache(cache, self, not remove_batch_dim, segments)
+
+    def get_caching_hooks(
+        self,
+        names_filter: Any = None,
+        incl_bwd: bool = False,
+        device: Any = None,
+        remove_batch_dim: bool = False,
+        cache: dict | None = None,
+        pos_slice: Any = None,
+    ) -> tuple[dict, list, list]:
+        """TransformerLens's caching hooks, except that `pos_slice` and `remove_batch_dim` leave
+        `hook_image_embeds` alone: it has neither axis (`[image_tokens, d_model]`)."""
+        names_filter = self._names_filter(names_filter)
+        if names_filter is None or callable(names_filter):
+            wanted: Callable[[str], bool] = names_filter or (lambda name: True)
+        else:
+            wanted = set(names_filter).__contains__
+        cache = {} if cache is None else cache
+
+        def live(name: str) -> bool:  # a switched-off point (attn.hook_result) caches nothing
+            return wanted(name) and getattr(self.hook_dict[name], "enabled", True)
+
+        base = super().get_caching_hooks
+        _, fwd, bwd = base(
+            lambda n: n not in NO_SEQUENCE_AXIS and live(n),
+            incl_bwd,
+            device,
+            remove_batch_dim,
+            cache,
+            pos_slice,
+        )
+        _, fwd_flat, bwd_flat = base(
+            lambda n: n in NO_SEQUENCE_AXIS and live(n), incl_bwd, device, False, cache, None
+        )
+        return cache, fwd + fwd_flat, bwd + bwd_flat
 
     # ------------------------------------------------------------------ inputs
     @property
@@ -319,20 +427,60 @@ class HookedVLM(HookedRootModule):
             self.run_state.segments = previous
 
     def forward(
-        self, inputs: VLMInputs, return_type: str = "logits", logits_to_keep: int | None = None
+        self,
+        inputs: VLMInputs,
+        return_type: str | None = "logits",
+        logits_to_keep: int | None = None,
+        loss_per_token: bool = False,
     ) -> Any:
-        """Logits `[batch, pos, vocab]` of the prompt (or the HF output with return_type="output").
+        """One forward pass of `model.prepare(...)` inputs.
 
+        `return_type` (TransformerLens's): "logits" `[batch, pos, vocab]`; "loss" (see
+        `loss_fn`: next-token loss over the text positions); "both" `(logits, loss)`; None
+        (nothing: for hooks and caches); "output" (HF's output object).
         `logits_to_keep=k` computes the logits of the last k positions only (`pos` = k): what a
         caller needing the next-token distribution wants, as a full vocabulary times the whole
         prompt is large. None keeps every position.
         """
-        if return_type not in ("logits", "output"):
-            raise ValueError(f"return_type must be 'logits' or 'output', got {return_type!r}")
+        if return_type not in RETURN_TYPES:
+            raise ValueError(f"return_type must be one of {RETURN_TYPES}, got {return_type!r}")
+        if logits_to_keep is not None and return_type in ("loss", "both"):
+            raise ValueError("the loss needs every position's logits: drop logits_to_keep")
         extra = {} if logits_to_keep is None else {"logits_to_keep": logits_to_keep}
         with self.running(inputs) as kwargs:
             out = self.hf_model(**kwargs, use_cache=False, **extra)
-        return out.logits if return_type == "logits" else out
+        if return_type in ("output", None):
+            return out if return_type == "output" else None
+        if return_type == "logits":
+            return out.logits
+        loss = self.loss_fn(out.logits, inputs, per_token=loss_per_token)
+        return loss if return_type == "loss" else (out.logits, loss)
+
+    def loss_fn(
+        self,
+        logits: Float[Tensor, "batch pos vocab"],
+        inputs: VLMInputs,
+        per_token: bool = False,
+    ) -> Float[Tensor, ""] | Float[Tensor, "batch pos_minus_1"]:
+        """Next-token cross-entropy over the text positions of `inputs`.
+
+        Position p predicts token p + 1; it counts when that *target* is a text token (the
+        user's words, the chat template's delimiters and assistant header) or a generated /
+        teacher-forced answer token (`vlm_lens.patching.with_answer_prefix`). Targets that are
+        image placeholders, system-prompt tokens (BOS, header, system prompt) or padding are
+        excluded: nothing predicts them. Returns the mean over counted positions, or with
+        `per_token=True` the loss at every position `[batch, pos - 1]`, 0 where not counted.
+        """
+        tokens = inputs.input_ids.to(logits.device)
+        kinds = inputs.segments.key_kinds(tokens.shape[1], logits.device)[:, 1:]
+        counted = (kinds == KIND_TEXT) | (kinds == KIND_GENERATED)
+        if not counted.any():
+            raise ValueError("the inputs have no text token after the first position: no loss")
+        per = F.cross_entropy(
+            logits[:, :-1].float().transpose(1, 2), tokens[:, 1:], reduction="none"
+        )
+        per = per.masked_fill(~counted, 0.0)
+        return per if per_token else per.sum() / counted.sum()
 
     def force_hooks(self, enabled: bool = True, names: Callable[[str], bool] | None = None) -> None:
         """Make hook points fire even without hooks (for tools that watch module calls, e.g. nnsight)."""
@@ -343,6 +491,178 @@ class HookedVLM(HookedRootModule):
 
     def tokens_to_text(self, tokens: Tensor | Sequence[int]) -> str:
         return self.processor.tokenizer.decode(tokens, skip_special_tokens=True)
+
+    def _apply(self, *args: Any, **kwargs: Any) -> HookedVLM:
+        # .to() / .cuda() / .half() all come through here: keep cfg.device / cfg.dtype true.
+        out = super()._apply(*args, **kwargs)
+        if hasattr(self, "cfg"):
+            self.cfg.device, self.cfg.dtype = self.input_device, self.dtype
+        return out
+
+    # ------------------------------------------------------------------ TransformerLens parity
+    def set_use_attn_result(self, use_attn_result: bool) -> None:
+        """Switch `blocks.{L}.attn.hook_result` on or off (off by default, as in TransformerLens).
+
+        On, each layer's output projection is computed per head: `hook_result[b, p, h]` is
+        `z[b, p, h] @ W_O[h]`, what head h adds to the residual stream; its sum over heads (+
+        the projection's bias, if any) is `hook_attn_out`. It costs a `[batch, pos, head,
+        d_model]` tensor per layer. Gemma3 normalises the attention output before adding it
+        to the residual stream, so no per-head split sums to it: switching on raises there.
+        """
+        if use_attn_result and self.adapter.sandwich_norms:
+            raise ValueError(
+                f"use_attn_result is undefined on {self.cfg.arch}: its attention output passes "
+                "post_attention_layernorm before joining the residual stream, so per-head terms "
+                "cannot sum to hook_attn_out; use hook_z (per head, before the output projection)"
+            )
+        self.cfg.use_attn_result = bool(use_attn_result)
+        for name, hp in self._named_hooks.items():
+            if name.endswith(".attn.hook_result"):
+                hp.enabled = self.cfg.use_attn_result
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.processor.tokenizer
+
+    def to_tokens(
+        self,
+        input: str | Sequence[str] | VLMInputs,  # noqa: A002 - TransformerLens's name
+        prepend_bos: bool | None = None,
+        padding_side: str | None = None,
+        move_to_device: bool = True,
+    ) -> Int[Tensor, "batch pos"]:
+        """Token ids `[batch, pos]`: of prepared inputs (images expanded to their placeholder
+        tokens), or of plain text (no chat template, no images).
+
+        Unlike TransformerLens, text gets no BOS unless `prepend_bos=True`: in a VLM the chat
+        template places the BOS, and text tokenized alone is usually an answer or a snippet.
+        A list of texts is padded on `padding_side` (default: the tokenizer's).
+        """
+        if isinstance(input, VLMInputs):
+            tokens = input.input_ids
+        else:
+            texts = [input] if isinstance(input, str) else list(input)
+            if not texts or not all(isinstance(t, str) for t in texts):
+                raise TypeError("to_tokens takes a string, a list of strings or prepared inputs")
+            kwargs = {} if padding_side is None else {"padding_side": padding_side}
+            ids = self.tokenizer(
+                texts, add_special_tokens=False, padding=True, return_tensors="pt", **kwargs
+            )["input_ids"]
+            if prepend_bos:
+                bos = self.tokenizer.bos_token_id
+                if bos is None:
+                    raise ValueError("prepend_bos=True, but this tokenizer has no BOS token")
+                ids = torch.cat([torch.full_like(ids[:, :1], bos), ids], dim=1)
+            tokens = ids
+        return tokens.to(self.cfg.device) if move_to_device else tokens
+
+    def _token_text(self, token: int) -> str:
+        return self.tokenizer.decode([int(token)], clean_up_tokenization_spaces=False)
+
+    def to_str_tokens(
+        self,
+        input: str | Sequence[str] | VLMInputs | Tensor | Sequence[int] | int,  # noqa: A002
+        prepend_bos: bool | None = None,
+    ) -> list[str] | list[list[str]]:
+        """One string per token, as TransformerLens's `to_str_tokens` (a list of lists for a
+        batch). For prepared inputs, each image token reads `<img{i} r{row}c{col}>` (image i of
+        the row, its place in the image's merged token grid) and special tokens show as their
+        text (`<|im_start|>`, `<bos>`, padding as the pad token); ids alone carry no layout,
+        so an image placeholder id reads as its token text."""
+        if isinstance(input, VLMInputs):
+            rows = [self._labelled_row(input, r) for r in range(input.segments.batch_size)]
+            return rows[0] if len(rows) == 1 else rows
+        if (
+            isinstance(input, (str, list, tuple))
+            and input
+            and all(isinstance(t, str) for t in ([input] if isinstance(input, str) else input))
+        ):
+            tokens = self.to_tokens(input, prepend_bos=prepend_bos, move_to_device=False)
+            rows = [[self._token_text(t) for t in row] for row in tokens.tolist()]
+            return rows[0] if isinstance(input, str) else rows
+        tokens = torch.as_tensor(input)
+        if tokens.ndim == 0:
+            return [self._token_text(int(tokens))]
+        if tokens.ndim == 1 or tokens.shape[0] == 1:
+            return [self._token_text(t) for t in tokens.reshape(-1).tolist()]
+        return [[self._token_text(t) for t in row] for row in tokens.tolist()]
+
+    def _labelled_row(self, inputs: VLMInputs, row: int) -> list[str]:
+        ids = inputs.input_ids[row].tolist()
+        labels = [self._token_text(t) for t in ids]
+        kinds = inputs.segments.kinds[row]
+        for i, span in enumerate(inputs.segments.samples[row].images):
+            h, w = span.grid
+            for k, pos in enumerate(range(span.start, span.end)):
+                if kinds[pos] == KIND_IMAGE:
+                    labels[pos] = f"<img{i} r{k // w}c{k % w}>"
+        return labels
+
+    def to_string(self, tokens: Tensor | Sequence[int] | int) -> str | list[str]:
+        """Decoded text of token ids (special tokens kept); a list of strings for a batch."""
+        tokens = torch.as_tensor(tokens)
+        decode = lambda ids: self.tokenizer.decode(ids, clean_up_tokenization_spaces=False)  # noqa: E731
+        if tokens.ndim <= 1:
+            return decode(tokens.reshape(-1).tolist())
+        return [decode(row) for row in tokens.tolist()]
+
+    def to_single_token(self, string: str) -> int:
+        """The id of a string that is one token (no special tokens added); else ValueError."""
+        ids = self.tokenizer(string, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise ValueError(f"{string!r} is {len(ids)} tokens, not one: {ids}")
+        return int(ids[0])
+
+    @property
+    def _lm_head(self) -> torch.nn.Linear:
+        return get_module(self.hf_model, self.adapter.lm_head)
+
+    @property
+    def W_U(self) -> Float[Tensor, "d_model d_vocab"]:
+        """The unembedding with the final norm's weight folded in (a new tensor per access):
+        `ln_final.hook_normalized @ W_U + b_U` are the logits (before any logit softcap)."""
+        return folded_unembed(self._lm_head, self._final_norm[0], self.adapter.norm_weight_offset)
+
+    @property
+    def b_U(self) -> Float[Tensor, " d_vocab"]:
+        head = self._lm_head
+        if head.bias is not None:
+            return head.bias
+        return torch.zeros(head.out_features, dtype=head.weight.dtype, device=head.weight.device)
+
+    @property
+    def W_O(self) -> Float[Tensor, "layer head d_head d_model"]:
+        return torch.stack([block.attn.W_O for block in self.blocks])
+
+    @property
+    def b_O(self) -> Float[Tensor, "layer d_model"]:
+        return torch.stack([block.attn.b_O for block in self.blocks])
+
+    def tokens_to_residual_directions(
+        self, tokens: str | int | Int[Tensor, "..."]
+    ) -> Float[Tensor, "... d_model"]:
+        """Columns of `W_U` as residual-stream directions: `[d_model]` for one token, else
+        `[*tokens.shape, d_model]` (TransformerLens's semantics)."""
+        if isinstance(tokens, str):
+            tokens = self.to_single_token(tokens)
+        tokens = torch.as_tensor(tokens)
+        if tokens.numel() == 1:
+            tokens = tokens.reshape(())
+        return folded_rows(
+            self._lm_head, self._final_norm[0], self.adapter.norm_weight_offset, tokens
+        )
+
+    def accumulated_bias(
+        self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True
+    ) -> Float[Tensor, " d_model"]:
+        """Sum of the attention (and MLP) output biases of the layers before `layer` (and of
+        `layer`'s attention if `mlp_input`): zero for the five supported architectures."""
+        bias = torch.zeros(self.cfg.d_model, dtype=self.dtype, device=self.cfg.device)
+        for i in range(layer + (1 if mlp_input else 0)):
+            bias = bias + self.blocks[i].attn.b_O.to(bias.device)
+            if include_mlp_biases and i < layer:
+                bias = bias + self.blocks[i].mlp.b_out.to(bias.device)
+        return bias
 
     @property
     def eos_token_ids(self) -> tuple[int, ...]:
