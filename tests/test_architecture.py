@@ -16,8 +16,8 @@ layers; packages of one layer do not import each other):
 0. `data`, `adapters`, `_lazy`: datasets and per-architecture records; no model code.
 1. `core`: the attention function, hook points, segments, layer specs, `HookedVLM`,
    recordings, generation, traces.
-2. `metrics`, `interventions`, `patching`, `zoo`: tools built on core (and data) and each
-   other's equals. `zoo` builds checkpoints; it sits here (not lower) because nothing below
+2. `metrics`, `interventions`, `patching`, `zoo`, `viz`: tools built on core (and data) and
+   each other's equals. `zoo` builds checkpoints; it sits here (not lower) because nothing below
    needs it and a checkpoint builder may use `HookedVLM`.
 3. `studies`: pipelines from a dataset to records and tables.
 4. `reports`: figures and pages of the studies' tables.
@@ -40,7 +40,7 @@ PACKAGE = ROOT / "vlm_lens"
 LAYERS: list[set[str]] = [
     {"data", "adapters", "_lazy"},
     {"core"},
-    {"metrics", "interventions", "patching", "zoo"},
+    {"metrics", "interventions", "patching", "zoo", "viz"},
     {"studies"},
     {"reports"},
     {"cli"},

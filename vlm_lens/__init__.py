@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from vlm_lens._lazy import lazy_names
 
 if TYPE_CHECKING:
-    from vlm_lens import zoo
+    from vlm_lens import viz, zoo
     from vlm_lens.core import HookedVLM, Segments, VLMInputs
 
 __version__ = "0.1.0"
@@ -21,7 +21,8 @@ _HOMES = {
     "HookedVLM": "vlm_lens.core.hooked_vlm",
     "Segments": "vlm_lens.core.segments",
     "VLMInputs": "vlm_lens.core.prepare",
+    "viz": "vlm_lens.viz",
     "zoo": "vlm_lens.zoo",
 }
-__all__ = ["HookedVLM", "Segments", "VLMInputs", "zoo"]
+__all__ = ["HookedVLM", "Segments", "VLMInputs", "viz", "zoo"]
 __getattr__, __dir__ = lazy_names(__name__, _HOMES)

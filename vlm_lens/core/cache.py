@@ -6,8 +6,8 @@ subclass: every method of the installed TransformerLens works, `cache["pattern",
 `logit_attrs`, `remove_batch_dim`, ...), plus what a VLM needs:
 
 - names with negative layers (`cache["blocks.-1.attn.hook_pattern"]`, `in` too);
-- `cache.segments`: the prompt's layout (system / image / text positions), for grouping
-  positions;
+- `cache.segments` / `cache.tokens`: the prompt's layout (system / image / text positions)
+  and token ids `[batch, pos]`, for grouping and labelling positions;
 - Qwen3-VL's deepstack additions (visual features the language model adds to the image
   positions after its first layers, `blocks.{L}.hook_deepstack`) are components of the
   residual stream: `decompose_resid` (mode "all", with embeddings) lists them as
@@ -25,6 +25,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import torch
+from jaxtyping import Int
+from torch import Tensor
 from transformer_lens import ActivationCache as TLActivationCache
 from transformer_lens.utilities import Slice
 
@@ -50,9 +52,10 @@ class ActivationCache(TLActivationCache):
         model: HookedVLM,
         has_batch_dim: bool = True,
         segments: Segments | None = None,
+        tokens: Int[Tensor, "batch pos"] | None = None,
     ):
         super().__init__(cache_dict, model, has_batch_dim=has_batch_dim)
-        self.segments = segments
+        self.segments, self.tokens = segments, tokens
 
     # ------------------------------------------------------------------ names
     def _canonical(self, key: Any) -> Any:
@@ -88,12 +91,12 @@ class ActivationCache(TLActivationCache):
         batched = {k: v for k, v in self.cache_dict.items() if k not in NO_SEQUENCE_AXIS}
         sliced = TLActivationCache(batched, self.model, self.has_batch_dim)
         sliced = sliced.apply_slice_to_batch_dim(batch_slice)
-        segments = self.segments
-        if segments is not None and self.has_batch_dim:
-            rows = batch_slice.apply(torch.arange(segments.batch_size))
-            segments = segments.select(rows.reshape(-1).tolist())
+        segments, tokens = self.segments, self.tokens
+        if segments is not None and tokens is not None and self.has_batch_dim:
+            rows = batch_slice.apply(torch.arange(segments.batch_size)).reshape(-1).tolist()
+            segments, tokens = segments.select(rows), tokens[rows]
         return ActivationCache(
-            {**sliced.cache_dict, **unbatched}, self.model, sliced.has_batch_dim, segments
+            {**sliced.cache_dict, **unbatched}, self.model, sliced.has_batch_dim, segments, tokens
         )
 
     # ------------------------------------------------------------------ decompositions

@@ -306,7 +306,8 @@ class HookedVLM(HookedRootModule):
             remove_batch_dim=remove_batch_dim,
             **kwargs,
         )
-        return out, ActivationCache(cache, self, not remove_batch_dim, segments)
+        tokens = inputs.input_ids if segments is not None else None
+        return out, ActivationCache(cache, self, not remove_batch_dim, segments, tokens)
 
     def get_caching_hooks(
         self,
