@@ -25,7 +25,7 @@ from collections.abc import Sequence
 LayerSpec = int | str | range | slice | Sequence["int | str | range | slice"]
 
 _QUARTER = re.compile(r"^[qQ]([1-4])$")
-_SLICE = re.compile(r"^\s*(-?\d+)?\s*:\s*(-?\d+)?\s*$")
+_SLICE = re.compile(r"^\s*(-?[0-9]+)?\s*:\s*(-?[0-9]+)?\s*$")
 
 
 def quarter_bounds(n_layers: int) -> list[int]:
@@ -70,7 +70,7 @@ def _one(spec: int | str | range | slice, n_layers: int) -> list[int]:
         if match:
             start, stop = (None if g is None else int(g) for g in match.groups())
             return list(range(n_layers))[slice(start, stop)]
-        if re.fullmatch(r"-?\d+", text):
+        if re.fullmatch(r"-?[0-9]+", text):
             return [_check(int(text), n_layers)]
     raise ValueError(
         f"unknown layer spec {spec!r}; use 'Q1'..'Q4', 'all', 'a:b', an int, a range or a list"
