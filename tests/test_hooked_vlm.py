@@ -181,16 +181,16 @@ def test_a_hook_that_raises_leaves_no_hook_attached(arch_models):
 
     with pytest.raises(RuntimeError, match="boom"):
         model.run_with_hooks(inputs, fwd_hooks=[("blocks.0.attn.hook_pattern", boom)])
-    assert not any(hp._forward_hooks or hp.fwd_hooks for hp in model.hook_dict.values())
+    assert not any(hp.fires() or hp.fwd_hooks for hp in model.hook_dict.values())
     with (
         pytest.raises(RuntimeError, match="boom"),
         model.hooks(fwd_hooks=[("blocks.-1.hook_resid_pre", boom)]),
     ):
         model(inputs)
-    assert not any(hp._forward_hooks or hp.fwd_hooks for hp in model.hook_dict.values())
+    assert not any(hp.fires() or hp.fwd_hooks for hp in model.hook_dict.values())
 
 
-def test_fast_path_is_taken_when_nothing_is_hooked(arch_models, monkeypatch):
+def test_fast_path_is_taken_when_nothing_is_hooked(arch_models, request):
     """No hooks -> no pattern is materialised: the attention function returns weights None."""
     _, model, _ = arch_models
     inputs = model.prepare(images=[dots_image(8)], prompt=PROMPT)
@@ -204,9 +204,8 @@ def test_fast_path_is_taken_when_nothing_is_hooked(arch_models, monkeypatch):
         weights.append(out[1])
         return out
 
-    monkeypatch.setitem(
-        transformers.AttentionInterface._global_mapping, attention.ATTENTION_NAME, spy
-    )
+    request.addfinalizer(attention.register)  # the real attention function back afterwards
+    transformers.AttentionInterface.register(attention.ATTENTION_NAME, spy)
     with torch.no_grad():
         model(inputs)
         n_fast = sum(w is None for w in weights)
@@ -259,3 +258,39 @@ def test_eos_token_ids_are_the_generation_configs_as_a_tuple(arch_models, monkey
     assert model.eos_token_ids == (7,)
     monkeypatch.setattr(config, "eos_token_id", None)
     assert model.eos_token_ids == ()
+
+
+def test_logits_to_keep_gives_the_last_rows_of_the_full_forward(arch_models):
+    """What the patching sweep reads: the next-token logits, without the whole prompt's."""
+    arch, model, _ = arch_models
+    inputs = model.prepare(images=[dots_image(2)] * 2, prompt=[PROMPT, "Count: "])
+    with torch.no_grad():
+        full = model(inputs)
+        last = model(inputs, logits_to_keep=1)
+        two = model(inputs, logits_to_keep=2)
+    assert last.shape == (2, 1, full.shape[-1]) and two.shape[1] == 2
+    torch.testing.assert_close(last[:, -1], full[:, -1], rtol=0, atol=1e-6)
+    torch.testing.assert_close(two, full[:, -2:], rtol=0, atol=1e-6)
+
+
+def test_running_gives_hf_kwargs_and_the_segments_to_hooks_for_its_duration(arch_models):
+    arch, model, eager = arch_models
+    inputs = model.prepare(images=[dots_image(3)], prompt=PROMPT)
+    seen = []
+    with model.running(inputs) as kwargs:
+        assert set(kwargs) == set(inputs.tensors)  # every tensor the processor returned
+        assert model.run_state.segments is inputs.segments
+        with (
+            model.hooks(
+                fwd_hooks=[
+                    ("blocks.0.hook_resid_pre", lambda t, hook: seen.append(hook.run.segments))
+                ]
+            ),
+            torch.no_grad(),
+        ):
+            by_hand = model.hf_model(**kwargs, use_cache=False).logits
+    assert model.run_state.segments is None  # restored after the run
+    assert seen == [inputs.segments]
+    torch.testing.assert_close(by_hand, hf_logits(eager, inputs), rtol=0, atol=1e-5)
+    with pytest.raises(TypeError, match="model.prepare"), model.running(inputs.tensors):
+        pass

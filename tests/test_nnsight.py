@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import nnsight
 import numpy as np
 import pytest
 import torch
@@ -9,8 +10,6 @@ from PIL import Image
 
 from vlm_lens import HookedVLM
 from vlm_lens.core.generation import AttentionRecord
-
-nnsight = pytest.importorskip("nnsight")
 
 PROMPT = "How many dots are there in the image? Answer directly. Answer: "
 N_NEW, STEP = 4, 2

@@ -390,13 +390,13 @@ def test_resume_refuses_changed_semantics(model, tmp_path):
         yb.run_sweep(model, items, conditions[:1], run_dir, mode="nearest")
 
 
-def run_paper_setup(ckpt: Path, out: Path) -> dict:
+def run_paper_setup(ckpt: Path, out: Path, sweep: str = "paper") -> dict:
     """`vlm-lens yesbias --system paper --mode uniform --rows all` on one pairing unit;
     returns the run's run.json (its `layout` holds the first prompt's spans)."""
     from vlm_lens.cli import main
 
     argv = ["yesbias", "--model", str(ckpt), "--system", "paper", "--mode", "uniform"]
-    argv += ["--rows", "all", "--sweep", "paper", "--limit", "1", "--max-new-tokens", "2"]
+    argv += ["--rows", "all", "--sweep", sweep, "--limit", "1", "--max-new-tokens", "2"]
     argv += ["--out", str(out), "--tag", "m", "--no-progress", "--n-boot", "20"]
     assert main(argv) == 0
     return json.loads((out / "m" / "synthetic" / yb.RUN).read_text())
@@ -429,6 +429,17 @@ def test_paper_preset_gives_the_vicuna_layout_on_llava(tiny_ckpt, tmp_path):
     assert "".join(model.processor.tokenizer.convert_ids_to_tokens(plain.input_ids[0, :end])) == (
         "<s>USER: "
     )
+
+
+def test_paper_preset_gives_35_system_tokens_with_the_real_llava_vocabulary(
+    real_vocab_ckpt, tmp_path
+):
+    """With llava-1.5-7b-hf's vocabulary and processor: BOS + 30 + " USER: " = 35 system
+    tokens, then 576 image tokens [35, 611), as in the paper's code. (The checkpoint has
+    2 layers, too few for the quarters of the paper sweep: the baseline shows the layout.)"""
+    layout = run_paper_setup(real_vocab_ckpt("llava"), tmp_path, sweep="none")["layout"]
+    assert layout["system"] == [0, 35]
+    assert layout["images"] == [[35, 611]]
 
 
 # ---------------------------------------------------------------------------------- CLI

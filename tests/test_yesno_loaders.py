@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import inspect
 import io
 import json
+import os
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -13,6 +16,7 @@ from PIL import Image
 
 from vlm_lens.data.yesno import (
     LOADERS,
+    OutsideRootError,
     caption_prompt,
     load_beaf,
     load_benchmark,
@@ -609,3 +613,234 @@ def test_duplicate_ids_are_rejected(tmp_path):
     write_parquet(tmp_path / "x" / "b.parquet", pope_rows())
     with pytest.raises(ValueError, match="POPE: duplicate item id 'random/1'"):
         load_pope(tmp_path / "x")
+
+
+# ------------------------------------------------- image paths stay inside the dataset
+
+SECRET = (12, 34, 56)  # the colour of the file outside the dataset folder
+
+
+def path_cell(name: str) -> dict:
+    return {"bytes": None, "path": name}
+
+
+def build_mme_parquet(root: Path, ref) -> Path:
+    rows = mme_rows()[:2]
+    rows[0]["image"] = path_cell(ref(root / "data"))
+    return write_parquet(root / "data" / "test.parquet", rows)
+
+
+def build_pope_jsonl(root: Path, ref) -> Path:
+    write_image(root / "val2014" / "ok.jpg")
+    rec = {"question_id": 1, "image": ref(root / "val2014"), "text": "Is there a cat?"}
+    return write_jsonl(root / "coco_pope_random.json", [dict(rec, label="yes")])
+
+
+def build_pope_parquet(root: Path, ref) -> Path:
+    rows = pope_rows()[:6]
+    rows[0]["image"] = path_cell(ref(root))
+    return write_parquet(root / "pope.parquet", rows)
+
+
+def build_hb_json(root: Path, ref) -> Path:
+    recs = hb_records()[:2]
+    recs[0]["filename"] = ref(root)
+    write_image(root / recs[1]["filename"][2:])
+    return write_json(root / "HallusionBench.json", recs)
+
+
+def build_hb_parquet(root: Path, ref) -> Path:
+    rows = []
+    for rec in hb_records()[:2]:
+        rows.append(dict(rec, image=cell()))
+    rows[0]["image"] = path_cell(ref(root / "data"))
+    return write_parquet(root / "data" / "image.parquet", rows)
+
+
+def build_naturalbench(root: Path, ref) -> Path:
+    row = nb_row(7)
+    row["Image_1"] = path_cell(ref(root))
+    return write_parquet(root / "nb.parquet", [row])
+
+
+def build_wino_jsonl(root: Path, ref) -> Path:
+    ex = dict(WINO[0], image_0=ref(root / "images"))
+    write_image(root / "images" / f"{ex['image_1']}.png")
+    return write_jsonl(root / "examples.jsonl", [ex])
+
+
+def build_wino_parquet(root: Path, ref) -> Path:
+    row = dict(WINO[0], image_0=cell(), image_1=path_cell(ref(root)))
+    return write_parquet(root / "wino.parquet", [row])
+
+
+def build_sugarcrepe(root: Path, ref) -> Path:
+    rec = {"filename": ref(root / "val2017"), "caption": "a", "negative_caption": "b"}
+    (root / "val2017").mkdir(parents=True, exist_ok=True)
+    return write_json(root / "add_att.json", {"0": rec})
+
+
+def build_beaf(root: Path, ref) -> Path:
+    recs = beaf_records()[:1]
+    recs[0]["image"] = ref(root / "images")
+    return write_json(root / "beaf_qna.json", recs)
+
+
+# benchmark, builder; the builder writes an annotation file whose first image reference
+# is `ref(folder)`, where `folder` is the folder the loader looks that name up in.
+ESCAPE_LAYOUTS = {
+    "mme parquet": ("mme", build_mme_parquet),
+    "pope jsonl": ("pope", build_pope_jsonl),
+    "pope parquet": ("pope", build_pope_parquet),
+    "hallusionbench json": ("hallusionbench", build_hb_json),
+    "hallusionbench parquet": ("hallusionbench", build_hb_parquet),
+    "naturalbench parquet": ("naturalbench", build_naturalbench),
+    "winoground jsonl": ("winoground", build_wino_jsonl),
+    "winoground parquet": ("winoground", build_wino_parquet),
+    "sugarcrepe json": ("sugarcrepe", build_sugarcrepe),
+    "beaf json": ("beaf", build_beaf),
+}
+
+
+def escape_ref(kind: str, secret: Path):
+    """How the annotation names the outside file: absolute, with `..`, or by a symlink."""
+
+    def ref(folder: Path) -> str:
+        folder.mkdir(parents=True, exist_ok=True)
+        if kind == "absolute":
+            return str(secret)
+        if kind == "dotdot":
+            return os.path.relpath(secret, folder)
+        link = folder / "innocent.png"
+        link.symlink_to(secret)
+        return link.name
+
+    return ref
+
+
+def load_everything(name: str, path: Path, **kwargs) -> list:
+    """Load, then decode every image (parquet path cells are checked when decoded)."""
+    items = load_benchmark(name, path, **kwargs)
+    return [img for it in items for img in it.load_images()]
+
+
+@pytest.mark.parametrize("kind", ["absolute", "dotdot", "symlink"])
+@pytest.mark.parametrize("layout", list(ESCAPE_LAYOUTS))
+def test_image_paths_cannot_leave_the_dataset(tmp_path, layout, kind):
+    secret = tmp_path / "home" / "secret.png"
+    write_image(secret, SECRET)
+    bench, build = ESCAPE_LAYOUTS[layout]
+    root = tmp_path / "dataset"
+    annotation = build(root, escape_ref(kind, secret))
+    with pytest.raises(OutsideRootError) as err:
+        load_everything(bench, root)
+    msg = str(err.value)
+    # The message names the annotation file, the record in it, and the path.
+    assert str(annotation) in msg, msg
+    assert re.search(r"(line|entry|key|row) \d+", msg), msg
+    assert "secret.png" in msg or "innocent.png" in msg, msg
+    assert "allow_outside_root=True" in msg
+    # Opting in reads the outside file.
+    images = load_everything(bench, root, allow_outside_root=True)
+    assert any(img.getpixel((0, 0)) == SECRET for img in images)
+
+
+def test_every_loader_takes_allow_outside_root():
+    for name, loader in LOADERS.items():
+        param = inspect.signature(loader).parameters["allow_outside_root"]
+        assert param.kind is inspect.Parameter.KEYWORD_ONLY and param.default is False, name
+    assert inspect.signature(load_benchmark).parameters["allow_outside_root"].default is False
+
+
+def test_mme_folder_listing_symlinks_are_confined(tmp_path):
+    secret = tmp_path / "home" / "secret.png"
+    write_image(secret, SECRET)
+    root = tmp_path / "MME_Benchmark_release_version"
+    (root / "count").mkdir(parents=True)
+    (root / "count" / "0001.png").symlink_to(secret)
+    (root / "count" / "0001.txt").write_text(
+        f"Is there one?{MME_SUFFIX}\tYes\nAre there two?{MME_SUFFIX}\tNo\n"
+    )
+    with pytest.raises(OutsideRootError, match=r"MME: path .*0001\.png.*listing of"):
+        load_mme(root)
+    items = load_mme(root, allow_outside_root=True)
+    assert items[0].load_images()[0].getpixel((0, 0)) == SECRET
+    # A whole category folder linked from elsewhere is outside too.
+    (root / "count" / "0001.png").unlink()
+    elsewhere = tmp_path / "elsewhere" / "color"
+    write_image(elsewhere / "0002.png")
+    (elsewhere / "0002.txt").write_text(f"Red?{MME_SUFFIX}\tYes\nBlue?{MME_SUFFIX}\tNo\n")
+    (root / "count").rename(tmp_path / "count_away")
+    (root / "color").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(OutsideRootError, match=r"0002\.txt"):
+        load_mme(root)
+
+
+def test_a_symlinked_image_folder_inside_stays_allowed(tmp_path):
+    # A dataset whose images/ links to a shared copy is fine: files resolve inside it.
+    shared = tmp_path / "shared_coco"
+    for name in {r["image"] for r in beaf_records()}:
+        write_image(shared / name)
+    root = tmp_path / "beaf"
+    write_json(root / "beaf_qna.json", beaf_records())
+    (root / "images").symlink_to(shared, target_is_directory=True)
+    items = load_beaf(root)
+    assert len(items) == 12 and items[0].load_images()[0].size == (5, 5)
+
+
+# ------------------------------------------------------------------ strict yes/no fields
+
+
+def test_beaf_flags_are_read_strictly(tmp_path):
+    recs = beaf_records()
+    for rec in recs:  # the same data with string flags, as some re-exports write them
+        rec["orig_img"] = "True" if rec["orig_img"] else "False"
+        rec["removed_q"] = "TRUE" if rec["removed_q"] else "false"
+        rec["gt"] = rec["gt"].upper()
+    root = tmp_path / "b"
+    write_json(root / "beaf_qna.json", recs)
+    for name in {r["image"] for r in recs}:
+        write_image(root / "images" / name)
+    items = load_beaf(root)
+    # "False" is false: the edited image's unit is its original's (bool("False") is True).
+    assert [it.meta["orig_img"] for it in items] == [True] * 4 + [False] * 8
+    assert [it.meta["removed_q"] for it in items[:4]] == [False, True, True, False]
+    assert items[4].unit_id == items[1].unit_id
+    assert [it.label for it in items[:4]] == [True, True, True, False]
+
+    recs[5]["orig_img"] = "Falsch"
+    write_json(root / "beaf_qna.json", recs)
+    with pytest.raises(ValueError, match=r"BEAF: orig_img 'Falsch' in entry 5 of .*beaf_qna"):
+        load_beaf(root)
+
+
+@pytest.mark.parametrize("bad", ["ja", "", "2", 2, 1.0, None, "yes please"])
+def test_labels_are_read_strictly(tmp_path, bad):
+    recs = [
+        {"question_id": 1, "image": "a.jpg", "text": "Cat?", "label": "YES"},
+        {"question_id": 2, "image": "a.jpg", "text": "Dog?", "label": bad},
+    ]
+    write_jsonl(tmp_path / "coco_pope_random.json", recs)
+    write_image(tmp_path / "a.jpg")
+    with pytest.raises(ValueError, match=r"POPE: answer .* in line 2 of .*coco_pope_random"):
+        load_pope(tmp_path)
+
+
+def test_parquet_labels_name_file_row_group_and_row(tmp_path):
+    rows = mme_rows()
+    rows[5]["answer"] = "Maybe"
+    write_parquet(tmp_path / "mme.parquet", rows, row_group_size=3)
+    with pytest.raises(
+        ValueError, match=r"MME: answer 'Maybe' in row group 1, row 2 of .*mme\.parquet"
+    ):
+        load_mme(tmp_path / "mme.parquet")
+
+
+def test_items_record_origin_and_unit_size(tmp_path):
+    root = write_beaf(tmp_path / "beaf")
+    items = load_beaf(root, limit=1)
+    assert items[0].origin == f"entry 0 of {root / 'beaf_qna.json'}"
+    assert [it.unit_size for it in items] == [3, 3, 3]  # original + two edits
+    write_parquet(tmp_path / "nb.parquet", nb_rows(), row_group_size=2)
+    nb = load_naturalbench(tmp_path / "nb.parquet")
+    assert nb[4].origin.startswith("row group 1, row 0 of ") and nb[4].unit_size == 4

@@ -10,6 +10,7 @@ import io
 import json
 import math
 import random
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,10 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from vlm_lens.data.yesno import (
+    ANSWER_PARSERS,
+    BENCHMARK_PARSER,
     YesNoItem,
+    incomplete_units,
     load_beaf,
     load_hallusionbench,
     load_mme,
@@ -35,7 +39,7 @@ from vlm_lens.data.yesno import (
     yes_no_score,
     yes_no_token_ids,
 )
-from vlm_lens.metrics.yesno import bootstrap_ratio_ci, evaluate, to_rows
+from vlm_lens.metrics.yesno import IncompleteUnitsWarning, bootstrap_ratio_ci, evaluate, to_rows
 
 # ------------------------------------------------------------------------ fixtures
 
@@ -290,7 +294,7 @@ def nb_items(tmp_path) -> list[YesNoItem]:
 
 def test_naturalbench_always_yes(nb_items):
     off = evaluate("naturalbench", nb_items, {it.item_id: "yes" for it in nb_items})["official"]
-    assert off == {"Acc": 0.5, "Q_Acc": 0.0, "I_Acc": 0.0, "G_Acc": 0.0}
+    assert off == {"parser": "first_word", "Acc": 0.5, "Q_Acc": 0.0, "I_Acc": 0.0, "G_Acc": 0.0}
 
 
 def test_naturalbench_hand_example_any_order(nb_items):
@@ -301,7 +305,7 @@ def test_naturalbench_hand_example_any_order(nb_items):
     off = evaluate("naturalbench", shuffled, p, n_boot=0)["official"]
     # Acc 6/8. Questions: (7,q0) (7,q1) ok, (3,q0) x, (3,q1) x -> 2/4.
     # Images: (7,i0) (7,i1) (3,i0) ok, (3,i1) x -> 3/4. Groups: 7 ok, 3 x -> 1/2.
-    assert off == {"Acc": 0.75, "Q_Acc": 0.5, "I_Acc": 0.75, "G_Acc": 0.5}
+    assert off == {"parser": "first_word", "Acc": 0.75, "Q_Acc": 0.5, "I_Acc": 0.75, "G_Acc": 0.5}
 
 
 # ------------------------------------------------------------------------ Winoground
@@ -704,3 +708,297 @@ def test_point_metrics_ignore_item_order(seed, answers):
 def test_parse_yes_no_reads_only_the_first_word(rest):
     assert parse_yes_no("Yes" + ("" if rest[:1].isalpha() else rest)) == "yes"
     assert parse_yes_no("yes" + rest) in ("yes", "other")
+
+
+# ------------------------------------------------- each benchmark's own answer parser
+
+# What each released evaluation makes of an answer (worked out from their rules; see
+# vlm_lens.data.yesno.parsers). The first four rows are where they disagree most.
+PARSER_TABLE = [
+    # text                 first_word mme      pope   naturalbench beaf   vlmevalkit
+    ("Nope", "other", "no", "yes", "other", "no", "other"),
+    ("There is no dog.", "other", "other", "no", "no", "no", "no"),
+    ("NO", "no", "no", "yes", "no", "no", "no"),
+    ("**Yes**", "yes", "other", "yes", "yes", "yes", "other"),
+    ("Yes.", "yes", "yes", "yes", "yes", "yes", "yes"),
+    ("No, there is not.", "no", "no", "no", "no", "no", "no"),
+    ("I don't know", "other", "other", "yes", "other", "no", "other"),
+    ("Not sure", "other", "no", "yes", "other", "no", "other"),
+    ("Yesterday", "other", "yes", "yes", "other", "yes", "other"),
+    ("yes and no", "yes", "yes", "no", "yes", "yes", "other"),
+    ("no\n", "no", "no", "yes", "no", "no", "no"),
+    ("", "other", "other", "yes", "other", "other", "other"),
+    (None, "other", "other", "yes", "other", "other", "other"),
+]
+PARSER_NAMES = ("first_word", "mme", "pope", "naturalbench", "beaf", "vlmevalkit")
+
+
+@pytest.mark.parametrize("row", PARSER_TABLE, ids=[repr(r[0]) for r in PARSER_TABLE])
+def test_parser_table(row):
+    text, *expected = row
+    assert set(ANSWER_PARSERS) == set(PARSER_NAMES)
+    got = [ANSWER_PARSERS[name](text) for name in PARSER_NAMES]
+    assert got == expected
+
+
+def test_each_block_names_its_parser(pope_items):
+    # random unit, labels y n y n y n. Item 1 (no) answered "NO": first word -> no (right),
+    # POPE's parser -> yes (only "No"/"no"/"not" count). Item 3 (no) answered "There is no
+    # thing.": first word -> other (wrong), POPE -> no (right).
+    answers = [right(it) for it in pope_items]
+    answers[1], answers[3] = "NO", "There is no thing."
+    r = evaluate("pope", pope_items, preds(pope_items, answers), n_boot=0)
+    assert r["parser"] == "first_word" and r["official"]["parser"] == "first_word"
+    ours = r["official"]["categories"]["random"]
+    assert (ours["tp"], ours["fp"], ours["tn"], ours["fn"]) == (3, 0, 2, 0)
+    assert ours["accuracy"] == pytest.approx(5 / 6) and ours["yes_ratio"] == 0.5
+    theirs_all = r["official_benchmark_parser"]
+    assert theirs_all["parser"] == "pope"
+    theirs = theirs_all["categories"]["random"]
+    assert (theirs["tp"], theirs["fp"], theirs["tn"], theirs["fn"]) == (3, 1, 2, 0)
+    assert theirs["precision"] == pytest.approx(3 / 4)
+    assert theirs["yes_ratio"] == pytest.approx(4 / 6)
+    # Score-ranked benchmarks have no answer parser of their own.
+    items = synthetic.generate(2, seed=0, size=16)
+    assert "official_benchmark_parser" not in evaluate("synthetic", items, ["yes"] * 4)
+    assert BENCHMARK_PARSER["hallusionbench"] == "vlmevalkit"
+
+
+def test_predictions_must_be_text_or_bool(pope_items):
+    bad = {it.item_id: 1 for it in pope_items}
+    with pytest.raises(TypeError, match="prediction for item_id 'random/1' is a int"):
+        evaluate("pope", pope_items, bad)
+
+
+def test_hallusionbench_official_counting_rules(hb_root):
+    items = load_hallusionbench(hb_root, include_text_only=True)
+    by_id = {it.item_id: it for it in items}
+    answers = {i: right(it) for i, it in by_id.items()}
+    # The no-image VS question (label yes) answered with "I cannot tell.": HallusionBench
+    # counts not knowing without the figure as right. Item 2 (VD, label no) answered "Hmm.":
+    # wrong, and the official script, seeing only correctness, takes it for a yes.
+    answers["VS/chart/0/0/0"] = "I cannot tell."
+    answers["VD/illusion/0/0/1"] = "Hmm."
+    r = evaluate("hallusionbench", items, answers, n_boot=0)
+    # Generic, strict: 7 of 9 right; answers say yes 3 times (items 1, 4, 7); GT yes 4.
+    assert r["accuracy"] == pytest.approx(7 / 9)
+    assert r["yes_rate"] == pytest.approx(3 / 9) and r["gt_yes_rate"] == pytest.approx(4 / 9)
+    off = r["official"]
+    assert off["aAcc"] == pytest.approx(8 / 9)
+    # Inferred answers: the 8 right ones equal their labels (4 yes), item 2 wrong -> yes.
+    assert off["pct_diff"] == pytest.approx(5 / 9 - 4 / 9)
+    assert off["fp_ratio"] == 1.0
+    # Question groups: ill/0/q1 {2, 4} fails; ill/0/q0, ill/1/q0 and chart/q0 (with its
+    # no-image instance, counted right) pass -> 3/4.
+    assert off["qAcc"] == pytest.approx(3 / 4)
+    assert "no-image VS question" in off["notes"]
+    assert r["official_benchmark_parser"]["parser"] == "vlmevalkit"
+    assert r["official_benchmark_parser"]["aAcc"] == pytest.approx(8 / 9)
+
+
+# ------------------------------------------------------------- incomplete pairing units
+
+
+def drop(items: list[YesNoItem], *ids: str) -> list[YesNoItem]:
+    assert all(any(it.item_id == i for it in items) for i in ids)
+    return [it for it in items if it.item_id not in ids]
+
+
+def evaluate_warned(name, items, answers, ids, **kwargs):
+    with pytest.warns(IncompleteUnitsWarning, match=rf"{name}: {len(ids)} of \d+ pairing units"):
+        r = evaluate(name, items, answers, **kwargs)
+    assert r["incomplete_units"]["count"] == len(ids)
+    assert r["incomplete_units"]["ids"] == ids
+    assert set(r["incomplete_units"]["reasons"]) == set(ids)
+    return r
+
+
+def test_complete_sets_raise_no_warning(mme_items):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        r = evaluate("mme", mme_items, [right(it) for it in mme_items], n_boot=10)
+    assert r["incomplete_units"] == {"count": 0, "ids": [], "reasons": {}}
+
+
+def test_incomplete_mme_image_is_left_out_of_acc_plus(mme_items):
+    items = drop(mme_items, "existence/b.jpg#1")
+    # a: both right; b: its one left question right; c, d: one wrong each.
+    answers = [right(items[0]), right(items[1]), right(items[2])]
+    answers += [right(items[3]), wrong(items[4]), wrong(items[5]), right(items[6])]
+    r = evaluate_warned("mme", items, preds(items, answers), ["existence/b.jpg"], n_boot=50)
+    assert r["incomplete_units"]["reasons"]["existence/b.jpg"] == "has 1 of its 2 items"
+    off = r["official"]
+    # acc keeps every item (5 of 7 right); acc+ only complete images: a of {a, c, d}.
+    # Scored silently, b would count as "both right": acc+ 2/4.
+    assert off["acc"] == pytest.approx(5 / 7)
+    assert off["acc_plus"] == pytest.approx(1 / 3)
+    assert off["categories"]["existence"]["n_images"] == 1
+    assert r["paired_accuracy"] == pytest.approx(1 / 3)
+    assert (r["n_units"], r["n_complete_units"]) == (4, 3)
+    lo, hi = r["ci"]["paired_accuracy"]
+    assert 0 <= lo <= 1 / 3 <= hi <= 1
+
+
+def test_mme_file_with_a_one_question_image(tmp_path):
+    rows = []
+    for name, answers in (("a.jpg", ("Yes", "No")), ("b.jpg", ("Yes",))):
+        for ans in answers:
+            rows.append(
+                {
+                    "question_id": f"count/{name}",
+                    "image": cell(),
+                    "question": f"Q {name} {ans}? Please answer yes or no.",
+                    "answer": ans,
+                    "category": "count",
+                }
+            )
+    items = load_mme(write_parquet(tmp_path / "m.parquet", rows))
+    assert incomplete_units("mme", items) == {
+        "count/b.jpg": "holds 1 questions (1 yes, 0 no); expected one yes, one no"
+    }
+    r = evaluate_warned("mme", items, ["yes", "no", "yes"], ["count/b.jpg"], n_boot=0)
+    assert r["official"]["acc_plus"] == 1.0 and r["official"]["acc"] == 1.0
+
+
+def test_incomplete_pope_image(pope_items, tmp_path):
+    items = drop(pope_items, "adversarial/6")
+    answers = [right(it) for it in items]
+    answers[1] = wrong(items[1])  # the complete random image fails
+    r = evaluate_warned("pope", items, preds(items, answers), ["adversarial/COCO_adversarial"])
+    # Scored silently the five-question adversarial image would pass: 1/2 instead of 0/1.
+    assert r["paired_accuracy"] == 0.0 and r["n_complete_units"] == 1
+    assert r["official"]["accuracy"] == pytest.approx(10 / 11)  # per item: all kept
+    # Five of a file's six questions: the loader's count tells ...
+    unbalanced = load_pope(write_parquet(tmp_path / "p.parquet", pope_rows()))[:5]
+    assert incomplete_units("pope", unbalanced) == {"random/COCO_random": "has 5 of its 6 items"}
+    for it in unbalanced:
+        it.unit_size = None  # ... and without that count, POPE's yes/no balance tells
+    assert incomplete_units("pope", unbalanced) == {
+        "random/COCO_random": "holds 3 yes and 2 no questions; expected as many yes as no"
+    }
+
+
+def pope_rows() -> list[dict]:
+    return [
+        {
+            "id": f"r{k}",
+            "question_id": str(k + 1),
+            "question": f"Thing {k}?",
+            "answer": "yes" if k % 2 == 0 else "no",
+            "image_source": "COCO_random",
+            "image": cell(),
+            "category": "random",
+        }
+        for k in range(6)
+    ]
+
+
+def test_incomplete_hallusionbench_group_and_figure(hb_root, tmp_path):
+    items = drop(load_hallusionbench(hb_root), "VD/illusion/0/0/1")  # item 2
+    answers = {it.item_id: right(it) for it in items}
+    answers["VD/illusion/0/1/1"] = wrong(by_id(items)["VD/illusion/0/1/1"])  # item 4
+    r = evaluate_warned("hallusionbench", items, answers, ["VD/illusion/0/1"], n_boot=0)
+    off = r["official"]
+    # Group ill/0/q1 lost item 2, so item 4's failure is not counted in qAcc: the three
+    # complete groups pass. Figure ill/0/0 lost item 2 too: fAcc over the other five,
+    # of which ill/0/1 {3, 4} fails.
+    assert (off["qAcc"], off["n_question_groups"]) == (1.0, 3)
+    assert off["incomplete_figures"]["ids"] == ["VD/illusion/0/0"]
+    assert (off["fAcc"], off["n_figures"]) == (pytest.approx(4 / 5), 5)
+    # A VD group without its figure-0 instance in the file itself.
+    recs = json.loads((hb_root / "HallusionBench.json").read_text())
+    del recs[4]  # VD/illusion/1, figure 0, question 0
+    write_json(hb_root / "HallusionBench.json", recs)
+    broken = incomplete_units("hallusionbench", load_hallusionbench(hb_root))
+    assert broken == {
+        "VD/illusion/1/0": "has no figure-0 (original figure) instance to compare the others with"
+    }
+
+
+def by_id(items: list[YesNoItem]) -> dict[str, YesNoItem]:
+    return {it.item_id: it for it in items}
+
+
+def test_incomplete_naturalbench_row(nb_items):
+    items = drop(nb_items, "3/q1_i1")
+    p = {it.item_id: right(it) for it in items}
+    p["7/q0_i1"] = wrong(by_id(items)["7/q0_i1"])
+    r = evaluate_warned("naturalbench", items, p, ["3"], n_boot=0)
+    # Only row 7 is complete: q0 fails (its i1 answer), q1 passes; i0 passes, i1 fails.
+    # Scored silently, row 3's three right answers would add a passing group: G_Acc 1/2.
+    assert r["official"] == {
+        "parser": "first_word",
+        "Acc": pytest.approx(6 / 7),
+        "Q_Acc": 0.5,
+        "I_Acc": 0.5,
+        "G_Acc": 0.0,
+    }
+    assert r["incomplete_units"]["reasons"]["3"] == "has 3 of its 4 items"
+    # Without the loader's count, the shape check names the missing cell.
+    for it in items:
+        it.unit_size = None
+    assert incomplete_units("naturalbench", items) == {
+        "3": "holds (q, i) cells [(0, 0), (0, 1), (1, 0)]; expected each of the four once"
+    }
+
+
+def test_incomplete_winoground_example_is_left_out(wino_items):
+    items = drop(wino_items, "1/i1_c1")
+    scores = dict(zip([it.item_id for it in items], [2.0, 1.0, 0.0, 3.0, 1.0, 2.0, 0.0]))
+    r = evaluate_warned(
+        "winoground", items, {it.item_id: right(it) for it in items}, ["1"], scores=scores
+    )
+    off = r["official"]
+    assert off["n_examples"] == 1 and off["strict_group"] == 1.0
+    assert (off["text"], off["image"], off["group"]) == (1.0, 1.0, 1.0)
+    assert off["from_scores"] == ["text", "image", "group"]
+
+
+def test_incomplete_sugarcrepe_pair(sc_items):
+    items = drop(sc_items, "swap_obj/0/negative")
+    answers = ["yes", "no", "yes", "yes", "no"]
+    scores = [1.0, 0.0, 0.5, 0.7, 0.2]
+    r = evaluate_warned(
+        "sugarcrepe",
+        items,
+        preds(items, answers),
+        ["swap_obj/0"],
+        scores=dict(zip([it.item_id for it in items], scores)),
+        n_boot=0,
+    )
+    off = r["official"]
+    swap = off["subsets"]["swap_obj"]
+    assert swap["n_pairs"] == 0 and math.isnan(swap["accuracy"])
+    assert math.isnan(swap["positive_preferred"]) and swap["item_accuracy"] == 0.0
+    # Macro means over subsets that still have pairs: add_att only.
+    assert off["accuracy"] == 0.5 and off["positive_preferred"] == 0.5
+
+
+def test_incomplete_beaf_unit(beaf_items, tmp_path):
+    items = drop(beaf_items, "1")  # the train question on the original image
+    answers = ["yes", "no", "yes", "no", "yes", "no", "no", "no", "yes", "yes", "yes"]
+    train = "COCO_val2014_000000001171.jpg/Is there a train?"
+    r = evaluate_warned("beaf", items, preds(items, answers), [train], n_boot=0)
+    off = r["official"]
+    # Per item (all 11 kept): TP 4, FN 2, TN 3, FP 2.
+    assert (off["tp"], off["fn"], off["tn"], off["fp"]) == (4, 2, 3, 2)
+    # Removed-object pairs of complete units: only truck on _01 (FN -> TN = SB-); train on
+    # _00 has no original left to compare with.
+    assert off["n_removed_pairs"] == 1 and (off["SB-"], off["TU"]) == (1.0, 0.0)
+    assert off["n_id_pairs"] == 4 and off["ID"] == 0.5
+    # A file where one edit is not asked a question its original was asked.
+    for it in beaf_items:
+        it.unit_size = None
+    spoon_01 = [it for it in beaf_items if it.item_id != "11"]
+    assert incomplete_units("beaf", spoon_01) == {
+        "COCO_val2014_000000001171.jpg/Is there a spoon?": (
+            "is not asked on edited image(s) ['COCO_val2014_000000001171_01.png']"
+        )
+    }
+
+
+def test_incomplete_synthetic_unit():
+    items = synthetic.generate(3, seed=0, size=16)
+    items = items[:-1]
+    r = evaluate_warned("synthetic", items, [right(it) for it in items], [items[-1].unit_id])
+    assert r["n_complete_units"] == 2 and r["paired_accuracy"] == 1.0

@@ -1,7 +1,11 @@
 """The `vlm-lens` console script: a thin layer over the library's functions.
 
-Sub-commands live in their own modules, each exposing `add_parser(subparsers)` (which
-sets `func` on its parser). Not for: logic a notebook would also need.
+Sub-commands live in their own modules, each exposing `add_parser(subparsers)` (which sets
+`func` on its parser). `main` imports only the module of the sub-command it runs, so
+`vlm-lens --help` lists the sub-commands from `COMMANDS` without importing torch,
+transformers or a study.
+
+Not for: logic a notebook would also need (that belongs in the library).
 """
 
 from __future__ import annotations
@@ -9,28 +13,40 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Collection
 
-SUBCOMMANDS = ("demo", "count", "yesbias")
+# Sub-command -> the one-line help `vlm-lens --help` shows (each module's parser says the same;
+# tests/test_cli.py checks that they agree).
+COMMANDS = {
+    "demo": "print hook names and an attention map summary of a model",
+    "count": "counting study: accuracy, per-digit visual sparsity/entropy, Halo metrics",
+    "yesbias": "yes-bias study: redistribute attention between system/image/text tokens",
+}
+SUBCOMMANDS = tuple(COMMANDS)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentParser:
+    """The `vlm-lens` parser.
+
+    `commands`: the sub-commands whose full parsers to build, importing their modules (and
+    whatever those import); the others are listed by name and help only. None builds all.
+    """
     parser = argparse.ArgumentParser(
         prog="vlm-lens", description="Read and patch per-head attention of vision-language models."
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in SUBCOMMANDS:
-        try:
-            module = importlib.import_module(f"vlm_lens.cli.{name}")
-        except ModuleNotFoundError as err:
-            if err.name != f"vlm_lens.cli.{name}":
-                raise
-            continue
-        module.add_parser(sub)
+    for name, help_text in COMMANDS.items():
+        if commands is None or name in commands:
+            importlib.import_module(f"vlm_lens.cli.{name}").add_parser(sub)
+        else:
+            sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # The top-level parser has no options but --help, so a sub-command is the first argument.
+    parser = build_parser(argv[:1])
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

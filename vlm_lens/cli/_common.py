@@ -1,4 +1,7 @@
-"""What the study sub-commands share: model-loading flags, sharding, loading a model."""
+"""What the study sub-commands share: model-loading flags, sharding, loading a model.
+
+Not for: a sub-command's own flags, or anything a notebook would also need.
+"""
 
 from __future__ import annotations
 

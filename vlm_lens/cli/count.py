@@ -39,6 +39,8 @@ instead of writing a report.
 
 No process group is created: the shards are independent and only share the output
 directory (which must be on a shared file system across machines).
+
+Not for: the study itself (`vlm_lens.studies.counting`, usable from a notebook).
 """
 
 from __future__ import annotations

@@ -1,6 +1,9 @@
 """`vlm-lens demo`: load a model, list its hook points, summarise one attention map.
 
 Runs offline on a tiny zoo checkpoint by default, so a fresh clone can see the hooks work.
+Its parser imports nothing heavy; `run` imports the library when the demo runs.
+
+Not for: studies (`vlm-lens count`, `vlm-lens yesbias`) or anything a notebook would reuse.
 """
 
 from __future__ import annotations
@@ -8,11 +11,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 
-import torch
-
-from vlm_lens import HookedVLM, zoo
-from vlm_lens.data import dots
-from vlm_lens.metrics import gini_sparsity, normalized_entropy
+from vlm_lens.adapters import SUPPORTED
 
 PROMPT = "How many dots are there in the image? Answer directly. Answer: "
 
@@ -23,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--arch",
         default="qwen3_vl",
-        choices=zoo.ARCHITECTURES,
+        choices=SUPPORTED,
         help="zoo architecture if no --model",
     )
     p.add_argument("--device", default=None)
@@ -32,6 +31,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from vlm_lens import HookedVLM, zoo
+    from vlm_lens.data import dots
+    from vlm_lens.metrics import gini_sparsity, normalized_entropy
+
     path = args.model or zoo.tiny_checkpoint(args.arch, tempfile.mkdtemp(prefix="vlm_lens_demo_"))
     if not args.model:
         print(f"no --model given: using a tiny random-weight {args.arch} checkpoint at {path}")

@@ -46,6 +46,8 @@ the shards together and writes the report::
         --model Qwen/Qwen3-VL-2B-Instruct --device cuda --dtype bfloat16 \\
         --benchmark pope=/data/POPE --out runs/yesbias & done; wait
     vlm-lens yesbias merge --out runs/yesbias
+
+Not for: the study itself (`vlm_lens.studies.yesbias`, usable from a notebook).
 """
 
 from __future__ import annotations

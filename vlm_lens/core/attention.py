@@ -29,9 +29,10 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float
 from torch import Tensor
-from transformer_lens.hook_points import HookPoint
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from vlm_lens.core.hook_points import VLMHookPoint
 
 ATTENTION_NAME = "vlm_lens"
 
@@ -63,11 +64,8 @@ def _additive(mask: Tensor, dtype: torch.dtype) -> Float[Tensor, "batch 1 query 
     )
 
 
-def _fires(hook_point: HookPoint | None) -> bool:
-    # torch keeps a module's forward hooks in this dict; empty means "identity, skip the call".
-    return hook_point is not None and (
-        bool(hook_point._forward_hooks) or getattr(hook_point, "force", False)
-    )
+def _fires(hook_point: VLMHookPoint | None) -> bool:
+    return hook_point is not None and hook_point.fires()
 
 
 def _qkv_hook(module: torch.nn.Module, name: str, x: Float[Tensor, "batch head pos d"]) -> Tensor:
@@ -105,9 +103,9 @@ def vlm_lens_attention(
         # start at key 0 (a prompt chunk after a filled cache).
         mask = _causal(n_queries, n_keys, query.device)
 
-    hp_scores: HookPoint | None = getattr(module, "hook_attn_scores", None)
-    hp_pattern: HookPoint | None = getattr(module, "hook_pattern", None)
-    hp_z: HookPoint | None = getattr(module, "hook_z", None)
+    hp_scores: VLMHookPoint | None = getattr(module, "hook_attn_scores", None)
+    hp_pattern: VLMHookPoint | None = getattr(module, "hook_pattern", None)
+    hp_z: VLMHookPoint | None = getattr(module, "hook_z", None)
 
     pattern = None
     fast = softcap is None and not (_fires(hp_scores) or _fires(hp_pattern))

@@ -34,6 +34,8 @@ class VLMHookPoint(HookPoint):
         self.force = False
 
     def fires(self) -> bool:
+        # torch keeps a module's forward hooks in this private dict (no public getter); empty
+        # means the hook point is the identity and its call can be skipped.
         return bool(self._forward_hooks) or self.force
 
 

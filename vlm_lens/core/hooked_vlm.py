@@ -4,9 +4,16 @@ The wrapper owns an unmodified HF model. It selects vlm_lens's attention functio
 for the language model only, attaches hook points inside the HF module tree, and
 exposes them under TransformerLens names through `HookedRootModule`
 (`run_with_hooks`, `run_with_cache`, `hooks()`, `reset_hooks`, `hook_dict`).
-Layer indices may be negative wherever a hook is named.
+Layer indices may be negative wherever a hook is named; layer lists take the grammar of
+`vlm_lens.core.layers`.
 
-Not for: per-step recording policies or studies (see `vlm_lens.core.generation`
+`with model.running(inputs) as kwargs:` is the one public way to drive the HF model by
+hand: it gives the HF keyword arguments and tells the hook points the prompt's layout.
+`forward`, `vlm_lens.core.generation`, `vlm_lens.core.trace`, `vlm_lens.core.interop` and
+`vlm_lens.patching` all run through it (they import nothing from this module at run time;
+`generate`, `trace_generation` and `to_nnsight` here are thin methods over them).
+
+Not for: per-step recording policies or studies (see `vlm_lens.core.recording`
 and `vlm_lens.studies`).
 """
 
@@ -14,7 +21,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,14 +30,18 @@ from typing import Any
 import torch
 import transformers
 from torch import Tensor
+from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
-from transformer_lens.HookedRootModule import HookedRootModule
 
 from vlm_lens.adapters import Adapter, adapter_for, get_module
 from vlm_lens.core import attention as _attention
+from vlm_lens.core.generation import GenerationResult, generate
 from vlm_lens.core.hook_points import VLMHookPoint, install
+from vlm_lens.core.layers import LayerSpec, check_layer, resolve_layers
 from vlm_lens.core.prepare import VLMInputs, prepare_inputs
+from vlm_lens.core.recording import AttentionRecord
 from vlm_lens.core.run_state import RunState
+from vlm_lens.core.trace import GenerationTrace, trace_generation
 
 _LAYER_NAME = re.compile(r"^blocks\.(-?\d+)\.(.+)$")
 
@@ -177,17 +188,15 @@ class HookedVLM(HookedRootModule):
         )
 
     def resolve_layer(self, layer: int) -> int:
-        n = self.cfg.n_layers
-        if not -n <= layer < n:
-            raise IndexError(f"layer {layer} out of range for a model with {n} layers")
-        return layer % n
+        """A non-negative layer index (negative counts from the last); out of range raises."""
+        return check_layer(layer, self.cfg.n_layers)
 
-    def resolve_layers(self, layers: int | Sequence[int] | None) -> list[int]:
-        if layers is None:
-            return list(range(self.cfg.n_layers))
-        if isinstance(layers, int):
-            layers = [layers]
-        return sorted({self.resolve_layer(layer) for layer in layers})
+    def resolve_layers(self, layers: LayerSpec) -> list[int]:
+        """Sorted layer indices of a layer spec (-1, "Q4", "20:28", "all", a list ...; None = all).
+
+        The grammar is `vlm_lens.core.layers`'.
+        """
+        return resolve_layers(layers, self.cfg.n_layers)
 
     def _names_filter(self, names_filter: Any) -> Any:
         if isinstance(names_filter, str):
@@ -196,11 +205,22 @@ class HookedVLM(HookedRootModule):
             return [self.resolve_hook_name(n) for n in names_filter]
         return names_filter
 
-    # TransformerLens routes every named hook through these two methods.
-    def _enable_hook(self, name: str | Callable, hook: Callable, dir: str) -> None:  # noqa: A002
-        super()._enable_hook(
-            self.resolve_hook_name(name) if isinstance(name, str) else name, hook, dir
-        )
+    def _resolved(self, hooks: Any) -> list[tuple[Any, Callable]]:
+        return [(self.resolve_hook_name(n) if isinstance(n, str) else n, fn) for n, fn in hooks]
+
+    # TransformerLens's public entry points for named hooks (run_with_hooks and run_with_cache
+    # call hooks()); names are resolved before any hook is attached.
+    @contextmanager
+    def hooks(
+        self,
+        fwd_hooks: Any = (),
+        bwd_hooks: Any = (),
+        reset_hooks_end: bool = True,
+        clear_contexts: bool = False,
+    ):
+        fwd, bwd = self._resolved(fwd_hooks), self._resolved(bwd_hooks)
+        with super().hooks(fwd, bwd, reset_hooks_end, clear_contexts) as model:
+            yield model
 
     def add_hook(
         self, name: str | Callable, hook: Callable, dir: str = "fwd", **kwargs: Any
@@ -249,20 +269,6 @@ class HookedVLM(HookedRootModule):
             chat_template,
         )
 
-    def _model_kwargs(self, inputs: VLMInputs | dict) -> dict[str, Tensor]:
-        if not isinstance(inputs, VLMInputs):
-            raise TypeError(
-                f"expected the output of model.prepare(...), got {type(inputs).__name__}; "
-                "vlm_lens needs the inputs' segments"
-            )
-        vision_dtype = self.dtype
-        kwargs = {}
-        for name, t in inputs.tensors.items():
-            if t.is_floating_point():
-                t = t.to(dtype=vision_dtype)
-            kwargs[name] = t.to(self.input_device)
-        return kwargs
-
     # ------------------------------------------------------------------ running
     def _track_position(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         """Before each language-model call: where do this call's query rows sit, which step is it.
@@ -284,21 +290,48 @@ class HookedVLM(HookedRootModule):
         run.step = 0 if past == 0 else past - prompt_len + 1
 
     @contextmanager
-    def _running(self, inputs: VLMInputs):
+    def running(self, inputs: VLMInputs) -> Iterator[dict[str, Tensor]]:
+        """Run the HF model by hand on `model.prepare(...)` inputs::
+
+            with model.running(inputs) as kwargs, model.hooks(fwd_hooks=hooks):
+                out = model.hf_model.generate(**kwargs, max_new_tokens=4)
+
+        Yields the HF keyword arguments: every tensor the processor returned (PITFALLS 4), on
+        the embedding's device, floating ones in the model's dtype. For the duration, the hook
+        points know the prompt's segments (`hook.run.segments`), which steps and interventions
+        need; the previous segments come back after, so runs may nest.
+        """
+        if not isinstance(inputs, VLMInputs):
+            raise TypeError(
+                f"expected the output of model.prepare(...), got {type(inputs).__name__}; "
+                "vlm_lens needs the inputs' segments"
+            )
+        dtype, device = self.dtype, self.input_device
+        kwargs = {
+            name: (t.to(dtype=dtype) if t.is_floating_point() else t).to(device)
+            for name, t in inputs.tensors.items()
+        }
         previous = self.run_state.segments
         self.run_state.segments = inputs.segments
         try:
-            yield
+            yield kwargs
         finally:
             self.run_state.segments = previous
 
-    def forward(self, inputs: VLMInputs, return_type: str = "logits") -> Any:
-        """Logits `[batch, pos, vocab]` of the prompt (or the HF output with return_type="output")."""
+    def forward(
+        self, inputs: VLMInputs, return_type: str = "logits", logits_to_keep: int | None = None
+    ) -> Any:
+        """Logits `[batch, pos, vocab]` of the prompt (or the HF output with return_type="output").
+
+        `logits_to_keep=k` computes the logits of the last k positions only (`pos` = k): what a
+        caller needing the next-token distribution wants, as a full vocabulary times the whole
+        prompt is large. None keeps every position.
+        """
         if return_type not in ("logits", "output"):
             raise ValueError(f"return_type must be 'logits' or 'output', got {return_type!r}")
-        kwargs = self._model_kwargs(inputs)
-        with self._running(inputs):
-            out = self.hf_model(**kwargs, use_cache=False)
+        extra = {} if logits_to_keep is None else {"logits_to_keep": logits_to_keep}
+        with self.running(inputs) as kwargs:
+            out = self.hf_model(**kwargs, use_cache=False, **extra)
         return out.logits if return_type == "logits" else out
 
     def force_hooks(self, enabled: bool = True, names: Callable[[str], bool] | None = None) -> None:
@@ -325,10 +358,10 @@ class HookedVLM(HookedRootModule):
         inputs: VLMInputs,
         max_new_tokens: int = 16,
         fwd_hooks: Sequence[tuple[Any, Any]] = (),
-        record: Any = None,
+        record: AttentionRecord | None = None,
         keep_logits: bool = True,
         **generate_kwargs: Any,
-    ):
+    ) -> GenerationResult:
         """Greedy generation (HF's own loop, with the KV cache) with hooks attached for every step.
 
         Hooks read `hook.run.step` (0 = prefill, k = k-th decoding step) and
@@ -337,8 +370,6 @@ class HookedVLM(HookedRootModule):
         tokens and records as running it alone. On GPUs, load with `device_map="auto"`: hooks
         and recordings follow each layer's device (see `vlm_lens.core.generation.generate`).
         """
-        from vlm_lens.core.generation import generate
-
         return generate(
             self, inputs, max_new_tokens, fwd_hooks, record, keep_logits, **generate_kwargs
         )
@@ -347,11 +378,11 @@ class HookedVLM(HookedRootModule):
         self,
         images: Any,
         prompt: str,
-        layers: int | Sequence[int] | None = None,
+        layers: LayerSpec = None,
         max_new_tokens: int = 16,
         system: str | None = None,
         **kwargs: Any,
-    ):
+    ) -> GenerationTrace:
         """Generate for one prompt and trace every step: a `GenerationTrace` with the tokens
         and their text, per-step logits / probabilities, per step x layer x head the attention
         of the predicting row to each image as a grid (`trace.images[i]`: `[step, layer, head,
@@ -359,8 +390,6 @@ class HookedVLM(HookedRootModule):
         `[step, layer, head, 4]`). One prompt per call; batches: `generate(record=...)`.
         More options (`heads="mean"`, `fwd_hooks=`): `vlm_lens.core.trace.trace_generation`.
         """
-        from vlm_lens.core.trace import trace_generation
-
         return trace_generation(
             self, images, prompt, layers, max_new_tokens, system=system, **kwargs
         )
@@ -374,6 +403,8 @@ class HookedVLM(HookedRootModule):
         `nn.model.language_model.layers[i].self_attn.hook_pattern` (or `nn.hook("blocks.i.attn.
         hook_pattern")`); `tracer.iter[k]` is decoding step k. See `vlm_lens.core.interop`.
         """
+        # Imported here, not at the top, so that only its users pay for importing nnsight
+        # (interop imports nothing from this module at run time: no circle).
         from vlm_lens.core.interop import to_nnsight
 
         return to_nnsight(self, names)

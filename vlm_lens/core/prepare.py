@@ -12,8 +12,11 @@ real processor (every tensor it returns is kept: dropping `token_type_ids` or
 - generated: appended by generation.
 
 Spans come from token ids, the processor's outputs and the config. The system span
-is found by tokenizing the rendered prompt up to the first content item and checking
-that it is a prefix of the real ids.
+is found by tokenizing the rendered prompt up to the first content item (the header)
+alone. Its ids are normally a prefix of the prompt's ids. A real tokenizer may merge
+the header's last characters with the content's first ones into one token (Gemma3's
+"\n" + "\n\n" -> "\n\n\n"); such a token straddles the boundary, and the rule is: the
+system span is the tokens wholly inside the header, the straddling token is text.
 
 Not for: running the model.
 """
@@ -26,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from jaxtyping import Int
 from torch import Tensor
 
 from vlm_lens.adapters import Adapter
@@ -167,6 +171,42 @@ def _first_item_char(text: str, items: list[dict], system: str | None, adapter: 
     return min(found)
 
 
+def _system_length(
+    ids: Int[Tensor, " token"], header: Int[Tensor, " header"], tokenizer: Any, row: int
+) -> int:
+    """How many leading `ids` (padding removed) lie wholly inside the header text.
+
+    `header` is the header tokenized alone. Where it is not a prefix of `ids`, the ids
+    after the common prefix are decoded until they cover the header's text: a token that
+    ends exactly at the header's end is still system, one that reaches past it straddles
+    the boundary and is text. Anything else (the prompt does not start with the header's
+    text) is an error.
+    """
+    n = header.shape[0]
+    limit = min(n, ids.shape[0])
+    differ = (ids[:limit] != header[:limit]).nonzero()
+    common = int(differ[0]) if len(differ) else limit
+    if common == n:
+        return n
+
+    def decode(t: Tensor) -> str:
+        return tokenizer.decode(t.tolist(), skip_special_tokens=False)
+
+    header_text = decode(header)
+    for end in range(common + 1, ids.shape[0] + 1):
+        covered = decode(ids[:end])
+        if len(covered) >= len(header_text):
+            if covered == header_text:
+                return end
+            if covered.startswith(header_text):
+                return end - 1
+            break
+    raise ValueError(
+        f"row {row}: the prompt's tokens do not start with the text before its first content "
+        f"item ({header_text!r}); cannot place the system span"
+    )
+
+
 def _row_segments(
     ids: Tensor,
     attn: Tensor,
@@ -286,12 +326,9 @@ def prepare_inputs(
     for row in range(ids.shape[0]):
         n_pad = int((attn[row] == 0).sum())
         prefix = prefixes[row]
-        n_sys = 0 if prefix is None else prefix.shape[0]
-        if n_sys and not torch.equal(ids[row, n_pad : n_pad + n_sys], prefix):
-            raise ValueError(
-                f"row {row}: tokenizing the prompt up to its first content item does not give a prefix "
-                "of the prompt's tokens; cannot place the system span"
-            )
+        n_sys = 0
+        if prefix is not None and prefix.shape[0]:
+            n_sys = _system_length(ids[row, n_pad:], prefix, tokenizer, row)
         grids = all_grids[cursor : cursor + len(rgb_rows[row])]
         cursor += len(rgb_rows[row])
         sample, k, i = _row_segments(ids[row], attn[row], n_sys, image_token_id, grids, row)

@@ -29,6 +29,14 @@ class RunState:
         """`[query]` absolute positions (in the left-padded sequence) of this forward's query rows."""
         return torch.arange(self.query_start, self.query_start + self.n_queries)
 
+    def key_offset(self, n_keys: int) -> int:
+        """Absolute position of the first of this forward's `n_keys` key columns.
+
+        The keys end where the queries end; a sliding-window cache may have dropped early keys,
+        so the first column is not always position 0.
+        """
+        return self.query_start + self.n_queries - n_keys
+
     @property
     def is_prefill(self) -> bool:
         return self.step == 0

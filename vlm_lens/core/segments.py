@@ -35,6 +35,10 @@ KIND_NAMES: dict[str, int] = {
     "text": KIND_TEXT,
     "generated": KIND_GENERATED,
 }
+# The kinds a position of a prompt or its continuation can have (padding is none of them), in
+# code order: the one list every share, modality argument and position grouping uses.
+SEGMENT_KINDS: tuple[str, ...] = tuple(name for name in KIND_NAMES if name != "pad")
+KIND_OF_CODE: dict[int, str] = {code: name for name, code in KIND_NAMES.items()}
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ and probabilities, and per step x layer x head
 - the attention of the predicting query row to each image, as a map over that image's
   token grid (`images[i]`: `[step, layer, head, h, w]`, grids from the segments' `ImageSpan`s);
 - the share of that row's attention on system / image / text / generated keys
-  (`shares`: `[step, layer, head, 4]`, kinds in `SHARE_KINDS` order).
+  (`shares`: `[step, layer, head, 4]`, kinds in `SEGMENT_KINDS` order).
 
 Step k is the forward pass whose last query row predicts generated token k (0 = prefill).
 Only those rows' reductions are kept (`AttentionRecord(query="last", keep=("image", "shares"))`),
@@ -29,8 +29,10 @@ from einops import rearrange
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from vlm_lens.core.generation import SHARE_KINDS, AttentionRecord, Recording
-from vlm_lens.core.segments import ImageSpan, Segments
+from vlm_lens.core.generation import generate
+from vlm_lens.core.layers import LayerSpec
+from vlm_lens.core.recording import AttentionRecord, Recording
+from vlm_lens.core.segments import SEGMENT_KINDS, ImageSpan, Segments
 
 if TYPE_CHECKING:
     from vlm_lens.core.hooked_vlm import HookedVLM
@@ -49,7 +51,7 @@ class GenerationTrace:
         layers: the recorded layers (non-negative), the `layer` axis below.
         images: one tensor per image, `[step, layer, head, h, w]`: attention of the predicting
             row to that image's tokens, on the image's token grid.
-        shares: `[step, layer, head, 4]` attention mass on `SHARE_KINDS`
+        shares: `[step, layer, head, 4]` attention mass on `SEGMENT_KINDS`
             ("system", "image", "text", "generated"); the four sum to 1.
         image_spans: the images' token spans and grids (from the segments).
         segments: the prompt's segments, extended by the generated tokens.
@@ -71,7 +73,7 @@ class GenerationTrace:
     recording: Recording
     n_layers: int
 
-    share_kinds: tuple[str, ...] = SHARE_KINDS
+    share_kinds: tuple[str, ...] = SEGMENT_KINDS
     tokenizer: Any = field(default=None, repr=False, compare=False)
 
     @property
@@ -89,9 +91,9 @@ class GenerationTrace:
 
     def share(self, kind: str) -> Float[Tensor, "step layer head"]:
         """Attention mass on one kind of key: "system", "image", "text" or "generated"."""
-        if kind not in SHARE_KINDS:
-            raise ValueError(f"unknown kind {kind!r}; expected one of {SHARE_KINDS}")
-        return self.shares[..., SHARE_KINDS.index(kind)]
+        if kind not in SEGMENT_KINDS:
+            raise ValueError(f"unknown kind {kind!r}; expected one of {SEGMENT_KINDS}")
+        return self.shares[..., SEGMENT_KINDS.index(kind)]
 
     def layer_index(self, layer: int) -> int:
         """Position of a model layer (negative: counted from the model's last) on the `layer` axis."""
@@ -135,7 +137,7 @@ def trace_generation(
     model: HookedVLM,
     images: Any,
     prompt: str,
-    layers: int | Sequence[int] | None = None,
+    layers: LayerSpec = None,
     max_new_tokens: int = 16,
     system: str | None = None,
     heads: Literal["all", "mean"] = "all",
@@ -147,7 +149,7 @@ def trace_generation(
     Args:
         images: an image or a list of images (PIL, path or array) for the one prompt.
         prompt: the user's text; images go first unless it marks them with "<image>".
-        layers: layers to record (negative allowed); None = all.
+        layers: layers to record, a layer spec (`vlm_lens.core.layers`); None = all.
         max_new_tokens: at most this many tokens (fewer if EOS comes first).
         system: an optional system prompt.
         heads: "all" keeps each head, "mean" keeps the head average (head axis of 1).
@@ -162,8 +164,8 @@ def trace_generation(
         )
     inputs = model.prepare(images=images, prompt=prompt, system=system)
     record = AttentionRecord(layers=layers, keep=("image", "shares"), query="last", heads=heads)
-    out = model.generate(
-        inputs, max_new_tokens, fwd_hooks=fwd_hooks, record=record, **generate_kwargs
+    out = generate(
+        model, inputs, max_new_tokens, fwd_hooks=fwd_hooks, record=record, **generate_kwargs
     )
     rec = out.recording
     assert rec is not None and out.logits is not None

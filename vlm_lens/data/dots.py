@@ -47,6 +47,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from vlm_lens.core.images import load_image
+from vlm_lens.data.paths import confined
+
 Renderer = Callable[["DotsSample"], np.ndarray]
 """A function from a sample to its `uint8 [height, width]` pixel array."""
 
@@ -171,8 +174,8 @@ class DotsSample:
     def pixels(self) -> np.ndarray:
         """`uint8 [height, width]` pixel array (read from `image_path` or rendered)."""
         if self.image_path is not None:
-            with Image.open(self.image_path) as im:
-                array = np.asarray(im.convert("L"))
+            source = f"{self.image_path} (dots sample {self.index})"
+            array = np.asarray(load_image(self.image_path, source=source).convert("L"))
             if array.shape != (self.height, self.width):
                 raise ValueError(
                     f"{self.image_path}: image is {array.shape[1]}x{array.shape[0]}, "
@@ -756,12 +759,16 @@ def save(samples: Sequence[DotsSample], directory: str | Path) -> Path:
     return index_path
 
 
-def load(directory: str | Path) -> list[DotsSample]:
+def load(directory: str | Path, *, allow_outside_root: bool = False) -> list[DotsSample]:
     """Read a directory written by `save`; images are read lazily when pixels are asked for.
+
+    Image names in `samples.jsonl` must resolve inside `directory` (a shared set could
+    name any file otherwise); `allow_outside_root=True` lifts that.
 
     Raises:
         FileNotFoundError: naming `samples.jsonl` or the image file that is missing.
         ValueError: naming the line and the field of a malformed record.
+        OutsideRootError: naming the line of an image path that leaves `directory`.
     """
     directory = Path(directory)
     index_path = directory / _INDEX_FILE
@@ -778,7 +785,9 @@ def load(directory: str | Path) -> list[DotsSample]:
             raise ValueError(f"{where}: not valid JSON ({err})") from err
         if "image" not in record:
             raise ValueError(f"{where}: missing field(s) 'image'")
-        image_path = directory / record["image"]
+        image_path = confined(
+            directory / str(record["image"]), directory, "dots", where, allow_outside_root
+        )
         if not image_path.is_file():
             raise FileNotFoundError(f"{where}: image file {image_path} does not exist")
         samples.append(DotsSample.from_record(record, image_path, where=where))

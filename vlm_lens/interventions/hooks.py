@@ -120,7 +120,7 @@ class _LayerHooks:
                 f"(batch {segments.batch_size}, {run.n_queries} query rows)"
             )
         device = pattern.device
-        key_start = run.query_start + q - k  # a sliding-window cache may have dropped early keys
+        key_start = run.key_offset(k)
         kinds = segments.key_kinds(run.query_start + q, device)  # [batch, pos]
         key_kinds = kinds[:, key_start:]
         query_positions = run.query_positions.to(device)

@@ -61,9 +61,10 @@ from vlm_lens.core.segments import (
     KIND_PAD,
     KIND_SYSTEM,
     KIND_TEXT,
+    SEGMENT_KINDS,
 )
 
-MODALITIES = ("system", "image", "text", "generated")
+MODALITIES = SEGMENT_KINDS
 Mode = Literal["proportional", "uniform"]
 Modalities = str | Iterable[str] | None
 

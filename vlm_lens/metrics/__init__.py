@@ -3,6 +3,8 @@
 
 Attention functions take distributions (or maps) on the last axis / axes and are
 vectorised over leading axes.
+
+Not for: running models or recording attention (`vlm_lens.core`).
 """
 
 from vlm_lens.metrics.attention import (
@@ -20,6 +22,7 @@ from vlm_lens.metrics.attention import (
 )
 from vlm_lens.metrics.yesno import (
     OFFICIAL,
+    IncompleteUnitsWarning,
     bootstrap_ratio_ci,
     bootstrap_unit_sums,
     evaluate,
@@ -29,6 +32,7 @@ from vlm_lens.metrics.yesno import (
 __all__ = [
     "OFFICIAL",
     "HaloMasks",
+    "IncompleteUnitsWarning",
     "bootstrap_ratio_ci",
     "bootstrap_unit_sums",
     "evaluate",

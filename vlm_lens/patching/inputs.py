@@ -17,9 +17,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from vlm_lens.core.prepare import VLMInputs
-from vlm_lens.core.segments import KIND_NAMES, Segments
-
-_KIND_BY_CODE = {code: name for name, code in KIND_NAMES.items()}
+from vlm_lens.core.segments import KIND_OF_CODE, Segments
 
 # Per-token tensors a processor returns, and what an appended (generated) token gets in each.
 # Anything else shaped like `input_ids` is refused: silently not extending it runs wrong.
@@ -108,8 +106,8 @@ def layout_difference(clean: VLMInputs, corrupted: VLMInputs) -> str | None:
     if differ.numel():
         p = int(differ[0])
         return (
-            f"position {p} is a {_KIND_BY_CODE[int(ka[p])]} token in clean but a "
-            f"{_KIND_BY_CODE[int(kb[p])]} token in corrupted ({differ.numel()} positions differ in kind)"
+            f"position {p} is a {KIND_OF_CODE[int(ka[p])]} token in clean but a "
+            f"{KIND_OF_CODE[int(kb[p])]} token in corrupted ({differ.numel()} positions differ in kind)"
         )
     for i, (sa, sb) in enumerate(zip(a.images, b.images)):
         if (sa.start, sa.end) != (sb.start, sb.end):

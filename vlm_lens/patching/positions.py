@@ -20,10 +20,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from vlm_lens.core.segments import KIND_NAMES, Segments
+from vlm_lens.core.segments import KIND_NAMES, KIND_OF_CODE, SEGMENT_KINDS, Segments
 
-_KIND_BY_CODE = {code: name for name, code in KIND_NAMES.items()}
-SEGMENT_KINDS = ("system", "image", "text", "generated")
 GROUPINGS = ("each", "segment", "image_patch", "all", "last")
 
 Positions = str | Mapping[str, Sequence[int]] | Sequence[int]
@@ -51,7 +49,7 @@ def _each(segments: Segments, token_text: Callable[[int], str] | None) -> list[P
     kinds = segments.kinds[0].tolist()
     groups = []
     for p, code in enumerate(kinds):
-        kind = _KIND_BY_CODE[code]
+        kind = KIND_OF_CODE[code]
         if kind == "pad":
             continue
         text = f" {token_text(p)!r}" if token_text is not None else ""
@@ -102,7 +100,7 @@ def position_groups(
         if positions == "all":
             return [PositionGroup("all", "all", tuple(non_pad), "all")]
         if positions == "last":
-            kind = _KIND_BY_CODE[int(segments.kinds[0, -1])]
+            kind = KIND_OF_CODE[int(segments.kinds[0, -1])]
             return [PositionGroup("last", "last", (length - 1,), kind)]
         raise ValueError(
             f"unknown position grouping {positions!r}; use one of {GROUPINGS}, a mapping "
@@ -121,7 +119,7 @@ def position_groups(
             resolved.append(p % length)
         if not resolved:
             raise ValueError(f"position group {label!r} is empty")
-        kinds = {_KIND_BY_CODE[int(segments.kinds[0, p])] for p in resolved}
+        kinds = {KIND_OF_CODE[int(segments.kinds[0, p])] for p in resolved}
         kind = kinds.pop() if len(kinds) == 1 else "mixed"
         groups.append(PositionGroup(label, str(label), tuple(sorted(set(resolved))), kind))
     return groups

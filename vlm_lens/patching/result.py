@@ -187,7 +187,6 @@ class PatchingResult:
         (the corrupted behaviour); 1 is the clean behaviour. `mark=(row, col)` draws a cross
         on that image token in every image panel (e.g. `CountingPair.added_patch`).
         """
-        import plotly.graph_objects as go
         from plotly.subplots import make_subplots
 
         values = self.values.float()
@@ -224,47 +223,9 @@ class PatchingResult:
             where = dict(zip(panel_dims, labs))
             r, c = divmod(n, cols)
             if self.is_image_patch:
-                z = self.image_map(image, **where)
-                h, w = z.shape
-                trace = go.Heatmap(
-                    z=z.tolist(),
-                    x=list(range(w)),
-                    y=list(range(h)),
-                    coloraxis="coloraxis",
-                    hovertemplate="row %{y}, col %{x}: %{z:.3f}<extra>" + titles[n] + "</extra>",
-                )
+                self._image_panel(fig, n, (r + 1, c + 1), where, image, titles[n], mark)
             else:
-                z = self.get(**where)  # [layer, x]
-                xs = [str(v) for v in self.labels(x_dim)]
-                trace = go.Heatmap(
-                    z=z.tolist(),
-                    x=xs,
-                    y=[f"L{layer}" for layer in self.layers],
-                    coloraxis="coloraxis",
-                    hovertemplate="%{y} " + x_dim + " %{x}: %{z:.3f}<extra></extra>",
-                )
-            fig.add_trace(trace, row=r + 1, col=c + 1)
-            if self.is_image_patch and mark is not None:
-                fig.add_trace(
-                    go.Scatter(
-                        x=[mark[1]],
-                        y=[mark[0]],
-                        mode="markers",
-                        marker=dict(symbol="x-thin", size=14, line=dict(width=3, color="black")),
-                        showlegend=False,
-                        hoverinfo="skip",
-                    ),
-                    row=r + 1,
-                    col=c + 1,
-                )
-            if self.is_image_patch:
-                fig.update_yaxes(
-                    autorange="reversed", scaleanchor=f"x{n + 1 if n else ''}", row=r + 1, col=c + 1
-                )
-                fig.update_xaxes(showticklabels=False, constrain="domain", row=r + 1, col=c + 1)
-                fig.update_yaxes(showticklabels=False, row=r + 1, col=c + 1)
-            else:
-                fig.update_xaxes(title_text=x_dim, row=r + 1, col=c + 1)
+                self._table_panel(fig, (r + 1, c + 1), where, x_dim)
         what = {
             "resid_pre": "residual stream (pre)",
             "resid_post": "residual stream (post)",
@@ -281,3 +242,64 @@ class PatchingResult:
             width=max(500, 260 * cols if self.is_image_patch else 420 * cols),
         )
         return fig
+
+    def _image_panel(
+        self,
+        fig: go.Figure,
+        n: int,
+        cell: tuple[int, int],
+        where: dict[str, Any],
+        image: int,
+        title: str,
+        mark: tuple[int, int] | None,
+    ) -> None:
+        """Panel `n` of an image-patch heatmap: the `[h, w]` grid, square, rows top-down."""
+        import plotly.graph_objects as go
+
+        row, col = cell
+        z = self.image_map(image, **where)
+        h, w = z.shape
+        trace = go.Heatmap(
+            z=z.tolist(),
+            x=list(range(w)),
+            y=list(range(h)),
+            coloraxis="coloraxis",
+            hovertemplate="row %{y}, col %{x}: %{z:.3f}<extra>" + title + "</extra>",
+        )
+        fig.add_trace(trace, row=row, col=col)
+        if mark is not None:
+            fig.add_trace(
+                go.Scatter(
+                    x=[mark[1]],
+                    y=[mark[0]],
+                    mode="markers",
+                    marker=dict(symbol="x-thin", size=14, line=dict(width=3, color="black")),
+                    showlegend=False,
+                    hoverinfo="skip",
+                ),
+                row=row,
+                col=col,
+            )
+        fig.update_yaxes(
+            autorange="reversed", scaleanchor=f"x{n + 1 if n else ''}", row=row, col=col
+        )
+        fig.update_xaxes(showticklabels=False, constrain="domain", row=row, col=col)
+        fig.update_yaxes(showticklabels=False, row=row, col=col)
+
+    def _table_panel(
+        self, fig: go.Figure, cell: tuple[int, int], where: dict[str, Any], x_dim: str
+    ) -> None:
+        """One `[layer, head or position]` panel."""
+        import plotly.graph_objects as go
+
+        row, col = cell
+        z = self.get(**where)  # [layer, x]
+        trace = go.Heatmap(
+            z=z.tolist(),
+            x=[str(v) for v in self.labels(x_dim)],
+            y=[f"L{layer}" for layer in self.layers],
+            coloraxis="coloraxis",
+            hovertemplate="%{y} " + x_dim + " %{x}: %{z:.3f}<extra></extra>",
+        )
+        fig.add_trace(trace, row=row, col=col)
+        fig.update_xaxes(title_text=x_dim, row=row, col=col)

@@ -35,6 +35,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from vlm_lens.adapters import get_module
+from vlm_lens.core.layers import LayerSpec
 from vlm_lens.core.prepare import VLMInputs
 from vlm_lens.patching.inputs import check_same_layout, repeat_inputs, with_answer_prefix
 from vlm_lens.patching.positions import PositionGroup, Positions, position_groups
@@ -270,16 +271,9 @@ def _last_logits(
     """One forward pass keeping only the last row's logits (a real vocabulary times the whole
     prompt times the batch would not fit). `copies`: the batch is that many copies of one
     example (`repeat_inputs`), so the image is encoded once."""
-    kwargs = model._model_kwargs(inputs)
-    with (
-        torch.no_grad(),
-        model._running(inputs),
-        model.hooks(fwd_hooks=fwd_hooks),
-        _one_vision_pass(model, copies),
-    ):
-        out = model.hf_model(**kwargs, use_cache=False, logits_to_keep=1)
+    with torch.no_grad(), model.hooks(fwd_hooks=fwd_hooks), _one_vision_pass(model, copies):
+        logits = model(inputs, logits_to_keep=1)[:, -1]
     counter.n += 1
-    logits = out.logits[:, -1]
     return logits if logits.dtype == torch.float64 else logits.float()
 
 
@@ -441,6 +435,104 @@ def run_patched(
 # ----------------------------------------------------------------------------- sweeps
 
 
+@dataclass
+class _StepOut:
+    """One decoding step of a sweep: its position groups and what each cell measured."""
+
+    groups: list[PositionGroup]
+    values: Float[Tensor, "layer head group"]
+    clean: float
+    corrupted: float
+    grids: list[tuple[int, int]]
+    n_cells: int
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What a sweep patches and measures, the same at every decoding step."""
+
+    fam: HookFamily
+    positions: Positions
+    layers: list[int]
+    heads: list[int | None]  # [None] for residual families
+    names: list[str]  # the hook names patched (one per layer)
+    metric: Metric
+    normalize: bool
+    batch_size: int
+
+
+def _sweep_step(
+    model: HookedVLM,
+    plan: _Plan,
+    clean: VLMInputs,
+    corrupted: VLMInputs,
+    step: AnswerStep,
+    counter: _Counter,
+) -> _StepOut:
+    """Steps 1-4 of the module docstring for one decoding step."""
+    c = with_answer_prefix(clean, step.prefix)
+    x = with_answer_prefix(corrupted, step.prefix)
+    check_same_layout(c, x)
+    groups = position_groups(c.segments, plan.positions, _token_text(model, c.input_ids[0]))
+    cells = [
+        _Cell(plan.fam, layer, None if h is None else (h,), g.positions)
+        for layer in plan.layers
+        for h in plan.heads
+        for g in groups
+    ]
+    clean_logits, cache = _cache_clean(model, c, plan.names, counter)
+    rows: list[list[_Cell]] = [[]] + [[cell] for cell in cells]  # row 0: corrupted baseline
+    metric_rows = []
+    for start in range(0, len(rows), plan.batch_size):
+        chunk = rows[start : start + plan.batch_size]
+        hooks = _patch_hooks(model, chunk, cache, c.input_ids.shape[1])
+        batch = repeat_inputs(x, len(chunk))
+        logits = _last_logits(model, batch, hooks, counter, copies=len(chunk))
+        metric_rows.append(plan.metric(logits, step).detach().cpu().double())
+    values = torch.cat(metric_rows)  # [1 + cells]
+    m_clean = float(plan.metric(clean_logits, step)[0])
+    m_corrupted = float(values[0])
+    raw = values[1:].reshape(len(plan.layers), len(plan.heads), len(groups))
+    if plan.normalize:
+        raw = _normalise(raw, m_clean, m_corrupted, step)
+    grids = [s.grid for s in c.segments.samples[0].images]
+    return _StepOut(groups, raw, m_clean, m_corrupted, grids, len(cells))
+
+
+def _align_steps(
+    step_groups: list[list[PositionGroup]],
+    step_values: list[Float[Tensor, "layer head group"]],
+    per_head: bool,
+    single_step: bool,
+) -> tuple[Tensor, list[str], list[PositionGroup]]:
+    """One `[step, layer, head, position]` tensor (axes of one entry dropped) and its groups.
+
+    Position groups may differ between steps (a longer prefix has more positions): they are
+    aligned by key, NaN where a step has no such group.
+    """
+    all_groups: dict[object, PositionGroup] = {}
+    for groups in step_groups:
+        for g in groups:
+            all_groups.setdefault(g.key, g)
+    keys = list(all_groups)
+    index = {k: i for i, k in enumerate(keys)}
+    n_layers, n_heads = step_values[0].shape[:2]
+    full = torch.full(
+        (len(step_values), n_layers, n_heads, len(keys)), float("nan"), dtype=torch.float64
+    )
+    for s, (groups, raw) in enumerate(zip(step_groups, step_values)):
+        full[s, :, :, [index[g.key] for g in groups]] = raw
+
+    dims = ["step", "layer", "head", "position"]
+    if not per_head:
+        full, dims = full[:, :, 0], ["step", "layer", "position"]
+    elif len(keys) == 1:
+        full, dims = full[..., 0], ["step", "layer", "head"]
+    if single_step:
+        full, dims = full[0], dims[1:]
+    return full, dims, [all_groups[k] for k in keys]
+
+
 def patch_sweep(
     model: HookedVLM,
     clean: VLMInputs,
@@ -449,7 +541,7 @@ def patch_sweep(
     *,
     answer: AnswerStep | Sequence[AnswerStep],
     positions: Positions | None = None,
-    layers: int | Sequence[int] | None = None,
+    layers: LayerSpec = None,
     heads: int | Sequence[int] | None = None,
     metric: Metric = logit_diff,
     normalize: bool = True,
@@ -470,7 +562,8 @@ def patch_sweep(
         positions: position groups (see `vlm_lens.patching.positions`): "each" (default for
             residual families), "segment", "image_patch", "all" (default for head families),
             "last", a mapping {label: positions} or one list of positions.
-        layers: layers to sweep (negative allowed); None = all.
+        layers: layers to sweep, a layer spec (`vlm_lens.core.layers`: -1, "Q4", "20:28",
+            a list ...); None = all.
         heads: heads to sweep (head families); None = all.
         metric: `metric(last_row_logits [batch, vocab], answer) -> [batch]`; default
             `logit_diff` (clean answer token minus corrupted answer token).
@@ -500,75 +593,25 @@ def patch_sweep(
     names = [fam.hook_name(layer) for layer in layer_list]
     counter = _Counter()
 
-    per_step: list[tuple[list[PositionGroup], Tensor]] = []  # groups, values [layer, head, group]
-    clean_metrics, corrupted_metrics = [], []
-    grids: list[tuple[int, int]] = []
-    n_cells = 0
-    for step in steps:
-        c = with_answer_prefix(clean, step.prefix)
-        x = with_answer_prefix(corrupted, step.prefix)
-        check_same_layout(c, x)
-        grids = [s.grid for s in c.segments.samples[0].images]
-        groups = position_groups(c.segments, positions, _token_text(model, c.input_ids[0]))
-        cells = [
-            _Cell(fam, layer, None if h is None else (h,), g.positions)
-            for layer in layer_list
-            for h in head_list
-            for g in groups
-        ]
-        n_cells += len(cells)
-        clean_logits, cache = _cache_clean(model, c, names, counter)
-        rows: list[list[_Cell]] = [[]] + [[cell] for cell in cells]  # row 0: corrupted baseline
-        metric_rows = []
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start : start + batch_size]
-            hooks = _patch_hooks(model, chunk, cache, c.input_ids.shape[1])
-            batch = repeat_inputs(x, len(chunk))
-            logits = _last_logits(model, batch, hooks, counter, copies=len(chunk))
-            metric_rows.append(metric(logits, step).detach().cpu().double())
-        values = torch.cat(metric_rows)  # [1 + cells]
-        m_clean = float(metric(clean_logits, step)[0])
-        m_corrupted = float(values[0])
-        raw = values[1:].reshape(len(layer_list), len(head_list), len(groups))
-        if normalize:
-            raw = _normalise(raw, m_clean, m_corrupted, step)
-        per_step.append((groups, raw))
-        clean_metrics.append(m_clean)
-        corrupted_metrics.append(m_corrupted)
-
-    # Position groups may differ between steps (a longer prefix has more positions): align by key.
-    all_groups: dict[object, PositionGroup] = {}
-    for groups, _ in per_step:
-        for g in groups:
-            all_groups.setdefault(g.key, g)
-    keys = list(all_groups)
-    index = {k: i for i, k in enumerate(keys)}
-    shape = (len(steps), len(layer_list), len(head_list), len(keys))
-    full = torch.full(shape, float("nan"), dtype=torch.float64)
-    for s, (groups, raw) in enumerate(per_step):
-        full[s, :, :, [index[g.key] for g in groups]] = raw
-
-    dims = ["step", "layer", "head", "position"]
-    if not fam.per_head:
-        full, dims = full[:, :, 0], ["step", "layer", "position"]
-    elif len(keys) == 1:
-        full, dims = full[..., 0], ["step", "layer", "head"]
-    if single_step:
-        full, dims = full[0], dims[1:]
+    plan = _Plan(fam, positions, layer_list, head_list, names, metric, normalize, batch_size)
+    steps_out = [_sweep_step(model, plan, clean, corrupted, step, counter) for step in steps]
+    full, dims, groups = _align_steps(
+        [o.groups for o in steps_out], [o.values for o in steps_out], fam.per_head, single_step
+    )
     return PatchingResult(
         values=full,
         dims=tuple(dims),
         family=fam.name,
         layers=layer_list,
         heads=[h for h in head_list if h is not None] or None,
-        groups=[all_groups[k] for k in keys],
+        groups=groups,
         steps=steps,
-        clean_metric=torch.tensor(clean_metrics, dtype=torch.float64),
-        corrupted_metric=torch.tensor(corrupted_metrics, dtype=torch.float64),
+        clean_metric=torch.tensor([o.clean for o in steps_out], dtype=torch.float64),
+        corrupted_metric=torch.tensor([o.corrupted for o in steps_out], dtype=torch.float64),
         normalized=normalize,
         hook_names=names,
-        image_grids=grids,
-        n_cells=n_cells,
+        image_grids=steps_out[-1].grids,
+        n_cells=sum(o.n_cells for o in steps_out),
         n_forward_passes=counter.n,
         seconds=time.perf_counter() - t0,
     )

@@ -31,6 +31,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from vlm_lens.core.segments import SEGMENT_KINDS
 from vlm_lens.metrics.yesno import to_rows
 from vlm_lens.reports.html import Report
 from vlm_lens.studies.checks import EmptyMeasurementError, require_finite
@@ -213,7 +214,7 @@ def layer_shares_figure(
     (and generated, if any weight is there). `shares` is `[layer, 4]` in that order."""
     arr = np.asarray(shares, dtype=np.float64)
     layers = list(range(arr.shape[0])) if layers is None else list(layers)
-    kinds = ("system", "image", "text", "generated")
+    kinds = SEGMENT_KINDS
     fig = go.Figure()
     for k, kind in enumerate(kinds):
         if kind == "generated" and not np.any(arr[:, k] > 0):

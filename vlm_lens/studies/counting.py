@@ -70,6 +70,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from vlm_lens.core.generation import AttentionRecord, GenerationResult, Recording
+from vlm_lens.core.layers import resolve_layers
 from vlm_lens.core.segments import KIND_IMAGE
 from vlm_lens.data import dots
 from vlm_lens.metrics.attention import (
@@ -260,25 +261,8 @@ def study_layers(layers: str | int | Sequence[int] | None, n_layers: int) -> lis
 
     "paper" is the paper's -1, 8, 16, 24 with the layers a shallow model lacks dropped.
     """
-    if layers is None or layers == "last":
-        wanted, clip = [-1], False
-    elif layers == "paper":
-        wanted, clip = list(PAPER_LAYERS), True
-    elif isinstance(layers, str):
-        raise ValueError(f"layers must be 'last', 'paper' or layer indices, got {layers!r}")
-    elif isinstance(layers, int):
-        wanted, clip = [layers], False
-    else:
-        wanted, clip = [int(layer) for layer in layers], False
-    out: list[int] = []
-    for layer in wanted:
-        if not -n_layers <= layer < n_layers:
-            if clip:
-                continue
-            raise IndexError(f"layer {layer} out of range for a model with {n_layers} layers")
-        if layer % n_layers not in out:
-            out.append(layer % n_layers)
-    return out
+    wanted = "last" if layers is None else layers
+    return resolve_layers(wanted, n_layers, {"paper": PAPER_LAYERS}, sort=False)
 
 
 def model_slug(name: str) -> str:
@@ -479,7 +463,7 @@ def regrounding_hooks(
             if run.step not in steps or run.segments is None:
                 return None
             n_keys = pattern.shape[-1]
-            key_offset = run.query_start + run.n_queries - n_keys
+            key_offset = run.key_offset(n_keys)
             kinds = run.segments.key_kinds(key_offset + n_keys, pattern.device)[:, key_offset:]
             is_image = (kinds == KIND_IMAGE)[:, None, :]  # [batch, 1, key]
             row = pattern[:, :, -1, :].to(torch.float32)  # [batch, head, key]

@@ -84,7 +84,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from vlm_lens.core.generation import AttentionRecord
+from vlm_lens.core.recording import AttentionRecord
+from vlm_lens.core.segments import SEGMENT_KINDS
 from vlm_lens.data.yesno.items import YesNoItem, parse_yes_no, yes_no_score, yes_no_token_ids
 from vlm_lens.interventions import Intervention, knockout, redistribute, scale_modality
 from vlm_lens.interventions.hooks import Rows
@@ -133,7 +134,7 @@ DIRECTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 QUARTERS = ("Q1", "Q2", "Q3", "Q4")
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)
-SHARE_KINDS = ("system", "image", "text", "generated")
+SHARE_KINDS = SEGMENT_KINDS
 
 Kind = Literal["baseline", "redistribute", "scale", "knockout"]
 

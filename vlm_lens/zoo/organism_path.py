@@ -1,4 +1,7 @@
-"""Where the shipped counting model organism lives (``vlm_lens/zoo/organism/``)."""
+"""Where the shipped counting model organism lives (``vlm_lens/zoo/organism/``).
+
+Not for: training or evaluating it (``scripts/organism/`` in the source tree, not installed).
+"""
 
 from __future__ import annotations
 
@@ -16,7 +19,8 @@ def organism() -> Path:
     """The checkpoint directory of the trained counting organism (for ``HookedVLM.from_pretrained``).
 
     A small Qwen3-VL trained from scratch on the dots counting task plus paired yes/no questions
-    (see :mod:`vlm_lens.zoo.train`; its ``training.json`` records how and what it scored).
+    (by ``scripts/organism/train.py`` of the source tree; its ``training.json`` records how and
+    what it scored).
 
     Raises:
         FileNotFoundError: the weights are not in the package (e.g. a checkout without them);
@@ -26,7 +30,7 @@ def organism() -> Path:
     if missing:
         raise FileNotFoundError(
             f"the model organism is missing from {ORGANISM_DIR} ({', '.join(missing)} not found); "
-            f"rebuild it with `python -m vlm_lens.zoo.train --out {ORGANISM_DIR}` "
-            "or reinstall vlm_lens with its package data"
+            f"rebuild it from a source checkout with `python -m scripts.organism.train --out "
+            f"{ORGANISM_DIR}` or reinstall vlm_lens with its package data"
         )
     return ORGANISM_DIR

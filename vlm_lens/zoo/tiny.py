@@ -3,7 +3,8 @@
 :func:`tiny_checkpoint` writes a directory that loads through the ordinary Hugging Face path
 (``AutoConfig`` / ``AutoProcessor`` / ``AutoModelForImageTextToText`` or the concrete model
 class, no ``trust_remote_code``) and needs no network: the tokenizer is a character-level one
-(:mod:`vlm_lens.zoo.tokenizer`), the processors are the real processor classes configured for
+(:mod:`vlm_lens.zoo.tokenizer`) unless ``tokenizer_dir`` gives a real one
+(:mod:`vlm_lens.zoo.real_vocab`), the processors are the real processor classes configured for
 tiny images, the model is the real ``*ForConditionalGeneration`` class with a tiny config.
 
 Layout on disk: ``tiny_checkpoint(arch, directory)`` builds into ``directory/<arch>`` for the
@@ -225,12 +226,12 @@ def _llava_tokenizer():
 # --------------------------------------------------------------------------------------------
 
 
-def _merge(base: dict, overrides: Mapping) -> dict:
+def merge_overrides(base: Mapping, overrides: Mapping) -> dict:
     """Recursively merge ``overrides`` into a copy of ``base`` (dicts merge, the rest replaces)."""
     out = copy.deepcopy(base)
     for key, value in overrides.items():
         if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = merge_overrides(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
     return out
@@ -301,6 +302,8 @@ class _Recipe:
     eos_tokens: tuple[str, ...]
     pad_token: str
     bos_token: str | None
+    # Tokens that mark images in the ids (a given tokenizer must have each as one token).
+    image_tokens: tuple[str, ...]
 
 
 def _qwen_text_defaults() -> dict:
@@ -375,7 +378,7 @@ def _qwen3_vl_config(tok, overrides: Mapping):
         },
         "tie_word_embeddings": False,
     }
-    cfg = _merge(cfg, overrides)
+    cfg = merge_overrides(cfg, overrides)
     _finish_qwen_text(cfg, overrides, tok, interleaved=True)
     vision = cfg["vision_config"]
     if not _given(overrides, "vision_config", "out_hidden_size"):
@@ -404,7 +407,7 @@ def _qwen2_5_vl_config(tok, overrides: Mapping):
         },
         "tie_word_embeddings": False,
     }
-    cfg = _merge(cfg, overrides)
+    cfg = merge_overrides(cfg, overrides)
     _finish_qwen_text(cfg, overrides, tok, interleaved=False)
     vision = cfg["vision_config"]
     if not _given(overrides, "vision_config", "out_hidden_size"):
@@ -435,7 +438,7 @@ def _qwen2_vl_config(tok, overrides: Mapping):
         },
         "tie_word_embeddings": False,
     }
-    cfg = _merge(cfg, overrides)
+    cfg = merge_overrides(cfg, overrides)
     _finish_qwen_text(cfg, overrides, tok, interleaved=False)
     if not _given(overrides, "vision_config", "hidden_size"):
         # Qwen2-VL's vision `hidden_size` is the merger's output width = text hidden size
@@ -456,7 +459,7 @@ def _qwen_image_processor_kwargs(vision, image_kwargs: Mapping, mean_std: tuple)
         "image_mean": list(mean_std[0]),
         "image_std": list(mean_std[1]),
     }
-    return _merge(kwargs, image_kwargs)
+    return merge_overrides(kwargs, image_kwargs)
 
 
 def _qwen_processor(processor_cls: str, video_cls: str, mean_std: tuple):
@@ -508,7 +511,7 @@ def _gemma3_config(tok, overrides: Mapping):
         "mm_tokens_per_image": 4,  # 4 x 4 patches avg-pooled to 2 x 2
         "tie_word_embeddings": True,
     }
-    cfg = _merge(cfg, overrides)
+    cfg = merge_overrides(cfg, overrides)
     text = cfg["text_config"]
     _derive_text(text, overrides, len(tok))
     if not _given(overrides, "text_config", "query_pre_attn_scalar"):
@@ -554,7 +557,7 @@ def _gemma3_processor(tok, config, image_kwargs: Mapping):
     from transformers import Gemma3ImageProcessor, Gemma3Processor
 
     size = config.vision_config.image_size
-    kwargs = _merge(
+    kwargs = merge_overrides(
         {
             "size": {"height": size, "width": size},
             "image_mean": [0.5, 0.5, 0.5],
@@ -601,7 +604,7 @@ def _llava_config(tok, overrides: Mapping):
         "projector_hidden_act": "gelu",
         "tie_word_embeddings": False,
     }
-    cfg = _merge(cfg, overrides)
+    cfg = merge_overrides(cfg, overrides)
     _derive_text(cfg["text_config"], overrides, len(tok))
     cfg["text_config"].update(
         bos_token_id=tok.convert_tokens_to_ids("<s>"),
@@ -623,7 +626,7 @@ def _llava_processor(tok, config, image_kwargs: Mapping):
     from transformers import CLIPImageProcessor, LlavaProcessor
 
     size = config.vision_config.image_size
-    kwargs = _merge(
+    kwargs = merge_overrides(
         {"size": {"shortest_edge": size}, "crop_size": {"height": size, "width": size}},
         image_kwargs,
     )
@@ -649,6 +652,7 @@ _RECIPES: dict[str, _Recipe] = {
         eos_tokens=("<|im_end|>", "<|endoftext|>"),
         pad_token="<|endoftext|>",
         bos_token="<|endoftext|>",
+        image_tokens=tuple(_QWEN_TOKEN_ATTRS.values()),
     ),
     "qwen2_5_vl": _Recipe(
         model_class="Qwen2_5_VLForConditionalGeneration",
@@ -658,6 +662,7 @@ _RECIPES: dict[str, _Recipe] = {
         eos_tokens=("<|im_end|>", "<|endoftext|>"),
         pad_token="<|endoftext|>",
         bos_token="<|endoftext|>",
+        image_tokens=tuple(_QWEN_TOKEN_ATTRS.values()),
     ),
     "qwen2_vl": _Recipe(
         model_class="Qwen2VLForConditionalGeneration",
@@ -667,6 +672,7 @@ _RECIPES: dict[str, _Recipe] = {
         eos_tokens=("<|im_end|>", "<|endoftext|>"),
         pad_token="<|endoftext|>",
         bos_token="<|endoftext|>",
+        image_tokens=tuple(_QWEN_TOKEN_ATTRS.values()),
     ),
     "gemma3": _Recipe(
         model_class="Gemma3ForConditionalGeneration",
@@ -676,6 +682,7 @@ _RECIPES: dict[str, _Recipe] = {
         eos_tokens=("<eos>", "<end_of_turn>"),
         pad_token="<pad>",
         bos_token="<bos>",
+        image_tokens=("<image_soft_token>", "<start_of_image>", "<end_of_image>"),
     ),
     "llava": _Recipe(
         model_class="LlavaForConditionalGeneration",
@@ -685,6 +692,7 @@ _RECIPES: dict[str, _Recipe] = {
         eos_tokens=("</s>",),
         pad_token="<pad>",
         bos_token="<s>",
+        image_tokens=("<image>",),
     ),
 }
 assert tuple(_RECIPES) == ARCHITECTURES
@@ -732,9 +740,41 @@ def _reinitialise(model: nn.Module) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _spec(arch: str, seed: int, overrides: Mapping) -> dict:
+def _spec(arch: str, seed: int, overrides: Mapping, tokenizer_dir: Path | None) -> dict:
     normalised = json.loads(json.dumps(overrides, sort_keys=True, default=str))
-    return {"arch": arch, "seed": seed, "overrides": normalised, "zoo_version": ZOO_VERSION}
+    spec = {"arch": arch, "seed": seed, "overrides": normalised, "zoo_version": ZOO_VERSION}
+    if tokenizer_dir is not None:  # a changed tokenizer file means a different build
+        spec["tokenizer"] = _dir_digest(tokenizer_dir)
+    return spec
+
+
+def _dir_digest(directory: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(directory)).encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def _load_tokenizer(recipe: _Recipe, tokenizer_dir: Path) -> Any:
+    """The tokenizer saved in ``tokenizer_dir``, checked for what the recipe relies on."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    needed = (*recipe.eos_tokens, recipe.pad_token, recipe.bos_token, *recipe.image_tokens)
+    missing = [
+        t
+        for t in dict.fromkeys(n for n in needed if n is not None)
+        if tokenizer.convert_ids_to_tokens(tokenizer.convert_tokens_to_ids(t)) != t
+    ]
+    if missing:
+        raise ValueError(
+            f"the tokenizer in {tokenizer_dir} has no single token for {missing}, which a "
+            f"{recipe.model_class} checkpoint needs"
+        )
+    if not tokenizer.chat_template:
+        raise ValueError(f"the tokenizer in {tokenizer_dir} has no chat template")
+    return tokenizer
 
 
 def _read_marker(path: Path) -> dict | None:
@@ -749,14 +789,19 @@ def _is_complete(path: Path, spec: Mapping) -> bool:
     return marker is not None and marker.get("spec") == spec
 
 
-def _build(arch: str, target: Path, seed: int, overrides: Mapping) -> None:
+def _build(
+    arch: str, target: Path, seed: int, overrides: Mapping, tokenizer_dir: Path | None
+) -> None:
     import transformers
 
     recipe = _RECIPES[arch]
     overrides = dict(overrides)
     image_kwargs = overrides.pop(_IMAGE_PROCESSOR_KEY, None) or {}
 
-    tokenizer = recipe.tokenizer()
+    if tokenizer_dir is None:
+        tokenizer = recipe.tokenizer()
+    else:
+        tokenizer = _load_tokenizer(recipe, tokenizer_dir)
     config = recipe.config(tokenizer, overrides)
     config.dtype = torch.float32
     processor = recipe.processor(tokenizer, config, image_kwargs)
@@ -793,6 +838,7 @@ def tiny_checkpoint(
     *,
     overwrite: bool = False,
     seed: int = 0,
+    tokenizer_dir: str | os.PathLike[str] | None = None,
     **config_overrides: Any,
 ) -> Path:
     """Build (once) a tiny random-weight checkpoint of ``arch`` and return its directory.
@@ -801,9 +847,14 @@ def tiny_checkpoint(
         arch: one of :data:`ARCHITECTURES` (``"qwen3_vl"``, ``"qwen2_5_vl"``, ``"qwen2_vl"``,
             ``"gemma3"``, ``"llava"``).
         directory: parent directory. The checkpoint goes to ``directory/<arch>`` for the default
-            build (``seed=0``, no overrides), else to ``directory/<arch>-<hash of settings>``.
+            build (``seed=0``, no overrides, character-level tokenizer), else to
+            ``directory/<arch>-<hash of settings>``.
         overwrite: rebuild even if a complete checkpoint with the same settings exists.
         seed: seeds the weights; the same seed gives byte-identical safetensors.
+        tokenizer_dir: a directory with a real tokenizer (``tokenizer.json``,
+            ``tokenizer_config.json``) and its chat template, used instead of the
+            character-level one; the vocabulary size and special token ids follow it (see
+            :mod:`vlm_lens.zoo.real_vocab` for the real Qwen, Gemma3 and LLaVA ones).
         **config_overrides: merged into the model config before it is built. Nested dicts merge
             key by key, e.g. ``text_config={"hidden_size": 128, "num_hidden_layers": 6}``;
             other values replace. Dependent values follow unless given explicitly: vocab size and
@@ -819,13 +870,17 @@ def tiny_checkpoint(
         ``AutoModelForImageTextToText.from_pretrained`` (or the concrete model class).
 
     Raises:
-        ValueError: unknown ``arch`` (the message lists the supported keys) or inconsistent
-            overrides.
+        ValueError: unknown ``arch`` (the message lists the supported keys), inconsistent
+            overrides, or a ``tokenizer_dir`` that lacks a token or chat template the
+            architecture needs.
     """
     if arch not in _RECIPES:
         raise ValueError(f"unknown architecture {arch!r}; supported: {', '.join(ARCHITECTURES)}")
-    spec = _spec(arch, seed, config_overrides)
-    if seed == 0 and not config_overrides:
+    tokenizer_path = None if tokenizer_dir is None else Path(tokenizer_dir)
+    if tokenizer_path is not None and not (tokenizer_path / "tokenizer_config.json").is_file():
+        raise ValueError(f"tokenizer_dir {tokenizer_path} has no tokenizer_config.json")
+    spec = _spec(arch, seed, config_overrides, tokenizer_path)
+    if seed == 0 and not config_overrides and tokenizer_path is None:
         name = arch
     else:
         digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:10]
@@ -838,7 +893,7 @@ def tiny_checkpoint(
     parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.building-", dir=parent))
     try:
-        _build(arch, staging, seed, config_overrides)
+        _build(arch, staging, seed, config_overrides, tokenizer_path)
         marker = {"spec": spec, "model_class": _RECIPES[arch].model_class}
         (staging / MARKER_FILE).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n")
         _make_readable(staging)

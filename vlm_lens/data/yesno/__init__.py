@@ -1,11 +1,13 @@
-"""Paired yes/no benchmarks: items, loaders for the released layouts, a synthetic set.
+"""Paired yes/no benchmarks: items, loaders for the released layouts, each benchmark's
+answer parser and unit shape, a synthetic set.
 
 >>> from vlm_lens.data.yesno import load_benchmark, parse_yes_no
 >>> items = load_benchmark("pope", "/data/POPE", limit=10)  # doctest: +SKIP
 
-Metrics over these items live in `vlm_lens.metrics.yesno`.
+Not for: metrics over these items (`vlm_lens.metrics.yesno`).
 """
 
+from vlm_lens.data.paths import OutsideRootError
 from vlm_lens.data.yesno import synthetic
 from vlm_lens.data.yesno.items import (
     ANSWER_SUFFIX,
@@ -32,17 +34,24 @@ from vlm_lens.data.yesno.loaders import (
     load_sugarcrepe,
     load_winoground,
 )
+from vlm_lens.data.yesno.parsers import ANSWER_PARSERS, BENCHMARK_PARSER
+from vlm_lens.data.yesno.units import incomplete_figures, incomplete_units
 
 __all__ = [
+    "ANSWER_PARSERS",
     "ANSWER_SUFFIX",
+    "BENCHMARK_PARSER",
     "LOADERS",
     "MME_COGNITION",
     "MME_PERCEPTION",
     "SUGARCREPE_SUBSETS",
+    "OutsideRootError",
     "ParquetImage",
     "YesNoItem",
     "canonical_name",
     "caption_prompt",
+    "incomplete_figures",
+    "incomplete_units",
     "load_beaf",
     "load_benchmark",
     "load_hallusionbench",

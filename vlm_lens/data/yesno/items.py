@@ -19,7 +19,6 @@ Not for: reading benchmark files (see `loaders`) or computing benchmark metrics
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from PIL import Image
+
+from vlm_lens.core.images import load_image
 
 #: Appended to every question that does not already ask for a yes/no answer.
 ANSWER_SUFFIX = " Answer only 'yes' or 'no'."
@@ -62,20 +63,6 @@ def caption_prompt(caption: str) -> str:
     return f"Does this image show: {c}?{ANSWER_SUFFIX}"
 
 
-def _to_pil(src: ImageSource) -> Image.Image:
-    if callable(src) and not isinstance(src, Image.Image):
-        src = src()
-    if isinstance(src, Image.Image):
-        return src.convert("RGB")
-    if isinstance(src, (bytes, bytearray, memoryview)):
-        with Image.open(io.BytesIO(bytes(src))) as im:
-            return im.convert("RGB")
-    if isinstance(src, (str, Path)):
-        with Image.open(src) as im:
-            return im.convert("RGB")
-    raise TypeError(f"cannot load an image from {type(src).__name__}")
-
-
 @dataclass
 class YesNoItem:
     """One yes/no prompt.
@@ -92,6 +79,10 @@ class YesNoItem:
         label: True when the correct answer is "yes".
         meta: what the benchmark's official metrics need (category, subset, image
             and question index within the unit, ...).
+        origin: where the item was read from (file and line / row / record), named by
+            error messages about it; "" for items not read from a file.
+        unit_size: how many items its unit has in the benchmark as loaded (None when
+            unknown); metrics report a unit with fewer items as incomplete.
     """
 
     benchmark: str
@@ -102,6 +93,8 @@ class YesNoItem:
     prompt: str
     label: bool
     meta: dict[str, Any] = field(default_factory=dict)
+    origin: str = ""
+    unit_size: int | None = None
 
     @property
     def answer(self) -> str:
@@ -109,8 +102,18 @@ class YesNoItem:
         return "yes" if self.label else "no"
 
     def load_images(self) -> list[Image.Image]:
-        """Decode the images now, as RGB PIL images (a fresh list on every call)."""
-        return [_to_pil(src) for src in self.images]
+        """Decode the images now, as RGB PIL images (a fresh list on every call), all
+        through `vlm_lens.core.images.load_image`; errors name the item and its origin."""
+        where = f"{self.benchmark} item {self.item_id!r}" + (
+            f", {self.origin}" if self.origin else ""
+        )
+        out = []
+        for src in self.images:
+            label = f"{src} ({where})" if isinstance(src, (str, Path)) else where
+            if callable(src) and not isinstance(src, Image.Image):
+                src = src()  # a lazy reference (parquet cell, drawn image) decodes itself
+            out.append(load_image(src, source=label))
+        return out
 
 
 def parse_yes_no(text: str | None) -> Answer:

@@ -35,9 +35,23 @@ Judgment calls, all overridable by keyword:
 
 `limit=N` keeps the first N pairing units in file order (never part of a unit).
 Parquet image cells are read lazily, one row group at a time, when
-`load_images()` is called; image files are only checked to exist. A wrong layout
-raises FileNotFoundError / ValueError naming the benchmark and the missing file,
-column or field.
+`load_images()` is called; image files are only checked to exist. Every image is
+decoded by `vlm_lens.core.images.load_image`, the one decoding path of the library.
+A wrong layout raises FileNotFoundError / ValueError naming the benchmark and the
+missing file, column or field.
+
+Safety: annotation files come from the internet. Every image path taken from one (a
+JSON/JSONL name, a parquet path cell, a folder listing) must resolve, symlinks
+followed, inside the folder it is looked up in (the dataset folder, or `image_root`);
+an absolute name, a `..` or a symlink out of it raises `OutsideRootError` naming the
+annotation file, the record and the path. `allow_outside_root=True` (on every loader
+and `load_benchmark`) turns the check off for images kept elsewhere on purpose.
+Labels and flags are read strictly: yes/no, true/false or 1/0 in any case, anything
+else is an error naming the file and record.
+
+Each item records where it came from (`origin`: file and line / row / record) and
+how many items its unit has in the file (`unit_size`), so metrics can tell a unit
+that lost items from a complete one.
 
 Not for: downloading anything (there is no hub access), or metrics
 (`vlm_lens.metrics.yesno`).
@@ -46,7 +60,6 @@ Not for: downloading anything (there is no hub access), or metrics
 from __future__ import annotations
 
 import functools
-import io
 import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -55,6 +68,8 @@ from typing import Any
 
 from PIL import Image
 
+from vlm_lens.core.images import load_image
+from vlm_lens.data.paths import confined
 from vlm_lens.data.yesno.items import YesNoItem, caption_prompt, make_prompt
 
 PathLike = str | os.PathLike
@@ -117,53 +132,84 @@ def _parquet_files(path: Path) -> list[Path]:
 def _row_group_column(file: str, row_group: int, column: str) -> Any:
     import pyarrow.parquet as pq
 
-    return pq.ParquetFile(file).read_row_group(row_group, columns=[column]).column(0)
+    try:
+        return pq.ParquetFile(file).read_row_group(row_group, columns=[column]).column(0)
+    except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid / ArrowIOError
+        raise ValueError(
+            f"cannot read column {column!r} of row group {row_group} of {file} "
+            f"({type(err).__name__}: {err})"
+        ) from err
 
 
 class ParquetImage:
     """Lazy reference to one image cell of a parquet file.
 
     Calling it reads the cell's row group (kept in a small cache, so iterating in
-    file order reads each row group once) and decodes the image. HF image cells
-    are `{"bytes": ..., "path": ...}` structs; when `bytes` is empty the path is
-    resolved against the parquet file's folder.
+    file order reads each row group once) and decodes the image with `load_image`.
+    HF image cells are `{"bytes": ..., "path": ...}` structs; when `bytes` is empty the
+    path is taken relative to the parquet file's folder and must stay inside `root`
+    (the dataset folder) unless `allow_outside_root`.
     """
 
-    __slots__ = ("file", "row_group", "row", "column")
+    __slots__ = ("file", "row_group", "row", "column", "bench", "root", "allow_outside_root")
 
-    def __init__(self, file: str, row_group: int, row: int, column: str):
+    def __init__(
+        self,
+        file: str,
+        row_group: int,
+        row: int,
+        column: str,
+        bench: str = "parquet",
+        root: PathLike | None = None,
+        allow_outside_root: bool = False,
+    ):
         self.file, self.row_group, self.row, self.column = file, row_group, row, column
+        self.bench = bench
+        self.root = Path(root) if root is not None else Path(file).parent
+        self.allow_outside_root = allow_outside_root
+
+    @property
+    def where(self) -> str:
+        return f"column {self.column!r}, row group {self.row_group}, row {self.row} of {self.file}"
 
     def __call__(self) -> Image.Image:
         cell = _row_group_column(self.file, self.row_group, self.column)[self.row].as_py()
-        return _decode_cell(cell, Path(self.file).parent, self.file, self.column)
+        label = f"{self.bench} image cell in {self.where}"
+        if isinstance(cell, dict):
+            data, name = cell.get("bytes"), cell.get("path")
+            if data:
+                cell = data
+            elif name:
+                path = confined(
+                    Path(self.file).parent / str(name),
+                    self.root,
+                    self.bench,
+                    self.where,
+                    self.allow_outside_root,
+                )
+                return load_image(path, source=f"{path} ({label})")
+            else:
+                raise ValueError(f"{self.bench}: image cell in {self.where} is empty")
+        if isinstance(cell, (bytes, bytearray)):
+            return load_image(cell, source=label)
+        raise ValueError(
+            f"{self.bench}: cannot decode an image cell of type {type(cell).__name__} "
+            f"in {self.where}"
+        )
 
     def __repr__(self) -> str:
         return f"ParquetImage({self.file!r}, rg={self.row_group}, row={self.row}, {self.column!r})"
 
 
-def _decode_cell(cell: Any, base: Path, file: str, column: str) -> Image.Image:
-    if isinstance(cell, dict):
-        data, path = cell.get("bytes"), cell.get("path")
-        if data:
-            cell = data
-        elif path:
-            cell = path if Path(path).is_absolute() else str(base / path)
-        else:
-            raise ValueError(f"image cell in column {column!r} of {file} is empty")
-    if isinstance(cell, (bytes, bytearray)):
-        with Image.open(io.BytesIO(cell)) as im:
-            return im.convert("RGB")
-    if isinstance(cell, str):
-        with Image.open(cell) as im:
-            return im.convert("RGB")
-    raise ValueError(f"cannot decode image cell of type {type(cell).__name__} in {file}")
-
-
 def _iter_parquet(
-    files: Sequence[Path], bench: str, required: Sequence[str], image_cols: Sequence[str]
-) -> Iterator[tuple[dict[str, Any], dict[str, ParquetImage], Path]]:
-    """Rows (without image columns), lazy refs to their images and their file, in order."""
+    files: Sequence[Path],
+    bench: str,
+    required: Sequence[str],
+    image_cols: Sequence[str],
+    root: Path,
+    allow_outside_root: bool,
+) -> Iterator[tuple[dict[str, Any], dict[str, ParquetImage], str]]:
+    """Rows (without image columns), lazy refs to their images, and where each row is."""
     import pyarrow.parquet as pq
 
     for f in files:
@@ -175,13 +221,23 @@ def _iter_parquet(
         present_images = [c for c in image_cols if c in names]
         meta_cols = [c for c in names if c not in present_images]
         for rg in range(pf.num_row_groups):
-            rows = pf.read_row_group(rg, columns=meta_cols).to_pylist()
+            try:
+                rows = pf.read_row_group(rg, columns=meta_cols).to_pylist()
+            except (OSError, ValueError) as err:
+                raise ValueError(
+                    f"{bench}: cannot read row group {rg} of {f} ({type(err).__name__}: {err})"
+                ) from err
             for r, row in enumerate(rows):
-                refs = {c: ParquetImage(str(f), rg, r, c) for c in present_images}
-                yield row, refs, f
+                refs = {
+                    c: ParquetImage(str(f), rg, r, c, bench, root, allow_outside_root)
+                    for c in present_images
+                }
+                yield row, refs, f"row group {rg}, row {r} of {f}"
 
 
-def _require(record: dict[str, Any], fields: Iterable[str], bench: str, where: str) -> None:
+def _require(record: Any, fields: Iterable[str], bench: str, where: str) -> None:
+    if not isinstance(record, dict):
+        raise ValueError(f"{bench}: {where} should be a JSON object, got {type(record).__name__}")
     for key in fields:
         if key not in record:
             raise ValueError(f"{bench}: field {key!r} missing in {where} (found: {sorted(record)})")
@@ -195,30 +251,51 @@ def _read_json(path: Path, bench: str) -> Any:
         raise ValueError(f"{bench}: {path} is not valid JSON ({e})") from e
 
 
-def _read_jsonl(path: Path, bench: str) -> list[dict[str, Any]]:
-    """JSON lines; a file holding one JSON list is accepted too."""
+def _read_jsonl(path: Path, bench: str) -> list[tuple[int, Any]]:
+    """(line number, record) of JSON lines; a file holding one JSON list is accepted too
+    (then the number is the record's position, from 1)."""
     text = path.read_text(encoding="utf-8")
     if text.lstrip().startswith("["):
-        return list(json.loads(text))
+        try:
+            return list(enumerate(json.loads(text), 1))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{bench}: {path} is not valid JSON ({e})") from e
     out = []
     for n, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
-                out.append(json.loads(line))
+                out.append((n, json.loads(line)))
             except json.JSONDecodeError as e:
                 raise ValueError(f"{bench}: line {n} of {path} is not valid JSON ({e})") from e
     return out
 
 
-def _label(value: Any, bench: str, where: str) -> bool:
+_TRUE = ("yes", "true", "1")
+_FALSE = ("no", "false", "0")
+
+
+def _boolean(value: Any, what: str, bench: str, where: str) -> bool:
+    """A yes/no field read strictly: bools, 0/1, and "yes"/"no"/"true"/"false"/"1"/"0"
+    in any case. Anything else is an error: `bool("False")` is True, and a label read
+    that way silently flips."""
     if isinstance(value, bool):
         return value
-    s = str(value).strip().lower()
-    if s in ("yes", "1", "true"):
-        return True
-    if s in ("no", "0", "false"):
-        return False
-    raise ValueError(f"{bench}: answer {value!r} in {where} is neither yes nor no")
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str):
+        s = value.strip().lower()
+        if s in _TRUE:
+            return True
+        if s in _FALSE:
+            return False
+    raise ValueError(
+        f"{bench}: {what} {value!r} in {where} is not a yes/no value "
+        "(expected yes/no, true/false or 1/0)"
+    )
+
+
+def _label(value: Any, bench: str, where: str) -> bool:
+    return _boolean(value, "answer", bench, where)
 
 
 def _roots(image_root: Roots, defaults: Sequence[Path]) -> list[Path]:
@@ -229,19 +306,25 @@ def _roots(image_root: Roots, defaults: Sequence[Path]) -> list[Path]:
     return [Path(p) for p in image_root]
 
 
-def _find_image(name: str, roots: Sequence[Path]) -> Path | None:
+def _find_image(
+    name: str, roots: Sequence[Path], bench: str, where: str, allow_outside_root: bool
+) -> Path | None:
+    """The first existing `root / name` (extension optional), each confined to its root."""
     for root in roots:
-        p = root / name
+        p = confined(root / name, root, bench, where, allow_outside_root)
         if p.is_file():
             return p
         if not Path(name).suffix:
             for ext in _IMAGE_EXTS:
-                if p.with_name(p.name + ext).is_file():
-                    return p.with_name(p.name + ext)
+                q = confined(p.with_name(p.name + ext), root, bench, where, allow_outside_root)
+                if q.is_file():
+                    return q
     return None
 
 
-def _resolve_images(items: list[YesNoItem], roots: Sequence[Path], bench: str) -> None:
+def _resolve_images(
+    items: list[YesNoItem], roots: Sequence[Path], bench: str, allow_outside_root: bool
+) -> None:
     """Replace image names by existing paths, or fail naming the first missing one."""
     cache: dict[str, Path | None] = {}
     missing: list[str] = []
@@ -252,7 +335,7 @@ def _resolve_images(items: list[YesNoItem], roots: Sequence[Path], bench: str) -
                 resolved.append(src)
                 continue
             if src not in cache:
-                cache[src] = _find_image(src, roots)
+                cache[src] = _find_image(src, roots, bench, item.origin, allow_outside_root)
             if cache[src] is None:
                 missing.append(src)
             else:
@@ -273,6 +356,7 @@ def _finalize(
     resolve: Callable[[list[YesNoItem]], None] | None = None,
 ) -> list[YesNoItem]:
     seen: set[str] = set()
+    sizes: dict[str, int] = {}
     for item in items:
         if item.item_id in seen:
             raise ValueError(
@@ -280,6 +364,9 @@ def _finalize(
                 "split (a single file or folder), not a folder holding several"
             )
         seen.add(item.item_id)
+        sizes[item.unit_id] = sizes.get(item.unit_id, 0) + 1
+    for item in items:
+        item.unit_size = sizes[item.unit_id]
     if limit is not None:
         if limit < 0:
             raise ValueError(f"{bench}: limit must be >= 0, got {limit}")
@@ -316,7 +403,9 @@ def _mme_category_dirs(path: Path) -> dict[str, Path]:
     return found
 
 
-def _mme_folder_items(cats: dict[str, Path]) -> list[YesNoItem]:
+def _mme_folder_items(
+    root: Path, cats: dict[str, Path], allow_outside_root: bool
+) -> list[YesNoItem]:
     items = []
     for category, cdir in cats.items():
         if (cdir / "questions_answers_YN").is_dir():
@@ -324,14 +413,20 @@ def _mme_folder_items(cats: dict[str, Path]) -> list[YesNoItem]:
         else:
             qa_dir, img_dir = cdir, cdir
         for txt in sorted(qa_dir.glob("*.txt")):
-            image = _find_image(txt.stem, [img_dir])
+            # Listed files may be symlinks out of the download: confine them like names.
+            confined(txt, root, "MME", f"the listing of {qa_dir}", allow_outside_root)
+            image = _find_image(txt.stem, [img_dir], "MME", f"the listing of {img_dir}", True)
             if image is None:
                 raise FileNotFoundError(f"MME: no image for {txt} in {img_dir}")
+            confined(image, root, "MME", f"the listing of {img_dir}", allow_outside_root)
             unit = f"{category}/{image.name}"
-            lines = [ln for ln in txt.read_text(encoding="utf-8").splitlines() if ln.strip()]
-            for k, line in enumerate(lines):
+            k = 0
+            for n, line in enumerate(txt.read_text(encoding="utf-8").splitlines(), 1):
+                if not line.strip():
+                    continue
+                where = f"line {n} of {txt}"
                 if "\t" not in line:
-                    raise ValueError(f"MME: line {k + 1} of {txt} is not 'question<TAB>answer'")
+                    raise ValueError(f"MME: {where} is not 'question<TAB>answer'")
                 question, answer = line.rsplit("\t", 1)
                 items.append(
                     YesNoItem(
@@ -341,16 +436,21 @@ def _mme_folder_items(cats: dict[str, Path]) -> list[YesNoItem]:
                         images=[str(image)],
                         question=question.strip(),
                         prompt=make_prompt(question),
-                        label=_label(answer, "MME", str(txt)),
+                        label=_label(answer, "MME", where),
                         meta={"category": category, "question_index": k, "image": image.name},
+                        origin=where,
                     )
                 )
+                k += 1
     return items
 
 
-def load_mme(path: PathLike, limit: int | None = None) -> list[YesNoItem]:
+def load_mme(
+    path: PathLike, limit: int | None = None, *, allow_outside_root: bool = False
+) -> list[YesNoItem]:
     """MME: one item per question; unit = the image (two questions, one yes one no)."""
     p = _exists(path, "MME")
+    root = p if p.is_dir() else p.parent
     files = _parquet_files(p)
     if not files:
         cats = _mme_category_dirs(p)
@@ -359,12 +459,13 @@ def load_mme(path: PathLike, limit: int | None = None) -> list[YesNoItem]:
                 f"MME: no .parquet files and no category folders "
                 f"({', '.join(MME_PERCEPTION + MME_COGNITION)}) under {p}"
             )
-        return _finalize(_mme_folder_items(cats), limit, "MME")
+        return _finalize(_mme_folder_items(p, cats, allow_outside_root), limit, "MME")
 
     items = []
     counts: dict[str, int] = {}
     required = ("question_id", "image", "question", "answer", "category")
-    for row, refs, _ in _iter_parquet(files, "MME", required, ["image"]):
+    rows = _iter_parquet(files, "MME", required, ["image"], root, allow_outside_root)
+    for row, refs, where in rows:
         category, qid = str(row["category"]), str(row["question_id"])
         # lmms-lab ids already start with the category ("code_reasoning/0020.png").
         unit = qid if qid.startswith(category + "/") else f"{category}/{qid}"
@@ -378,8 +479,9 @@ def load_mme(path: PathLike, limit: int | None = None) -> list[YesNoItem]:
                 images=[refs["image"]],
                 question=str(row["question"]),
                 prompt=make_prompt(str(row["question"])),
-                label=_label(row["answer"], "MME", f"question_id {qid}"),
+                label=_label(row["answer"], "MME", f"{where} (question_id {qid})"),
                 meta={"category": category, "question_index": k, "question_id": qid},
+                origin=where,
             )
         )
     return _finalize(items, limit, "MME")
@@ -396,7 +498,11 @@ def _pope_category(file: Path) -> str:
 
 
 def load_pope(
-    path: PathLike, limit: int | None = None, image_root: Roots = None
+    path: PathLike,
+    limit: int | None = None,
+    image_root: Roots = None,
+    *,
+    allow_outside_root: bool = False,
 ) -> list[YesNoItem]:
     """POPE: unit = (category, image), six questions (three yes, three no).
 
@@ -405,11 +511,14 @@ def load_pope(
     folder's `val2014/` or `images/`, else the folder itself).
     """
     p = _exists(path, "POPE")
+    base = p.parent if p.is_file() else p
     files = _parquet_files(p)
     items = []
     if files:
         required = ("question_id", "question", "answer", "image_source", "image", "category")
-        for row, refs, _ in _iter_parquet(files, "POPE", required, ["image"]):
+        for row, refs, where in _iter_parquet(
+            files, "POPE", required, ["image"], base, allow_outside_root
+        ):
             cat, qid = str(row["category"]), str(row["question_id"])
             source = _stem(row["image_source"])
             items.append(
@@ -420,8 +529,9 @@ def load_pope(
                     images=[refs["image"]],
                     question=str(row["question"]),
                     prompt=make_prompt(str(row["question"])),
-                    label=_label(row["answer"], "POPE", f"question_id {qid}"),
+                    label=_label(row["answer"], "POPE", f"{where} (question_id {qid})"),
                     meta={"category": cat, "image": source, "question_id": qid},
+                    origin=where,
                 )
             )
         return _finalize(items, limit, "POPE")
@@ -432,11 +542,11 @@ def load_pope(
         jfiles = sorted(f for f in p.iterdir() if f.suffix in (".json", ".jsonl"))
         if not jfiles:
             raise FileNotFoundError(f"POPE: no .parquet, .json or .jsonl files in {p}")
-    base = p.parent if p.is_file() else p
     for jf in jfiles:
         cat = _pope_category(jf)
-        for n, rec in enumerate(_read_jsonl(jf, "POPE"), 1):
-            _require(rec, ("question_id", "image", "text", "label"), "POPE", f"line {n} of {jf}")
+        for n, rec in _read_jsonl(jf, "POPE"):
+            where = f"line {n} of {jf}"
+            _require(rec, ("question_id", "image", "text", "label"), "POPE", where)
             qid = str(rec["question_id"])
             items.append(
                 YesNoItem(
@@ -446,12 +556,18 @@ def load_pope(
                     images=[str(rec["image"])],
                     question=str(rec["text"]),
                     prompt=make_prompt(str(rec["text"])),
-                    label=_label(rec["label"], "POPE", f"line {n} of {jf}"),
+                    label=_label(rec["label"], "POPE", where),
                     meta={"category": cat, "image": _stem(rec["image"]), "question_id": qid},
+                    origin=where,
                 )
             )
     roots = _roots(image_root, [base / "val2014", base / "images", base])
-    return _finalize(items, limit, "POPE", lambda its: _resolve_images(its, roots, "POPE"))
+    return _finalize(
+        items,
+        limit,
+        "POPE",
+        lambda its: _resolve_images(its, roots, "POPE", allow_outside_root),
+    )
 
 
 # -------------------------------------------------------------------- HallusionBench
@@ -493,6 +609,7 @@ def _hb_item(rec: dict[str, Any], images: list[Any], where: str) -> YesNoItem:
             "question_key": qkey,
             "figure_key": fkey,
         },
+        origin=where,
     )
 
 
@@ -511,11 +628,23 @@ def _hb_image_names(rec: dict[str, Any]) -> list[str]:
     return names
 
 
+def _hb_figure_sizes(items: list[YesNoItem]) -> None:
+    """`meta["figure_size"]`: how many loaded questions each figure has (fAcc needs all)."""
+    sizes: dict[str, int] = {}
+    for it in items:
+        if it.meta["figure_key"] is not None:
+            sizes[it.meta["figure_key"]] = sizes.get(it.meta["figure_key"], 0) + 1
+    for it in items:
+        it.meta["figure_size"] = sizes.get(it.meta["figure_key"])
+
+
 def load_hallusionbench(
     path: PathLike,
     limit: int | None = None,
     image_root: Roots = None,
     include_text_only: bool = False,
+    *,
+    allow_outside_root: bool = False,
 ) -> list[YesNoItem]:
     """HallusionBench: unit = question group (category, subcategory, set_id, question_id).
 
@@ -527,16 +656,20 @@ def load_hallusionbench(
     files = _parquet_files(p)
     items = []
     if files:
-        for row, refs, f in _iter_parquet(files, "HallusionBench", _HB_FIELDS, ["image"]):
+        root = p if p.is_dir() else p.parent
+        rows = _iter_parquet(
+            files, "HallusionBench", _HB_FIELDS, ["image"], root, allow_outside_root
+        )
+        for row, refs, where in rows:
             visual = str(row["visual_input"]) != "0"
             if not visual and not include_text_only:
                 continue
             if visual and "image" not in refs:
                 raise ValueError(
-                    f"HallusionBench: column 'image' missing in {f} (found: {sorted(row)})"
+                    f"HallusionBench: column 'image' missing in {where} (found: {sorted(row)})"
                 )
-            where = f"question {row['question_id']} of {f}"
             items.append(_hb_item(row, [refs["image"]] if visual else [], where))
+        _hb_figure_sizes(items)
         return _finalize(items, limit, "HallusionBench")
 
     jpath = p if p.is_file() else p / "HallusionBench.json"
@@ -557,13 +690,20 @@ def load_hallusionbench(
         # The record stands in for its image until `limit` has been applied, so only
         # kept items' figures are looked up on disk.
         items.append(_hb_item(rec, [rec] if visual else [], where))
+    _hb_figure_sizes(items)
 
     def resolve(its: list[YesNoItem]) -> None:
         for it in its:
             if it.images:
                 rec = it.images[0]
                 names = _hb_image_names(rec)
-                found = next((f for n in names if (f := _find_image(n, roots))), None)
+                found = None
+                for name in names:
+                    found = _find_image(
+                        name, roots, "HallusionBench", it.origin, allow_outside_root
+                    )
+                    if found is not None:
+                        break
                 if found is None:
                     where = ", ".join(str(r) for r in roots)
                     raise FileNotFoundError(
@@ -585,7 +725,9 @@ _NB_ANSWERS = {
 }
 
 
-def load_naturalbench(path: PathLike, limit: int | None = None) -> list[YesNoItem]:
+def load_naturalbench(
+    path: PathLike, limit: int | None = None, *, allow_outside_root: bool = False
+) -> list[YesNoItem]:
     """NaturalBench: one row (Index) = 2 images x 2 questions -> 4 items, unit = Index.
 
     Yes/no rows only (see the module docstring). Labels come from each row's four
@@ -597,8 +739,12 @@ def load_naturalbench(path: PathLike, limit: int | None = None) -> list[YesNoIte
         raise FileNotFoundError(f"NaturalBench: no .parquet files under {p}")
     required = ("Index", "Image_0", "Image_1", "Question_0", "Question_1", "Question_Type")
     required += tuple(_NB_ANSWERS.values())
+    root = p if p.is_dir() else p.parent
     items = []
-    for row, refs, _ in _iter_parquet(files, "NaturalBench", required, ["Image_0", "Image_1"]):
+    rows = _iter_parquet(
+        files, "NaturalBench", required, ["Image_0", "Image_1"], root, allow_outside_root
+    )
+    for row, refs, where in rows:
         if str(row["Question_Type"]).strip().lower() != "yes_no":
             continue
         index = str(row["Index"])
@@ -614,12 +760,15 @@ def load_naturalbench(path: PathLike, limit: int | None = None) -> list[YesNoIte
                         images=[refs[f"Image_{i}"]],
                         question=question,
                         prompt=make_prompt(question),
-                        label=_label(row[field], "NaturalBench", f"{field} of Index {index}"),
+                        label=_label(
+                            row[field], "NaturalBench", f"{field} of {where} (Index {index})"
+                        ),
                         meta={
                             "question_index": q,
                             "image_index": i,
                             "source": row.get("Source"),
                         },
+                        origin=where,
                     )
                 )
     return _finalize(items, limit, "NaturalBench")
@@ -628,7 +777,7 @@ def load_naturalbench(path: PathLike, limit: int | None = None) -> list[YesNoIte
 # ------------------------------------------------------------------------ Winoground
 
 
-def _wino_items(rec: dict[str, Any], images: Sequence[Any]) -> list[YesNoItem]:
+def _wino_items(rec: dict[str, Any], images: Sequence[Any], where: str) -> list[YesNoItem]:
     ex = str(rec["id"])
     out = []
     for i in (0, 1):
@@ -650,13 +799,18 @@ def _wino_items(rec: dict[str, Any], images: Sequence[Any]) -> list[YesNoItem]:
                         "secondary_tag": rec.get("secondary_tag"),
                         "collapsed_tag": rec.get("collapsed_tag"),
                     },
+                    origin=where,
                 )
             )
     return out
 
 
 def load_winoground(
-    path: PathLike, limit: int | None = None, image_root: Roots = None
+    path: PathLike,
+    limit: int | None = None,
+    image_root: Roots = None,
+    *,
+    allow_outside_root: bool = False,
 ) -> list[YesNoItem]:
     """Winoground: each example -> 4 caption prompts (i, c), yes iff i == c; unit = id.
 
@@ -669,8 +823,12 @@ def load_winoground(
     files = _parquet_files(p)
     items: list[YesNoItem] = []
     if files:
-        for row, refs, _ in _iter_parquet(files, "Winoground", fields, ["image_0", "image_1"]):
-            items += _wino_items(row, [refs["image_0"], refs["image_1"]])
+        root = p if p.is_dir() else p.parent
+        rows = _iter_parquet(
+            files, "Winoground", fields, ["image_0", "image_1"], root, allow_outside_root
+        )
+        for row, refs, where in rows:
+            items += _wino_items(row, [refs["image_0"], refs["image_1"]], where)
         return _finalize(items, limit, "Winoground")
 
     if p.is_file():
@@ -682,12 +840,16 @@ def load_winoground(
         )
     if not jpath.is_file():
         raise FileNotFoundError(f"Winoground: no .parquet files and no {jpath}")
-    for n, rec in enumerate(_read_jsonl(jpath, "Winoground"), 1):
-        _require(rec, fields, "Winoground", f"line {n} of {jpath}")
-        items += _wino_items(rec, [str(rec["image_0"]), str(rec["image_1"])])
+    for n, rec in _read_jsonl(jpath, "Winoground"):
+        where = f"line {n} of {jpath}"
+        _require(rec, fields, "Winoground", where)
+        items += _wino_items(rec, [str(rec["image_0"]), str(rec["image_1"])], where)
     roots = _roots(image_root, [jpath.parent / "images", jpath.parent])
     return _finalize(
-        items, limit, "Winoground", lambda its: _resolve_images(its, roots, "Winoground")
+        items,
+        limit,
+        "Winoground",
+        lambda its: _resolve_images(its, roots, "Winoground", allow_outside_root),
     )
 
 
@@ -699,6 +861,8 @@ def load_sugarcrepe(
     limit: int | None = None,
     image_root: Roots = None,
     subsets: Sequence[str] | None = None,
+    *,
+    allow_outside_root: bool = False,
 ) -> list[YesNoItem]:
     """SugarCrepe: each (subset, key) pair -> positive caption (yes) + hard negative (no).
 
@@ -727,9 +891,8 @@ def load_sugarcrepe(
         if not isinstance(data, dict):
             raise ValueError(f"SugarCrepe: {jf} should map keys to {{filename, caption, ...}}")
         for key, rec in data.items():
-            _require(
-                rec, ("filename", "caption", "negative_caption"), "SugarCrepe", f"key {key} of {jf}"
-            )
+            where = f"key {key} of {jf}"
+            _require(rec, ("filename", "caption", "negative_caption"), "SugarCrepe", where)
             unit = f"{subset}/{key}"
             for polarity, field, label in (
                 ("positive", "caption", True),
@@ -746,13 +909,17 @@ def load_sugarcrepe(
                         prompt=caption_prompt(caption),
                         label=label,
                         meta={"subset": subset, "key": str(key), "polarity": polarity},
+                        origin=where,
                     )
                 )
     base = next(iter(jfiles.values())).parent
     defaults = [base / "val2017", base / "images", base.parent / "val2017"]
     roots = _roots(image_root, defaults + [base.parent / "images", base])
     return _finalize(
-        items, limit, "SugarCrepe", lambda its: _resolve_images(its, roots, "SugarCrepe")
+        items,
+        limit,
+        "SugarCrepe",
+        lambda its: _resolve_images(its, roots, "SugarCrepe", allow_outside_root),
     )
 
 
@@ -765,14 +932,19 @@ def beaf_original_name(image: str) -> str:
 
 
 def load_beaf(
-    path: PathLike, limit: int | None = None, image_root: Roots = None
+    path: PathLike,
+    limit: int | None = None,
+    image_root: Roots = None,
+    *,
+    allow_outside_root: bool = False,
 ) -> list[YesNoItem]:
     """BEAF: unit = (original image, question): the question on the original image and
     on each of its edited versions.
 
     `path` is `beaf_qna.json` or its folder; images are looked up under
     `image_root` (one folder or several; default: `images/` beside the json, then
-    the folder itself).
+    the folder itself). `gt`, `orig_img` and `removed_q` are read strictly (a string
+    "False" is false, not true).
     """
     p = _exists(path, "BEAF")
     jpath = p if p.is_file() else p / "beaf_qna.json"
@@ -785,7 +957,8 @@ def load_beaf(
     for n, rec in enumerate(data):
         where = f"entry {n} of {jpath}"
         _require(rec, ("id", "image", "question", "orig_img", "removed_q", "gt"), "BEAF", where)
-        image, orig = str(rec["image"]), bool(rec["orig_img"])
+        image = str(rec["image"])
+        orig = _boolean(rec["orig_img"], "orig_img", "BEAF", where)
         orig_name = image if orig else beaf_original_name(image)
         question = str(rec["question"])
         items.append(
@@ -801,12 +974,15 @@ def load_beaf(
                     "image": image,
                     "orig_image": orig_name,
                     "orig_img": orig,
-                    "removed_q": bool(rec["removed_q"]),
+                    "removed_q": _boolean(rec["removed_q"], "removed_q", "BEAF", where),
                 },
+                origin=where,
             )
         )
     roots = _roots(image_root, [jpath.parent / "images", jpath.parent])
-    return _finalize(items, limit, "BEAF", lambda its: _resolve_images(its, roots, "BEAF"))
+    return _finalize(
+        items, limit, "BEAF", lambda its: _resolve_images(its, roots, "BEAF", allow_outside_root)
+    )
 
 
 # -------------------------------------------------------------------------- registry
@@ -828,10 +1004,19 @@ def canonical_name(name: str) -> str:
 
 
 def load_benchmark(
-    name: str, path: PathLike, limit: int | None = None, **kwargs: Any
+    name: str,
+    path: PathLike,
+    limit: int | None = None,
+    *,
+    allow_outside_root: bool = False,
+    **kwargs: Any,
 ) -> list[YesNoItem]:
-    """Load benchmark `name` from local `path`; extra keywords go to its loader."""
+    """Load benchmark `name` from local `path`; extra keywords go to its loader.
+
+    `allow_outside_root=True` lets image paths from the annotation files lead outside
+    the dataset folder (refused by default: those files come from the internet).
+    """
     key = canonical_name(name)
     if key not in LOADERS:
         raise KeyError(f"unknown benchmark {name!r}; known: {sorted(LOADERS)}")
-    return LOADERS[key](path, limit=limit, **kwargs)
+    return LOADERS[key](path, limit=limit, allow_outside_root=allow_outside_root, **kwargs)

@@ -1,6 +1,6 @@
 """Evaluate a counting organism and write its section of ``benchmarks/RESULTS.md``.
 
-``python -m vlm_lens.zoo.evaluate_organism [--model DIR] [--results benchmarks/RESULTS.md]``
+``python -m scripts.organism.evaluate [--model DIR] [--results benchmarks/RESULTS.md]``
 
 Everything runs through :class:`vlm_lens.HookedVLM` (``prepare`` + greedy ``generate``), as a
 user would, on data from seeds that training never draws (training uses seeds >= 10_000_000 and
@@ -21,6 +21,9 @@ validation seed 5_000):
     only occurs with few dots, so a model can score there by counting; here it cannot.
   - ``exact_yes_rate``: how often "Are there exactly N dots?" gets "yes" on paper-spec images
     (seed 10_005) when N is the true count, off by 1-3 ("near"), or 6+ away ("far").
+
+Not for: the studies' benchmarks (`vlm-lens count`, `vlm-lens yesbias`); this script sits beside
+the package and is not installed with it.
 """
 
 from __future__ import annotations
@@ -35,10 +38,7 @@ from pathlib import Path
 
 import torch
 
-from vlm_lens.data import dots
-from vlm_lens.data.yesno.items import parse_yes_no
-from vlm_lens.reports.machine import describe_machine
-from vlm_lens.zoo.train import (
+from scripts.organism.train import (
     COUNT_PROMPT,
     QUADRANTS,
     TrainConfig,
@@ -50,6 +50,9 @@ from vlm_lens.zoo.train import (
     quarter_samples,
     wrong_count,
 )
+from vlm_lens.data import dots
+from vlm_lens.data.yesno.items import parse_yes_no
+from vlm_lens.reports.machine import describe_machine
 
 PAPER_SEED = 10_000
 CONTROL_SEED = 10_001
@@ -236,7 +239,7 @@ def section(result: dict, training: dict, path: str | Path) -> str:
         "## Organism",
         "",
         "The shipped model organism (`vlm_lens.zoo.organism()`): a small Qwen3-VL trained from "
-        "scratch by `vlm_lens.zoo.train`, evaluated by `vlm_lens.zoo.evaluate_organism` through "
+        "scratch by `scripts.organism.train`, evaluated by `scripts.organism.evaluate` through "
         "`HookedVLM` on seeds training never used.",
         "",
         f"- Machine: {describe_machine()}.",
@@ -312,7 +315,7 @@ def write_section(results: Path, text: str, heading: str = "## Organism") -> Non
 def main(argv: Sequence[str] | None = None) -> int:
     from vlm_lens.zoo import organism
 
-    p = argparse.ArgumentParser(prog="python -m vlm_lens.zoo.evaluate_organism")
+    p = argparse.ArgumentParser(prog="python -m scripts.organism.evaluate")
     p.add_argument("--model", help="checkpoint dir (default: the shipped organism)")
     p.add_argument("--results", help="RESULTS.md to write the '## Organism' section into")
     p.add_argument("--n", type=int, default=256)

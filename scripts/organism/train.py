@@ -1,6 +1,6 @@
 """Train the counting model organism: a small Qwen3-VL that counts dots and answers yes/no.
 
-Run ``python -m vlm_lens.zoo.train --out DIR`` (see ``--help``). The model is the real
+Run ``python -m scripts.organism.train --out DIR`` (see ``--help``). The model is the real
 ``Qwen3VLForConditionalGeneration`` with a tiny config and the character-level tokenizer of
 :mod:`vlm_lens.zoo.tiny` (every digit is its own token), trained from scratch on CPU:
 
@@ -23,6 +23,10 @@ the answer tokens only. The processor normalises with ``image_mean = 1``, ``imag
 (white background -> 0); with the usual CLIP statistics nothing is learned (shared ORGANISM.md).
 
 :func:`smoke` is a seconds-long run on a handful of tiny images, used by the tests.
+
+Not for: loading the shipped organism (`vlm_lens.zoo.organism()`); this script sits beside the
+package and is not installed with it. The shipped run's ``training.json`` records the command
+as it was run then, ``python -m vlm_lens.zoo.train``: the same arguments work here.
 """
 
 from __future__ import annotations
@@ -678,7 +682,7 @@ def train(cfg: TrainConfig, argv: Sequence[str] | None = None) -> dict:
     else:
         with tempfile.TemporaryDirectory() as tmp:
             model, processor, adapter = load(build_checkpoint(cfg, Path(tmp)))
-    model.config.text_config._attn_implementation = "sdpa"
+    model.set_attn_implementation("sdpa")
     if cfg.linear_patch_embed:
         linear_patch_embedding(model)
     model.train()
@@ -715,7 +719,7 @@ def train(cfg: TrainConfig, argv: Sequence[str] | None = None) -> dict:
 
     def metadata() -> dict:
         return {
-            "command": "python -m vlm_lens.zoo.train " + " ".join(argv or []),
+            "command": "python -m scripts.organism.train " + " ".join(argv or []),
             "config": asdict(cfg),
             "steps": step,
             "seconds": seconds(),
@@ -796,7 +800,7 @@ def smoke(steps: int = 30, seed: int = 0, n_images: int = 4) -> tuple[float, flo
     cfg = TrainConfig(out="", seed=seed, size=64, batch=n_images, lr=3e-3, warmup=3)
     with tempfile.TemporaryDirectory() as tmp:
         model, processor, adapter = load(build_checkpoint(cfg, Path(tmp), tiny=True))
-    model.config.text_config._attn_implementation = "sdpa"
+    model.set_attn_implementation("sdpa")
     model.train()
     opt = make_optimizer(model, cfg)
     samples = dots.generate(n_images, seed, size=128, radius=6, count_range=(1, 9))
@@ -820,7 +824,7 @@ def smoke(steps: int = 30, seed: int = 0, n_images: int = 4) -> tuple[float, flo
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m vlm_lens.zoo.train", description=__doc__.split("\n")[0]
+        prog="python -m scripts.organism.train", description=__doc__.split("\n")[0]
     )
     p.add_argument("--out", help="output checkpoint directory")
     p.add_argument("--steps", type=int, help="training steps (the cosine schedule's length)")
