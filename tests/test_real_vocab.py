@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from vlm_lens import HookedVLM
+from vlm_lens.core.prepare import _system_length
 from vlm_lens.core.segments import KIND_IMAGE, KIND_PAD, KIND_SYSTEM, KIND_TEXT
 from vlm_lens.zoo import ARCHITECTURES, tiny_checkpoint
 from vlm_lens.zoo.real_vocab import (
@@ -217,6 +218,23 @@ def test_gemma3_token_straddling_the_header_is_text(hooked, case):
     assert int(ids[seg.system.end + 1]) == tokenizer.convert_tokens_to_ids("<start_of_image>")
     decoded = tokenizer.decode(ids[seg.system.as_slice()].tolist())
     assert decoded == "<bos><start_of_turn>user" + ("" if c.system is None else f"\n{VICUNA}")
+
+
+def test_system_length_rule(hooked):
+    """The header's own ids, a straddling token, and a prompt that does not start with it."""
+    tokenizer = hooked("gemma3").processor.tokenizer
+
+    def ids(text: str) -> torch.Tensor:
+        return torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    prompt = ids("<bos><start_of_turn>user\n\n\nHello")  # ... user, "\n\n\n", Hello
+    assert _system_length(prompt, ids("<bos><start_of_turn>user"), tokenizer, 0) == 3
+    assert _system_length(prompt, ids("<bos><start_of_turn>user\n"), tokenizer, 0) == 3
+    assert _system_length(prompt, ids("<bos><start_of_turn>user\n\n\n"), tokenizer, 0) == 4
+    with pytest.raises(ValueError, match="row 7: the prompt's tokens do not start with"):
+        _system_length(
+            ids("<bos><start_of_turn>model\nHi"), ids("<bos><start_of_turn>user\n"), tokenizer, 7
+        )
 
 
 # ------------------------------------------------------------------------------------------
