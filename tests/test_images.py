@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vlm_lens.core.images import ImageDecodeError, load_image
+from vlm_lens.data.images import ImageDecodeError, load_image
 from vlm_lens.data.yesno import YesNoItem, load_mme
 
 # ------------------------------------------------------------------------ helpers

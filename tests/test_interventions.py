@@ -96,6 +96,29 @@ def source_recipients(draw):
 fractions = st.one_of(st.sampled_from([0.0, 1.0, 0.5]), st.floats(0.0, 1.0))
 
 
+def recipient_groups(source, recipients) -> list[set[int]]:
+    """Codes of each recipient modality, from the rules in the patterns module docstring."""
+    src_names = [source] if isinstance(source, str) else list(source)
+    rec_names = (
+        []
+        if recipients is None
+        else [recipients]
+        if isinstance(recipients, str)
+        else list(recipients)
+    )
+    split = "generated" in src_names + rec_names
+    codes = {
+        "system": {KIND_SYSTEM},
+        "image": {KIND_IMAGE},
+        "text": {KIND_TEXT} if split else {KIND_TEXT, KIND_GENERATED},
+        "generated": {KIND_GENERATED},
+    }
+    src = set().union(*(codes[n] for n in src_names))
+    if recipients is None:
+        rec_names = [n for n in MODALITIES if (n != "generated" or split) and not codes[n] & src]
+    return [codes[n] for n in rec_names]
+
+
 def keys_of(kinds: torch.Tensor, codes) -> torch.Tensor:
     """`[batch, 1, 1, key]` mask of the keys whose kind is in `codes`."""
     return torch.isin(kinds, torch.tensor(sorted(codes)))[:, None, None, :]
@@ -168,10 +191,18 @@ def test_redistribute_invariants(layout, src_rec, fraction, mode):
         (gain * rec).sum(-1, keepdim=True)[edited], moved[edited], rtol=0, atol=1e-12
     )
     rec_mass = (p * rec).sum(-1, keepdim=True)
-    uniform_rows = edited & ((rec_mass == 0) | (mode == "uniform"))
-    expected_uniform = (moved / n_rec.clamp(min=1)).expand_as(p)
-    u = (rec & uniform_rows).expand_as(p)
-    torch.testing.assert_close(gain[u], expected_uniform[u], rtol=0, atol=1e-12)
+    # Weightless recipients: even shares over all visible recipient keys, in both modes.
+    even = (rec & edited & (rec_mass == 0)).expand_as(p)
+    expected_even = (moved / n_rec.clamp(min=1)).expand_as(p)
+    torch.testing.assert_close(gain[even], expected_even[even], rtol=0, atol=1e-12)
+    if mode == "uniform":
+        # Modality m gets moved * R_m / R, spread evenly over its n_m visible keys.
+        for codes in recipient_groups(source, recipients):
+            in_m = keys_of(kinds, codes) & vis
+            share = (p * in_m).sum(-1, keepdim=True) / rec_mass.clamp(min=1e-300)
+            per_key = moved * share / in_m.sum(-1, keepdim=True).clamp(min=1)
+            u = (in_m & edited & (rec_mass > 0)).expand_as(p)
+            torch.testing.assert_close(gain[u], per_key.expand_as(p)[u], rtol=1e-9, atol=1e-12)
     if mode == "proportional":
         # Recipients keep their relative proportions: out_r / p_r is the same for every r.
         prop = (rec & edited & (rec_mass > 0)).expand_as(p)
@@ -204,8 +235,11 @@ def test_scale_invariants(layout, modality, alpha):
         (out * mod).sum(-1, keepdim=True)[edited], expected[edited], rtol=0, atol=1e-9
     )
     # Within the modality and within the rest, proportions are kept (one factor each).
+    # A subnormal result (e.g. 3e-21 times a factor of 1e-301) has too few bits to hold a
+    # ratio to 1e-9, so only normal numbers are compared.
+    normal = out >= torch.finfo(out.dtype).tiny
     for part in (mod, vis & ~mod):
-        sel = (part & edited & (p > 1e-200)).expand_as(p)
+        sel = (part & edited & (p > 1e-200)).expand_as(p) & normal
         ratio = torch.where(sel, out / p.clamp(min=1e-300), float("nan"))
         lo = ratio.nan_to_num(float("inf")).amin(-1)
         hi = ratio.nan_to_num(float("-inf")).amax(-1)
@@ -265,6 +299,84 @@ def test_uniform_mode_and_fallback_by_hand():
     out = scale_pattern(p, kinds, "image", 2.0)
     torch.testing.assert_close(
         out, torch.tensor([[[[0.4, 0.6, 0.2, 0.2]]]], dtype=torch.float64) / 1.4
+    )
+
+
+def test_uniform_and_all_rows_by_hand_on_a_causal_prefill():
+    """The paper's released semantics (uniform within a modality, every row) on a 1x1x3x5
+    prefill: keys system, image, image, text, text; queries at positions 2, 3, 4."""
+    kinds = torch.tensor([[KIND_SYSTEM, KIND_IMAGE, KIND_IMAGE, KIND_TEXT, KIND_TEXT]])
+    p = torch.tensor(
+        [
+            [
+                [
+                    [0.50, 0.10, 0.40, 0.00, 0.00],  # position 2: sees keys 0..2
+                    [0.40, 0.20, 0.30, 0.10, 0.00],  # position 3: sees keys 0..3
+                    [0.50, 0.05, 0.05, 0.10, 0.30],  # position 4: sees every key
+                ]
+            ]
+        ],
+        dtype=torch.float64,
+    )
+    future = torch.tensor([[0, 0, 0, 1, 1], [0, 0, 0, 0, 1], [0, 0, 0, 0, 0]], dtype=torch.bool)
+
+    def check(out, expected):
+        torch.testing.assert_close(out, torch.tensor([[expected]], dtype=torch.float64))
+        torch.testing.assert_close(out.sum(-1), torch.ones(1, 1, 3, dtype=torch.float64))
+        assert (out[0, 0][future] == 0).all(), "no mass on a masked (future) key"
+
+    # system -> text, uniform, every row. Position 2 sees no text key: unchanged. Position 3
+    # gives its 0.40 to its one text key; position 4 splits 0.50 evenly over two.
+    check(
+        redistribute_pattern(p, kinds, "system", "text", mode="uniform"),
+        [
+            [0.50, 0.10, 0.40, 0.00, 0.00],
+            [0.00, 0.20, 0.30, 0.50, 0.00],
+            [0.00, 0.05, 0.05, 0.35, 0.55],
+        ],
+    )
+    # Proportional (the default): position 4 gives 0.5 * 0.1 / 0.4 and 0.5 * 0.3 / 0.4.
+    check(
+        redistribute_pattern(p, kinds, "system", "text"),
+        [
+            [0.50, 0.10, 0.40, 0.00, 0.00],
+            [0.00, 0.20, 0.30, 0.50, 0.00],
+            [0.00, 0.05, 0.05, 0.225, 0.675],
+        ],
+    )
+    # system -> image + text, uniform: each modality gets the moved mass in proportion to
+    # its weight, then spreads it evenly over its visible keys. Position 2: images only,
+    # +0.25 each. Position 3: image 0.5 and text 0.1 of R = 0.6, so the images share
+    # 0.4 * 5/6 (1/6 each) and the text key gets 0.4 / 6 = 1/15. Position 4: image 0.1
+    # and text 0.4 of 0.5, so +0.05 per image key and +0.2 per text key.
+    check(
+        redistribute_pattern(p, kinds, "system", ["image", "text"], mode="uniform"),
+        [
+            [0.00, 0.35, 0.65, 0.00, 0.00],
+            [0.00, 0.20 + 1 / 6, 0.30 + 1 / 6, 0.10 + 1 / 15, 0.00],
+            [0.00, 0.10, 0.10, 0.30, 0.50],
+        ],
+    )
+    # Proportional to the same recipients: every key grows by the factor (R + S) / R
+    # (position 2: x2, position 3: x5/3, position 4: x2).
+    check(
+        redistribute_pattern(p, kinds, "system", ["image", "text"]),
+        [
+            [0.00, 0.20, 0.80, 0.00, 0.00],
+            [0.00, 1 / 3, 0.50, 1 / 6, 0.00],
+            [0.00, 0.10, 0.10, 0.20, 0.60],
+        ],
+    )
+    # Half of the source, uniform, only the answer row (what rows="answer" selects at
+    # prefill): positions 2 and 3 are returned as they were.
+    answer = torch.tensor([[False, False, True]])
+    check(
+        redistribute_pattern(p, kinds, "system", "text", 0.5, "uniform", row_mask=answer),
+        [
+            [0.50, 0.10, 0.40, 0.00, 0.00],
+            [0.40, 0.20, 0.30, 0.10, 0.00],
+            [0.25, 0.05, 0.05, 0.225, 0.425],
+        ],
     )
 
 

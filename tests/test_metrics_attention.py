@@ -315,6 +315,30 @@ def test_centroid_hit_rate_ties_prefer_reading_order():
     assert math.isnan(float(centroid_hit_rate(flat, [], IMAGE, GRID)))
 
 
+def test_nan_maps_give_nan_from_every_metric():
+    """NaN in, NaN out: a map the recording could not fill gives no number, not a rank."""
+    nan_map = torch.full(GRID, torch.nan)
+    # Without the NaN guard the stable sort ranks NaN cells and returns a rate from nothing.
+    assert math.isnan(float(centroid_hit_rate(nan_map, TRIANGLE, IMAGE, GRID)))
+    assert np.isnan(centroid_hit_rate(nan_map.numpy(), TRIANGLE, IMAGE, GRID))
+    one_nan = torch.rand(GRID, generator=torch.Generator().manual_seed(1))
+    one_nan[7, 7] = torch.nan  # a non-dot cell: the hits alone would still look fine
+    both = torch.stack([one_nan, torch.ones(GRID)])
+    rates = centroid_hit_rate(both, TRIANGLE, IMAGE, GRID)
+    assert math.isnan(float(rates[0])) and float(rates[1]) == pytest.approx(0.0)
+    for metric in halo_metrics(one_nan, TRIANGLE, IMAGE, GRID).values():
+        assert math.isnan(float(metric))
+    for fn in (gini_sparsity, textbook_gini, normalized_entropy):
+        assert math.isnan(float(fn(nan_map.reshape(-1))))
+        assert math.isnan(float(fn(one_nan.reshape(-1))))
+        assert math.isnan(float(fn(torch.tensor([torch.nan]))))
+    row = torch.tensor([0.2, torch.nan, 0.3, 0.5])
+    image = torch.tensor([True, True, False, False])
+    assert math.isnan(float(image_attention_mass(row, image)))
+    assert float(image_attention_mass(row, ~image)) == pytest.approx(0.8)  # NaN key not counted
+    assert math.isnan(float(image_attention_mass(row, ~image, normalize=True)))
+
+
 def test_halo_metrics_and_batch():
     a = torch.rand(3, *GRID, generator=torch.Generator().manual_seed(0))
     single = halo_metrics(a[0], TRIANGLE, IMAGE, GRID)

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from vlm_lens import HookedVLM
+from vlm_lens.core.prepare import _system_length
 from vlm_lens.core.segments import KIND_IMAGE, KIND_PAD, KIND_SYSTEM, KIND_TEXT
 from vlm_lens.zoo import ARCHITECTURES, tiny_checkpoint
 from vlm_lens.zoo.real_vocab import (
@@ -219,9 +220,56 @@ def test_gemma3_token_straddling_the_header_is_text(hooked, case):
     assert decoded == "<bos><start_of_turn>user" + ("" if c.system is None else f"\n{VICUNA}")
 
 
+def test_system_length_rule(hooked):
+    """The header's own ids, a straddling token, and a prompt that does not start with it."""
+    tokenizer = hooked("gemma3").processor.tokenizer
+
+    def ids(text: str) -> torch.Tensor:
+        return torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    prompt = ids("<bos><start_of_turn>user\n\n\nHello")  # ... user, "\n\n\n", Hello
+    assert _system_length(prompt, ids("<bos><start_of_turn>user"), tokenizer, 0) == 3
+    assert _system_length(prompt, ids("<bos><start_of_turn>user\n"), tokenizer, 0) == 3
+    assert _system_length(prompt, ids("<bos><start_of_turn>user\n\n\n"), tokenizer, 0) == 4
+    with pytest.raises(ValueError, match="row 7: the prompt's tokens do not start with"):
+        _system_length(
+            ids("<bos><start_of_turn>model\nHi"), ids("<bos><start_of_turn>user\n"), tokenizer, 7
+        )
+
+
 # ------------------------------------------------------------------------------------------
 # Image grids at real sizes
 # ------------------------------------------------------------------------------------------
+
+# The processor settings of Qwen3-VL-2B-Instruct, Qwen2(.5)-VL-*-Instruct, gemma-3-4b-it and
+# llava-1.5-7b-hf, as the saved processors hold them.
+REAL_PROCESSOR = {
+    "qwen3_vl": {"patch_size": 16, "merge_size": 2, "size": (65_536, 16_777_216)},
+    "qwen2_5_vl": {"patch_size": 14, "merge_size": 2, "size": (3_136, 12_845_056)},
+    "qwen2_vl": {"patch_size": 14, "merge_size": 2, "size": (3_136, 12_845_056)},
+    "gemma3": {"size": (896, 896), "image_seq_length": 256},
+    "llava": {"size": (336, 336), "patch_size": 14, "num_additional_image_tokens": 1},
+}
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_processor_settings_are_the_real_ones(hooked, arch):
+    processor = hooked(arch).processor
+    images = processor.image_processor
+    got: dict = {}
+    if arch in QWEN:
+        got["size"] = (images.size["shortest_edge"], images.size["longest_edge"])
+        got.update(patch_size=images.patch_size, merge_size=images.merge_size)
+    elif arch == "gemma3":
+        got["size"] = (images.size["height"], images.size["width"])
+        got["image_seq_length"] = processor.image_seq_length
+    else:
+        assert images.size["shortest_edge"] == 336 and images.do_center_crop
+        got["size"] = (images.crop_size["height"], images.crop_size["width"])
+        got["patch_size"] = processor.patch_size
+        got["num_additional_image_tokens"] = processor.num_additional_image_tokens
+    assert got == REAL_PROCESSOR[arch]
+
 
 # (width, height) -> merged grid (h, w). Qwen resizes each side to a multiple of patch x merge
 # (32 for Qwen3-VL, 28 for Qwen2/2.5-VL): 1024 -> 1024 / 1036, 640 -> 640 / 644. Gemma3 and

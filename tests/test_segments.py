@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 
 from vlm_lens import HookedVLM
-from vlm_lens.core.images import load_image
 from vlm_lens.core.segments import KIND_IMAGE, KIND_PAD, KIND_SYSTEM, KIND_TEXT
+from vlm_lens.data.images import load_image
 from vlm_lens.zoo import ARCHITECTURES
 
 PROMPT = "How many dots?"

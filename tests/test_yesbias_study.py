@@ -14,6 +14,8 @@ import torch
 
 from vlm_lens import HookedVLM
 from vlm_lens.data.yesno import synthetic, yes_no_token_ids
+from vlm_lens.data.yesno.items import yes_no_score
+from vlm_lens.interventions import redistribute, resolve_layers
 from vlm_lens.reports.yesbias import dose_response, layer_shares_figure, quarter_heatmap
 from vlm_lens.studies import yesbias as yb
 
@@ -302,6 +304,142 @@ def test_heatmap_places_each_condition_in_its_cell():
     assert list(fig.data[0].x) == ["Q1", "Q2", "Q4"]
     assert list(fig.data[0].y) == ["system-&gt;text f=1", "image ×2"]
     assert [list(r) for r in fig.data[0].z] == [[-0.25, None, 0.5], [None, 0.125, None]]
+
+
+# ------------------------------------------------------------- edit semantics and system
+
+
+def test_system_presets_resolve():
+    assert yb.resolve_system(None) == ("none", None)
+    assert yb.resolve_system("none") == ("none", None)
+    assert yb.resolve_system("paper") == ("paper", yb.PAPER_SYSTEM)
+    assert yb.resolve_system("Be brief.") == ("custom", "Be brief.")
+    assert yb.PAPER_SYSTEM.startswith("A chat between a curious human")
+    assert yb.PAPER_SYSTEM.endswith("polite answers to the human's questions.")
+
+
+def test_mode_and_rows_reach_the_hooks(model, tmp_path):
+    """A uniform, every-row run records what that intervention gives, not the default's."""
+    item = synthetic.generate(1, seed=0)[0]
+    cond = yb.Condition.parse("redistribute:system->image+text:Q4:f1.0")
+    scores = {}
+    for mode, rows in (("uniform", "all"), ("proportional", "answer")):
+        run_dir = tmp_path / f"{mode}-{rows}"
+        settings = dict(mode=mode, rows=rows, max_new_tokens=MAX_NEW, progress=False)
+        yb.run_sweep(model, [item], [cond], run_dir, **settings)
+        settings = json.loads((run_dir / yb.RUN).read_text())
+        assert (settings["mode"], settings["rows"]) == (mode, rows)
+        scores[mode] = _keyed(yb.load_records(run_dir))[(cond.id, item.item_id)]["score"]
+    by_hand = redistribute(
+        "system", ["image", "text"], "Q4", mode="uniform", rows="all", model=model
+    )
+    inputs = model.prepare(images=item.load_images(), prompt=item.prompt)
+    out = model.generate(inputs, max_new_tokens=MAX_NEW, fwd_hooks=by_hand)
+    yes_ids, no_ids = yes_no_token_ids(model.processor)
+    expected = float(yes_no_score(out.logits[0], yes_ids, no_ids)[0])
+    assert scores["uniform"] == pytest.approx(expected, abs=1e-5)
+    assert abs(scores["uniform"] - scores["proportional"]) > 1e-4
+
+
+def test_resume_refuses_changed_semantics(model, tmp_path):
+    items = synthetic.generate(1, seed=0)
+    conditions = CONDITIONS[:2]
+    run_dir = tmp_path / "run"
+    paper = dict(system="paper", mode="uniform", rows="all")
+
+    def sweep(conds=conditions, **settings):
+        yb.run_sweep(
+            model, items, conds, run_dir, max_new_tokens=MAX_NEW, progress=False, **settings
+        )
+
+    sweep(**paper)
+    settings = json.loads((run_dir / yb.RUN).read_text())
+    assert settings["system"] == yb.PAPER_SYSTEM and settings["system_preset"] == "paper"
+    assert (settings["mode"], settings["rows"]) == ("uniform", "all")
+    n = model.cfg.n_layers
+    assert settings["layers"] == {"Q4": resolve_layers("Q4", n)}
+    assert settings["fractions"] == [1.0]
+    for key, value in (("mode", "proportional"), ("rows", "answer"), ("system", "none")):
+        with pytest.raises(ValueError, match=f"other settings \\({key}: "):
+            sweep(**{**paper, key: value})
+    with pytest.raises(ValueError, match="system"):
+        sweep(**{**paper, "system": "Be brief."})
+    sweep(system=yb.PAPER_SYSTEM, mode="uniform", rows="all")  # the preset's text is the same
+    # A layer spec that now resolves to other layers (another quarter rule) is refused too.
+    manifest = json.loads((run_dir / yb.RUN).read_text())
+    (run_dir / yb.RUN).write_text(json.dumps({**manifest, "layers": {"Q4": [0]}}))
+    with pytest.raises(ValueError, match="layers Q4: \\[0\\] -> "):
+        sweep(**paper)
+    (run_dir / yb.RUN).write_text(json.dumps(manifest))
+    # More conditions under the same semantics extend the run; the manifest keeps the union.
+    sweep([yb.Condition.parse("redistribute:system->text:Q3:f0.5")], **paper)
+    settings = json.loads((run_dir / yb.RUN).read_text())
+    assert settings["fractions"] == [0.5, 1.0] and set(settings["layers"]) == {"Q3", "Q4"}
+    assert len(yb.load_records(run_dir)) == 3 * 2
+    # A run.json from before mode and rows were recorded stands for the defaults.
+    old_dir = tmp_path / "old"
+    yb.run_sweep(model, items, conditions[:1], old_dir, max_new_tokens=MAX_NEW, progress=False)
+    manifest = json.loads((old_dir / yb.RUN).read_text())
+    for key in ("mode", "rows", "system_preset", "layers", "fractions", "layout"):
+        manifest.pop(key)
+    (old_dir / yb.RUN).write_text(json.dumps(manifest))
+    yb.run_sweep(model, items, conditions[:1], old_dir, max_new_tokens=MAX_NEW, progress=False)
+    with pytest.raises(ValueError, match="mode"):
+        yb.run_sweep(model, items, conditions[:1], old_dir, max_new_tokens=MAX_NEW, mode="uniform")
+    with pytest.raises(ValueError, match="mode"):
+        yb.run_sweep(model, items, conditions[:1], run_dir, mode="nearest")
+
+
+def run_paper_setup(ckpt: Path, out: Path, sweep: str = "paper") -> dict:
+    """`vlm-lens yesbias --system paper --mode uniform --rows all` on one pairing unit;
+    returns the run's run.json (its `layout` holds the first prompt's spans)."""
+    from vlm_lens.cli import main
+
+    argv = ["yesbias", "--model", str(ckpt), "--system", "paper", "--mode", "uniform"]
+    argv += ["--rows", "all", "--sweep", sweep, "--limit", "1", "--max-new-tokens", "2"]
+    argv += ["--out", str(out), "--tag", "m", "--no-progress", "--n-boot", "20"]
+    assert main(argv) == 0
+    return json.loads((out / "m" / "synthetic" / yb.RUN).read_text())
+
+
+def test_paper_preset_gives_the_vicuna_layout_on_llava(tiny_ckpt, tmp_path):
+    """The paper's LLaVA prompt: "<s>{system} USER: <image>\\n{question} ASSISTANT:", with
+    the system span covering everything before the image (35 tokens with the real vocabulary:
+    BOS + 30 + " USER: "; the char-level zoo tokenizer gives one token per character)."""
+    settings = run_paper_setup(tiny_ckpt("llava"), tmp_path)
+    item = synthetic.generate(1, seed=0)[0]
+    assert settings["system_preset"] == "paper" and settings["system"] == yb.PAPER_SYSTEM
+    assert (settings["mode"], settings["rows"]) == ("uniform", "all")
+    layout = settings["layout"]
+    assert layout["text"] == f"{yb.PAPER_SYSTEM} USER: <image>\n{item.prompt} ASSISTANT:"
+    (image,) = layout["images"]
+    assert layout["system"] == [0, image[0]], "the system span is everything before the image"
+
+    model = HookedVLM.from_pretrained(tiny_ckpt("llava"))
+    inputs = model.prepare(images=item.load_images(), prompt=item.prompt, system=yb.PAPER_SYSTEM)
+    assert yb.prompt_layout(inputs) == layout
+    tokens = model.processor.tokenizer.convert_ids_to_tokens(inputs.input_ids[0].tolist())
+    start, end = image
+    assert "".join(tokens[:start]) == f"<s>{yb.PAPER_SYSTEM} USER: "
+    assert tokens[start:end] == ["<image>"] * (end - start)
+    assert "".join(tokens[end:]) == f"\n{item.prompt} ASSISTANT:"
+    # Without a system prompt llava-1.5-hf's template leaves BOS + "USER: " before the image.
+    plain = model.prepare(images=item.load_images(), prompt=item.prompt)
+    end = plain.segments.samples[0].system.end
+    assert "".join(model.processor.tokenizer.convert_ids_to_tokens(plain.input_ids[0, :end])) == (
+        "<s>USER: "
+    )
+
+
+def test_paper_preset_gives_35_system_tokens_with_the_real_llava_vocabulary(
+    real_vocab_ckpt, tmp_path
+):
+    """With llava-1.5-7b-hf's vocabulary and processor: BOS + 30 + " USER: " = 35 system
+    tokens, then 576 image tokens [35, 611), as in the paper's code. (The checkpoint has
+    2 layers, too few for the quarters of the paper sweep: the baseline shows the layout.)"""
+    layout = run_paper_setup(real_vocab_ckpt("llava"), tmp_path, sweep="none")["layout"]
+    assert layout["system"] == [0, 35]
+    assert layout["images"] == [[35, 611]]
 
 
 # ---------------------------------------------------------------------------------- CLI

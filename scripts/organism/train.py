@@ -54,6 +54,7 @@ from vlm_lens.data import dots
 from vlm_lens.data.dots import has_dot_in
 from vlm_lens.data.yesno.items import make_prompt
 from vlm_lens.data.yesno.synthetic import QUADRANTS, count_question, quadrant_question
+from vlm_lens.studies.counting import parse_count  # one parser: ASCII digits only
 
 COUNT_PROMPT = "How many dots are there in the image? Answer directly. Answer: "
 
@@ -529,14 +530,6 @@ def exact_questions(samples: Sequence[dots.DotsSample], seed: int) -> list[Row]:
         answer = "yes" if asked == s.count else "no"
         rows.append(Row(s.image, exact_prompt(asked), answer, "exact", s.count))
     return rows
-
-
-def parse_count(text: str | None) -> int | None:
-    """The first integer in a model's answer, or None."""
-    import re
-
-    match = re.search(r"\d+", text or "")
-    return int(match.group()) if match else None
 
 
 # ------------------------------------------------------------------------------ train

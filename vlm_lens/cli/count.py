@@ -33,6 +33,10 @@ checks that nothing is missing) and writes the report. `--shard auto` reads `RAN
     # then, once
     vlm-lens count merge --out runs/counting
 
+A generation whose hooks saw no decoding step, an all-NaN attention map or a condition
+whose attention metrics are all missing stops the run with an error (exit status 1)
+instead of writing a report.
+
 No process group is created: the shards are independent and only share the output
 directory (which must be on a shared file system across machines).
 
@@ -47,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from vlm_lens.cli._common import add_model_args, load_model, parse_shard
-from vlm_lens.studies import counting
+from vlm_lens.studies import EmptyMeasurementError, counting
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -125,6 +129,13 @@ def _layers(values: list[str] | None, flag: str = "--layers") -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except EmptyMeasurementError as err:
+        raise SystemExit(f"vlm-lens count: {err}") from err
+
+
+def _run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.action == "merge":
         results = counting.merge(out)

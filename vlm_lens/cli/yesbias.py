@@ -19,6 +19,19 @@ text->system, image->system × Q1..Q4 × `--fractions`; image ×2 per quarter), 
 (baseline; the three system redistributions in Q4 at fraction 1; image ×2 in Q4 and in all
 layers), `none` (baseline only). `--knockout` adds system knockout.
 
+Edit semantics (kept in each run's run.json; a run is not resumed with other ones):
+`--mode proportional` (default, the paper's stated rule) or `uniform` (evenly within each
+recipient modality, the paper's released code); `--rows answer` (default: last prompt row
+and decoding rows) or `all` (every row, still causal); `--system none` (default: no system
+message, the chat template decides), `paper` (the vicuna_v1 prompt of the paper's LLaVA-1.5
+runs) or literal text. The paper's LLaVA-1.5 setup as its released code runs it::
+
+    vlm-lens yesbias --model llava-hf/llava-1.5-7b-hf --system paper --mode uniform \\
+        --rows all --sweep paper --benchmark winoground=/data/winoground
+
+A generation whose hooks saw no decoding step, or a run without records, stops with an
+error (exit status 1) instead of writing a report.
+
 With no `--model`, the trained organism (`vlm_lens.zoo.organism()`) is used if it exists,
 otherwise a tiny random-weight qwen3_vl zoo model, with a printed notice: its numbers only
 show that the pipeline runs.
@@ -44,7 +57,7 @@ import gc
 from pathlib import Path
 
 from vlm_lens.cli._common import add_model_args, load_model, parse_shard
-from vlm_lens.studies import yesbias
+from vlm_lens.studies import EmptyMeasurementError, yesbias
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -90,7 +103,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--knockout", action="store_true", help="add system knockout per quarter")
     p.add_argument("--limit", type=int, default=None, help="first N pairing units per benchmark")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic set")
-    p.add_argument("--system", default=None, help="system prompt (default: the model's own)")
+    p.add_argument(
+        "--system",
+        default="none",
+        metavar="none|paper|TEXT",
+        help="system prompt: 'none' (default: the chat template decides), 'paper' (the "
+        "vicuna_v1 prompt of the paper's LLaVA runs) or literal text",
+    )
+    p.add_argument(
+        "--mode",
+        default="proportional",
+        choices=yesbias.MODES,
+        help="spread moved attention in proportion to each key (default) or evenly per modality",
+    )
+    p.add_argument(
+        "--rows",
+        default="answer",
+        choices=yesbias.ROWS,
+        help="edit the answer rows (default: last prompt row and decoding rows) or all rows",
+    )
     p.add_argument("--max-new-tokens", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--out", default="runs/yesbias", help="output directory")
@@ -153,6 +184,13 @@ def write_reports(out: Path, n_boot: int = 1000, notes: tuple[str, ...] = ()) ->
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except EmptyMeasurementError as err:
+        raise SystemExit(f"vlm-lens yesbias: {err}") from err
+
+
+def _run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.action in ("merge", "report"):
         dirs = run_dirs(out)
@@ -204,6 +242,8 @@ def run(args: argparse.Namespace) -> int:
             model_name=name,
             max_new_tokens=args.max_new_tokens,
             system=args.system,
+            mode=args.mode,
+            rows=args.rows,
             batch_size=args.batch_size,
             shard=shard,
             record_shares=not args.no_shares,

@@ -36,8 +36,8 @@ LayerSpec = LayerItem | Sequence[LayerItem] | None
 Presets = Mapping[str, Sequence[int]]
 
 _QUARTER = re.compile(r"^[qQ]([1-4])$")
-_SLICE = re.compile(r"^\s*(-?\d+)?\s*:\s*(-?\d+)?\s*$")
-_INT = re.compile(r"^-?\d+$")
+_SLICE = re.compile(r"^\s*(-?[0-9]+)?\s*:\s*(-?[0-9]+)?\s*$")
+_INT = re.compile(r"^-?[0-9]+$")
 _WORDS = "'all', 'last', 'Q1'..'Q4', 'a:b', an int, a range, a slice or a list of them"
 
 

@@ -33,7 +33,6 @@ from jaxtyping import Int
 from torch import Tensor
 
 from vlm_lens.adapters import Adapter
-from vlm_lens.core.images import ImageLike, load_image
 from vlm_lens.core.segments import (
     KIND_IMAGE,
     KIND_PAD,
@@ -44,6 +43,7 @@ from vlm_lens.core.segments import (
     Segments,
     Span,
 )
+from vlm_lens.data.images import ImageLike, load_image
 
 IMAGE_PLACEHOLDER = "<image>"
 """Where a prompt names this, the next image goes there; otherwise images go before the text."""

@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from vlm_lens.core.images import load_image
+from vlm_lens.data.images import load_image
 from vlm_lens.data.paths import confined
 
 Renderer = Callable[["DotsSample"], np.ndarray]

@@ -7,7 +7,7 @@ model. `confined` refuses every path that does not resolve, symlinks followed, i
 the folder it was looked up in, unless the caller opts out with
 `allow_outside_root=True` (images kept elsewhere on purpose).
 
-Not for: finding or decoding files (the loaders; `vlm_lens.core.images`).
+Not for: finding or decoding files (the loaders; `vlm_lens.data.images`).
 """
 
 from __future__ import annotations

@@ -27,7 +27,10 @@ Per layer L the pairs are
 Rows. ``rows="answer"`` edits the query rows that produce the answer: at absolute position
 ``prompt_len - 1`` or later, i.e. the last prompt row at prefill (or in a plain forward)
 and the one row of every decoding step. ``rows="all"`` edits every query row that is not
-padding. Heads: None (all), an int or a list (negative allowed).
+padding, the prefill's included (as the yes-bias paper's released code does). Both stay
+causal: a row only gives weight to keys its mask lets it see, and a row that sees no
+recipient key (a prefill row before the first text token, say) keeps its pattern.
+Heads: None (all), an int or a list (negative allowed).
 
 Composition. Interventions on the same layer apply in the order their pairs are added
 (TransformerLens runs a hook point's hooks in order). `model.generate(fwd_hooks=...,
@@ -240,8 +243,10 @@ def redistribute(
 
     `source`, `recipients`: "system", "image", "text", "generated" or lists of them;
     "text" includes generated tokens unless "generated" is named; `recipients=None`
-    means all other modalities. `mode`: "proportional" (α'_r = α_r + f·α_s·α_r/Σα_r')
-    or "uniform". `layers`: "Q1".."Q4", "all", "a:b", an int or a list (see
+    means all other modalities. `mode`: "proportional" (α'_r = α_r + f·α_s·α_r/Σα_r', the
+    paper's text) or "uniform" (each recipient modality's share spread evenly over its
+    visible keys, the paper's released code; see `patterns.redistribute_pattern`). `rows`:
+    "answer" or "all" (see the module docstring). `layers`: "Q1".."Q4", "all", "a:b", an int or a list (see
     `vlm_lens.interventions.layers`). Give `model` (or `n_layers`) so the result can be
     passed as `fwd_hooks` directly; otherwise use `.fwd_hooks(model)`.
     """

@@ -8,9 +8,12 @@ Everything here works on plain tensors, without a model::
 and returns a new pattern of the same shape and dtype. The edits:
 
 - `redistribute_pattern`: move a `fraction` of the source modalities' weight to the
-  recipient modalities, proportionally to the recipients' current weights (the
-  yes-bias paper's rule, α'_r = α_r + f·α_s·α_r / Σα_r') or uniformly over the
-  recipient keys.
+  recipient modalities. The moved mass goes to each recipient modality in proportion to
+  that modality's current weight (the yes-bias paper's rule, α'_r = α_r + f·α_s·α_r / Σα_r'),
+  and within a modality either in proportion to each key's current weight
+  ("proportional", the paper's text; overall every recipient key gains in proportion to
+  its own weight) or evenly over the modality's visible keys ("uniform", what the
+  paper's released code does, PITFALLS 16).
 - `scale_pattern`: multiply one modality's weights by α, then renormalise the row
   (the paper's "Image×2.0" baseline).
 - `knockout_pattern`: zero a modality and give its weight to every other visible key,
@@ -30,8 +33,11 @@ sees nothing. Keys that are not visible are never written, so masked and padded 
 keep their (zero) weight.
 
 Edge cases, per edited row: if the source has no weight nothing moves; if the
-recipients are visible but hold no weight, proportional mode falls back to uniform over
-the visible recipient keys; if no recipient key is visible the row is left unchanged.
+recipients are visible but hold no weight, both modes fall back to even shares over all
+visible recipient keys; a recipient modality with no visible key (or no weight, while
+another has some) gets nothing; if no recipient key is visible the row is left unchanged
+(its source keeps its weight: nothing may go to a key the row cannot see, so a prefill row
+before the first recipient token, e.g. under ``rows="all"``, is not edited).
 Rows outside `row_mask`, heads outside `head_mask` and unedited rows are returned
 bit-identical; fraction 0 (and scaling by 1) is the identity, bit for bit.
 
@@ -62,8 +68,6 @@ MODALITIES = SEGMENT_KINDS
 Mode = Literal["proportional", "uniform"]
 Modalities = str | Iterable[str] | None
 
-_ALL_CODES = frozenset({KIND_SYSTEM, KIND_IMAGE, KIND_TEXT, KIND_GENERATED})
-
 
 def _names(spec: Modalities, what: str) -> list[str]:
     if spec is None:
@@ -85,28 +89,37 @@ def modality_codes(
     "text" covers generated tokens too unless "generated" is named in `source` or
     `recipients`. `recipients=None` means every modality that is not a source.
     """
+    src, groups = _resolve(source, recipients)
+    return src, frozenset().union(*groups)
+
+
+def _resolve(
+    source: Modalities, recipients: Modalities
+) -> tuple[frozenset[int], tuple[frozenset[int], ...]]:
+    """Source codes and one code set per recipient modality (see `modality_codes`)."""
     src_names = _names(source, "source")
     rec_names = _names(recipients, "recipient")
     if not src_names:
         raise ValueError("name at least one source modality")
     split_generated = "generated" in src_names or "generated" in rec_names
     codes = {
-        "system": {KIND_SYSTEM},
-        "image": {KIND_IMAGE},
-        "text": {KIND_TEXT} if split_generated else {KIND_TEXT, KIND_GENERATED},
-        "generated": {KIND_GENERATED},
+        "system": frozenset({KIND_SYSTEM}),
+        "image": frozenset({KIND_IMAGE}),
+        "text": frozenset({KIND_TEXT} if split_generated else {KIND_TEXT, KIND_GENERATED}),
+        "generated": frozenset({KIND_GENERATED}),
     }
     src = frozenset().union(*(codes[n] for n in src_names))
-    rec = (
-        frozenset().union(*(codes[n] for n in rec_names))
-        if recipients is not None
-        else _ALL_CODES - src
-    )
+    if recipients is None:
+        names = ["system", "image", "text"] + (["generated"] if split_generated else [])
+        groups = tuple(codes[n] for n in names if not codes[n] & src)
+    else:
+        groups = tuple(dict.fromkeys(codes[n] for n in rec_names))
+    rec = frozenset().union(*groups)
     if not rec:
         raise ValueError(f"no recipient modality left for source {src_names}")
     if src & rec:
         raise ValueError(f"source {src_names} and recipients {rec_names} overlap")
-    return src, rec
+    return src, groups
 
 
 def _key_mask(
@@ -217,21 +230,29 @@ def redistribute_pattern(
 ) -> Float[Tensor, "batch head query key"]:
     """Move `fraction` of the source modalities' weight to the recipient modalities.
 
-    In each selected row (`row_mask`, `head_mask`; default all) with source mass S and
-    visible recipient keys: every source key keeps (1 - f) of its weight, and f·S goes to
-    the recipients — proportionally (α'_r = α_r + f·S·α_r / Σα_r', the paper's rule for
-    f = 1) or uniformly (f·S / n to each of the n visible recipient keys). `recipients=None`
-    means every other modality. See the module docstring for visibility and edge cases.
+    In each selected row (`row_mask`, `head_mask`; default all) with source mass S, visible
+    recipient mass R = Σ_m R_m over the recipient modalities m, and visible recipient keys:
+    every source key keeps (1 - f) of its weight, and recipient modality m receives
+    f·S·R_m / R (the paper's rule at the level of modalities), spread over its keys
+
+    - "proportional": in proportion to each key's weight, α'_r = α_r + f·S·α_r / R (the
+      paper's stated rule; the modality split cancels out);
+    - "uniform": evenly, f·S·R_m / R / n_m to each of the modality's n_m visible keys (the
+      paper's released code). With one recipient modality that is f·S / n.
+
+    `recipients=None` means every other modality. See the module docstring for visibility
+    and edge cases.
     """
     _check_shapes(pattern, key_kinds)
     if not 0.0 <= float(fraction) <= 1.0:
         raise ValueError(f"fraction must lie in [0, 1], got {fraction}")
     if mode not in ("proportional", "uniform"):
         raise ValueError(f"mode must be 'proportional' or 'uniform', got {mode!r}")
-    src_codes, rec_codes = modality_codes(source, recipients)
+    src_codes, groups = _resolve(source, recipients)
     key_kinds = key_kinds.to(pattern.device)
     src_keys = _key_mask(key_kinds, src_codes)[:, None, None, :]
-    rec_keys = _key_mask(key_kinds, rec_codes)[:, None, None, :]
+    group_keys = [_key_mask(key_kinds, codes)[:, None, None, :] for codes in groups]
+    rec_keys = torch.stack(group_keys).any(0)
     vis = _visibility(pattern, key_kinds, visible, query_positions, key_positions)
     f = float(fraction)
 
@@ -241,15 +262,21 @@ def redistribute_pattern(
         moved = f * (p * src).sum(-1, keepdim=True)  # [b, h, q, 1]
         rec_mass = (p * rec).sum(-1, keepdim=True)
         n_rec = rec.sum(-1, keepdim=True)
-        uniform_gain = moved / n_rec.clamp(min=1)
+        has_mass = rec_mass > 0
+        safe_mass = torch.where(has_mass, rec_mass, 1.0)
+        # Weightless recipients: even shares over all their visible keys, in both modes.
+        fallback = moved / n_rec.clamp(min=1)
         if mode == "proportional":
-            has_mass = rec_mass > 0
             # p / rec_mass <= 1: no overflow however small the recipients' mass is.
-            gain = torch.where(
-                has_mass, p / torch.where(has_mass, rec_mass, 1.0) * moved, uniform_gain
-            )
+            gain = torch.where(has_mass, p / safe_mass * moved, fallback)
         else:
-            gain = uniform_gain.expand_as(p)
+            gain = torch.zeros_like(p)
+            for keys in group_keys:
+                in_group = keys & v
+                n_group = in_group.sum(-1, keepdim=True).clamp(min=1)
+                share = (p * in_group).sum(-1, keepdim=True) / safe_mass  # R_m / R
+                per_key = torch.where(has_mass, moved * share / n_group, fallback)
+                gain = torch.where(in_group, per_key, gain)
         new = torch.where(src, p * (1.0 - f), torch.where(rec, p + gain, p))
         return new, n_rec > 0
 

@@ -20,6 +20,13 @@ an attention map over the visual grid, for one image's dots:
 Inputs may be torch tensors or numpy arrays; numpy in gives numpy out. Half-precision
 inputs are computed in float32.
 
+Missing values: NaN in, NaN out. A distribution or map holding any NaN (a recording marks
+image keys it could not see with NaN) gives NaN from every function here: Gini (both),
+entropy, halo shares and the centroid hit rate (which would otherwise rank NaN cells and
+report a rate from nothing); `image_attention_mass` is NaN when a NaN sits on an image key
+(with `normalize=True`, on any key). All-zero rows also give NaN (0/0: no distribution).
+Nothing here raises on NaN; a study decides whether a NaN result is an error.
+
 Not for: extracting the attention maps from a model (hooks and recordings do that) or
 averaging heads (do it before calling, as Eq. 1 does).
 """
@@ -427,8 +434,8 @@ def centroid_hit_rate(
     `k` defaults to the number of dots (not of distinct cells: two dots in one cell count
     twice, and both hit or both miss). Ties are broken deterministically in favour of
     the lower flat index (row-major: top rows first, then left columns), so equal
-    attention everywhere selects the first `k` cells in reading order. With no dots the
-    rate is NaN.
+    attention everywhere selects the first `k` cells in reading order. With no dots, or a
+    map holding any NaN, the rate is NaN.
     """
     t, was_numpy = _tensor(a)
     flat = _flat_map(t, grid)
@@ -442,7 +449,8 @@ def centroid_hit_rate(
     in_top = torch.zeros(flat.shape, dtype=torch.bool, device=flat.device).scatter_(-1, order, True)
     dot_cells = torch.as_tensor(rows * grid[1] + cols, device=flat.device)
     hits = in_top[..., dot_cells].to(flat.dtype)
-    return _out(hits.mean(dim=-1), was_numpy)
+    rate = torch.where(flat.isnan().any(dim=-1), torch.nan, hits.mean(dim=-1))
+    return _out(rate, was_numpy)
 
 
 def halo_metrics(

@@ -37,6 +37,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from vlm_lens.reports.html import Report
+from vlm_lens.studies.checks import EmptyMeasurementError, require_finite
 
 __all__ = [
     "accuracy_mbe_bars",
@@ -343,8 +344,20 @@ def counting_report(
     notes: Sequence[str] = (),
     n_heatmaps: int = 2,
 ) -> dict[str, Path]:
-    """Write `report.html` (and `figures/*.png` if possible) for the study's outputs."""
+    """Write `report.html` (and `figures/*.png` if possible) for the study's outputs.
+
+    Raises `EmptyMeasurementError` (and writes nothing) for no samples or summaries, or
+    when no attention metric of any sample is a number.
+    """
     from vlm_lens.studies.counting import SUMMARY_COLUMNS, summary_table
+
+    if not rows or not summaries:
+        raise EmptyMeasurementError("counting report: no samples or summaries to report")
+    require_finite(
+        [e.get("gini") for r in rows for e in r["attention"]],
+        "counting report: the attention metrics of every sample",
+        "nothing was measured at the answers' digit steps",
+    )
 
     out_dir = Path(out_dir)
     fig_dir = out_dir / "figures"
@@ -379,22 +392,18 @@ def counting_report(
 
     figures: list[tuple[str, go.Figure, str]] = [
         ("accuracy_mbe", accuracy_mbe_bars(summaries), "Accuracy and MBE per model (Fig. 2)."),
+        (
+            "sparsity_box",
+            sparsity_box(rows),
+            "Sparsity of the 1st vs 2nd digit step (Fig. 3), headline layer.",
+        ),
+        (
+            "step_curves",
+            step_curves(summaries),
+            "Entropy and sparsity across digit steps (Fig. 5).",
+        ),
+        ("halo", halo_bars(summaries), "Halo metrics; black ticks: the regions' area shares."),
     ]
-    has_attention = any(r["attention"] for r in rows)
-    if has_attention:
-        figures += [
-            (
-                "sparsity_box",
-                sparsity_box(rows),
-                "Sparsity of the 1st vs 2nd digit step (Fig. 3), headline layer.",
-            ),
-            (
-                "step_curves",
-                step_curves(summaries),
-                "Entropy and sparsity across digit steps (Fig. 5).",
-            ),
-            ("halo", halo_bars(summaries), "Halo metrics; black ticks: the regions' area shares."),
-        ]
     if any(s.get("regrounding") for s in summaries):
         figures.append(
             (

@@ -34,6 +34,7 @@ from plotly.subplots import make_subplots
 from vlm_lens.core.segments import SEGMENT_KINDS
 from vlm_lens.metrics.yesno import to_rows
 from vlm_lens.reports.html import Report
+from vlm_lens.studies.checks import EmptyMeasurementError, require_finite
 
 __all__ = [
     "METRIC_TITLES",
@@ -285,6 +286,12 @@ def _official_rows(metrics: Mapping[str, Any], conditions: Sequence[str]) -> lis
     return list(table.values())
 
 
+def _system_label(settings: Mapping[str, Any]) -> str:
+    text = repr(settings.get("system"))
+    preset = settings.get("system_preset")  # absent from runs made before presets existed
+    return f"{preset} ({text})" if preset else text
+
+
 def write_report(
     path: str | Path,
     results: Sequence[Mapping[str, Any]],
@@ -293,16 +300,28 @@ def write_report(
     notes: Sequence[str] = (),
     n_examples: int = 8,
 ) -> Path:
-    """One HTML page over the `analyze` results of one or more benchmarks."""
+    """One HTML page over the `analyze` results of one or more benchmarks.
+
+    Raises `EmptyMeasurementError` (and writes nothing) for no results, a result without
+    records, or recorded attention shares that are all NaN.
+    """
+    if not results:
+        raise EmptyMeasurementError("yes-bias report: no results to report")
+    for result in results:
+        bench = result.get("settings", {}).get("benchmark", "?")
+        if not result["records"]:
+            raise EmptyMeasurementError(f"yes-bias report, {bench}: no records")
+        if result.get("shares") is not None:
+            require_finite(result["shares"], f"yes-bias report, {bench}: attention shares")
     report = Report(title)
     for note in notes:
         report.paragraph(note, note=True)
     report.paragraph(
-        "Each condition edits the post-softmax attention of the rows that produce the answer "
-        "(last prompt row and generated rows) in the chosen layers. Δ = condition − baseline "
-        "on the same items; intervals are paired bootstrap 95% intervals over pairing units. "
-        "Paired accuracy: share of pairing units whose every prompt is answered right "
-        "(first word yes/no; anything else is wrong)."
+        "Each condition edits the post-softmax attention in the chosen layers, of the rows its "
+        "run names: 'answer' (the last prompt row and the generated rows) or 'all' (every row, "
+        "still causal). Δ = condition − baseline on the same items; intervals are paired "
+        "bootstrap 95% intervals over pairing units. Paired accuracy: share of pairing units "
+        "whose every prompt is answered right (first word yes/no; anything else is wrong)."
     )
     for result in results:
         settings = result.get("settings", {})
@@ -316,8 +335,16 @@ def write_report(
             f"model: {settings.get('model')}; items: {len(result['items'])}; "
             f"conditions: {len(metrics)}; records: {len(result['records'])}; "
             f"max new tokens: {settings.get('max_new_tokens')}; "
-            f"system prompt: {settings.get('system')!r}"
+            f"system prompt: {_system_label(settings)}; "
+            f"edits: mode {settings.get('mode', 'proportional')}, "
+            f"rows {settings.get('rows', 'answer')}"
         )
+        layout = settings.get("layout")
+        if layout:
+            report.paragraph(
+                f"first prompt: system span {layout['system']}, image spans "
+                f"{layout['images']} of {layout['prompt_len']} tokens"
+            )
         if table:
             report.heading("Conditions against the baseline", level=3)
             report.table(table, _TABLE_VIEW, text_columns=("condition",))

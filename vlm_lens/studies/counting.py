@@ -13,7 +13,7 @@ A pipeline of plain functions, so a notebook can enter at any stage::
 
 What one record holds (one JSON line of `<out>/<model>/samples.jsonl`): the answer
 (`text`, `prediction` = first integer of the text, or the last one for the
-chain-of-thought variant; None if there is none; `correct`, `error` = prediction - count)
+chain-of-thought variant, in ASCII digits only; None if there is none; `correct`, `error` = prediction - count)
 and, for every generated step that produced a digit of that integer and every chosen
 layer, the attention of the query row that PREDICTS that digit to the image tokens:
 
@@ -42,6 +42,10 @@ Causal tests the paper did not run (its Limitations), reported beside the baseli
   answer so accuracy and MBE can be compared on the same samples;
 - `cot`: a prompt asking to count step by step; the answer is the LAST integer;
 - `three_digit`: counts in [100, 130] with smaller dots.
+
+Empty measurements stop the study (`vlm_lens.studies.EmptyMeasurementError`) instead of
+becoming empty cells: a generation whose hooks saw no decoding step, an all-NaN image map,
+or a condition whose attention metrics are all missing.
 
 Not for: the dataset itself (`vlm_lens.data.dots`), the metric definitions
 (`vlm_lens.metrics`), plotting (`vlm_lens.reports`) or argument parsing (`vlm_lens.cli.count`).
@@ -78,6 +82,12 @@ from vlm_lens.metrics.attention import (
     textbook_gini,
 )
 from vlm_lens.studies import runlog
+from vlm_lens.studies.checks import (
+    STEP_TRACKING_HINT,
+    EmptyMeasurementError,
+    require_decoding_steps,
+    require_finite,
+)
 from vlm_lens.studies.stats import wilcoxon_signed_rank
 
 if TYPE_CHECKING:
@@ -120,7 +130,8 @@ COT_PROMPT = (
 )
 PAPER_LAYERS = (-1, 8, 16, 24)
 MANIFEST = "run.json"
-_INTEGER = re.compile(r"\d+")
+# ASCII only: `\d` and str.isdigit also accept other scripts' digits ("3\uff19" is not 39).
+_INTEGER = re.compile(r"[0-9]+")
 
 
 # ------------------------------------------------------------------------------ config
@@ -263,16 +274,19 @@ def model_slug(name: str) -> str:
 # ----------------------------------------------------------------------------- answers
 
 
-def answer_span(text: str, which: Literal["first", "last"] = "first") -> tuple[int, int] | None:
-    """Character span of the first (or last) integer in `text`, or None."""
-    matches = list(_INTEGER.finditer(text))
+def answer_span(
+    text: str | None, which: Literal["first", "last"] = "first"
+) -> tuple[int, int] | None:
+    """Character span of the first (or last) run of ASCII digits in `text`, or None."""
+    matches = list(_INTEGER.finditer(text or ""))
     if not matches:
         return None
     return (matches[0] if which == "first" else matches[-1]).span()
 
 
-def parse_count(text: str, which: Literal["first", "last"] = "first") -> int | None:
-    """The first (or last) integer in `text`; None if there is none."""
+def parse_count(text: str | None, which: Literal["first", "last"] = "first") -> int | None:
+    """The first (or last) integer in `text` written with ASCII digits 0-9; None if there
+    is none. Other scripts' digits (fullwidth, Arabic-Indic, ...) are not part of a number."""
     span = answer_span(text, which)
     return None if span is None else int(text[span[0] : span[1]])
 
@@ -319,7 +333,7 @@ def _digits_only_kwargs(model: HookedVLM, max_digits: int) -> tuple[dict[str, An
         return {"suppress_tokens": _DIGIT_SUPPRESS[model]}, max_digits
     tok = model.processor.tokenizer
     vocab = max(len(tok), model.cfg.d_vocab)
-    digits = {i for i in range(len(tok)) if tok.decode([i]).strip().isdigit()}
+    digits = {i for i in range(len(tok)) if _INTEGER.fullmatch(tok.decode([i]).strip())}
     allowed = digits | set(model.eos_token_ids)
     _DIGIT_SUPPRESS[model] = [i for i in range(vocab) if i not in allowed]
     return {"suppress_tokens": _DIGIT_SUPPRESS[model]}, max_digits
@@ -345,8 +359,18 @@ def digit_step_metrics(
     `image` holds each head's post-softmax attention on the image keys (in prompt order,
     row-major over `grid`), not renormalised. Eq. 1 averages the heads; the map is then
     renormalised over the image tokens before the paper's metrics are taken.
+
+    An all-NaN `image` (the recording found none of the image keys among the keys the
+    hook saw) raises `EmptyMeasurementError`. A partly NaN one (some image keys outside a
+    sliding window) gives NaN metrics, stored as None.
     """
     image = image.detach().to(torch.float64).cpu()
+    if not bool(torch.isfinite(image).any()):
+        raise EmptyMeasurementError(
+            "the image attention map is all NaN: none of the image keys was among the keys "
+            "the hook saw. Either a sliding window dropped the image, or "
+            f"{STEP_TRACKING_HINT}"
+        )
     mean = image.mean(dim=0)  # Eq. 1
     mass = mean.sum()
     p = mean / mass
@@ -387,16 +411,23 @@ def recording_metrics(
     """`digit_step_metrics` for every (digit step, layer) of batch row `row` of a recording.
 
     `steps[k]` is the step that predicted digit string `digits[k]`; the recording must
-    keep the image columns of all heads (`keep=("image",)`, `heads="all"`).
+    keep the image columns of all heads (`keep=("image",)`, `heads="all"`) at every one of
+    those steps (a missing step raises `EmptyMeasurementError`).
     """
     entries = []
     for k, (step, digit) in enumerate(zip(steps, digits)):
         if step not in recording.image:
-            continue
+            raise EmptyMeasurementError(
+                f"no image attention was recorded at step {step} (digit {digit!r}); "
+                f"recorded steps: {sorted(recording.image)}"
+            )
         for layer in layers:
             image = recording.image[step][row, recording.layers.index(layer), :, -1, :]
             entry: dict[str, Any] = {"digit": k, "step": step, "token": digit, "layer": layer}
-            entry.update(digit_step_metrics(image, sample, grid, band_width, keep_map))
+            try:
+                entry.update(digit_step_metrics(image, sample, grid, band_width, keep_map))
+            except EmptyMeasurementError as err:
+                raise EmptyMeasurementError(f"step {step}, layer {layer}: {err}") from err
             entries.append(entry)
     return entries
 
@@ -550,6 +581,7 @@ def count_samples(
     )
     record = AttentionRecord(layers=sorted(set(layers) | set(reg_layers)), keep=("image",))
     out = model.generate(inputs, max_new_tokens=max_new, record=record, **kwargs)
+    require_decoding_steps(out.recording, out.n_steps, "counting study")
     rows = []
     for r, sample in enumerate(samples):
         tokens = _until_eos(out.tokens[r].tolist(), model.eos_token_ids)
@@ -787,6 +819,27 @@ def _paired(rows: list[dict], layer: int, metric: str) -> tuple[list[float], lis
     return first, second
 
 
+def _require_attention(group: Sequence[dict], where: str) -> None:
+    """Raise `EmptyMeasurementError` if a (model, condition) has no attention metric at all."""
+    entries = [e for r in group for e in r["attention"]]
+    if not entries:
+        if not any(r["digit_steps"] for r in group):
+            raise EmptyMeasurementError(
+                f"{where}: none of the {len(group)} answers held a number, so no digit step "
+                "had attention to measure (an untrained model needs digits_only, "
+                "`--digits-only`)"
+            )
+        raise EmptyMeasurementError(
+            f"{where}: the answers held digits but no attention was recorded at their steps; "
+            f"{STEP_TRACKING_HINT}"
+        )
+    require_finite(
+        [[e.get(m) for m in _STEP_METRICS] for e in entries],
+        f"{where}: every attention metric of {len(entries)} (digit step, layer) entries",
+        "the recorded image maps held no number",
+    )
+
+
 def summarize(rows: Sequence[dict]) -> list[dict[str, Any]]:
     """One summary per (model, condition): accuracy, MBE, MAE, per-step metrics, drop tests.
 
@@ -794,12 +847,18 @@ def summarize(rows: Sequence[dict]) -> list[dict[str, Any]]:
     per layer, Gini of the 1st minus the 2nd digit on the samples that have both, with a
     two-sided Wilcoxon signed-rank test; `entropy_rise` likewise (2nd minus 1st).
     `regrounding`: the re-grounded answers' accuracy, MBE and MAE, and the changes.
+
+    Raises `EmptyMeasurementError` for no rows, or for a (model, condition) whose
+    attention metrics are all missing (no digit step, nothing recorded, all-NaN maps).
     """
+    if not rows:
+        raise EmptyMeasurementError("no samples to summarize")
     groups: dict[tuple[str, str], list[dict]] = {}
     for row in rows:
         groups.setdefault((row.get("model", ""), row["condition"]), []).append(row)
     out = []
     for (model, condition), group in groups.items():
+        _require_attention(group, f"model {model!r}, condition {condition!r}")
         summary: dict[str, Any] = {"model": model, "condition": condition}
         summary.update(_answer_stats([(r["count"], r["prediction"]) for r in group]))
         layers = sorted({e["layer"] for r in group for e in r["attention"]})
@@ -1055,7 +1114,8 @@ def write_outputs(
     Reads each `<out_dir>/<model>/samples.jsonl` (run `merge` first after a sharded run)
     and writes `summary.json`, `summary.csv`, `samples.csv`, `attention.csv`,
     `report.html` and, if a PNG backend works, `figures/*.png`. Returns the summaries and
-    the paths written.
+    the paths written. Nothing is written when there are no samples or a condition's
+    attention metrics are all missing (`EmptyMeasurementError`, see `summarize`).
     """
     from vlm_lens.reports.figures import counting_report
 
@@ -1070,6 +1130,9 @@ def write_outputs(
         if not found and runlog.shard_files(model_dir):
             incomplete.append(model_dir.name)
         rows.extend(found)
+    if not rows:
+        hint = "; only shard logs: run `vlm-lens count merge` first" if incomplete else ""
+        raise EmptyMeasurementError(f"no samples under {out_dir}{hint}")
     if incomplete:
         print(f"note: only shard logs in {', '.join(incomplete)}: run `vlm-lens count merge` first")
     summaries = summarize(rows)

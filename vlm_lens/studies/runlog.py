@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 SAMPLES = "samples.jsonl"
-_SHARD_FILE = re.compile(r"^(?P<stem>.+)\.shard-(?P<k>\d+)-of-(?P<n>\d+)\.jsonl$")
+_SHARD_FILE = re.compile(r"^(?P<stem>.+)\.shard-(?P<k>[0-9]+)-of-(?P<n>[0-9]+)\.jsonl$")
 
 Key = Callable[[dict], Hashable]
 
@@ -56,7 +56,7 @@ class Shard:
     @classmethod
     def parse(cls, text: str) -> Shard:
         """`"K/N"` -> `Shard(K, N)`."""
-        match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+        match = re.fullmatch(r"\s*([0-9]+)\s*/\s*([0-9]+)\s*", text)
         if not match:
             raise ValueError(f"shard must look like K/N (e.g. 0/4), got {text!r}")
         return cls(int(match.group(1)), int(match.group(2)))

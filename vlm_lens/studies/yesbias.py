@@ -34,6 +34,37 @@ Stages:
    dose-response curves, per-layer attention shares of the baseline; a self-contained HTML
    page.
 
+Edit semantics (one setting per run, kept in run.json; a run is never resumed with others):
+
+- ``mode``: "proportional" (default, the paper's stated rule: mass moved into a modality
+  goes to its keys in proportion to their current attention) or "uniform" (evenly over the
+  modality's visible keys, as the paper's released code does; PITFALLS 16).
+- ``rows``: "answer" (default: the last prompt row and every decoding row) or "all" (every
+  query row, the prefill's included, as the released code does). Both stay causal: a row
+  only gives weight to keys it can see, and a row that sees no recipient key is left as it
+  is (see `vlm_lens.interventions.patterns`).
+- ``system``: "none" (default: no system message, the chat template decides), "paper"
+  (`PAPER_SYSTEM`, the vicuna_v1 prompt of the paper's LLaVA-1.5 runs) or any literal text.
+
+The system span (every token before the user's first content item) with ``system="none"``:
+
+=================  ==============================================================
+Qwen2-VL, 2.5-VL   the template's own "You are a helpful assistant." turn + user header
+Qwen3-VL           no system turn: only the user header ``<|im_start|>user\n``
+Gemma3             BOS + the user header ``<start_of_turn>user\n``
+llava-1.5-hf       BOS + ``USER: `` (the template has no system prompt)
+=================  ==============================================================
+
+With ``system="paper"`` on llava-1.5-hf the prompt is exactly the paper's vicuna_v1 layout,
+``<s>A chat between ... questions. USER: <image>\n{question} ASSISTANT:``; with the real
+vocabulary its system span is BOS + 30 tokens + " USER: " = 35 tokens and the image
+[35, 611). Other templates put the same text in their system turn (Gemma3 merges it into the
+first user turn). run.json's ``layout`` records the first item's spans.
+
+A generation whose hooks saw no decoding step, or NaN attention shares, stops the run with
+`vlm_lens.studies.EmptyMeasurementError` before its records are written; `analyze` raises it
+for a run without records instead of writing an empty report.
+
 Not for: the attention arithmetic (`vlm_lens.interventions`), reading benchmarks
 (`vlm_lens.data.yesno`) or the metrics' definitions (`vlm_lens.metrics.yesno`).
 """
@@ -51,18 +82,26 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import torch
 
+from vlm_lens.core.recording import AttentionRecord
 from vlm_lens.core.segments import SEGMENT_KINDS
 from vlm_lens.data.yesno.items import YesNoItem, parse_yes_no, yes_no_score, yes_no_token_ids
+from vlm_lens.interventions import Intervention, knockout, redistribute, scale_modality
+from vlm_lens.interventions.hooks import Rows
+from vlm_lens.interventions.patterns import Mode
 from vlm_lens.metrics.yesno import bootstrap_unit_sums, evaluate
 from vlm_lens.studies import runlog
+from vlm_lens.studies.checks import EmptyMeasurementError, require_decoding_steps, require_finite
 from vlm_lens.studies.runlog import SampleLog, Shard, jsonable, read_jsonl, write_json_atomic
 
 __all__ = [
     "DIRECTIONS",
     "FRACTIONS",
+    "PAPER_SYSTEM",
     "QUARTERS",
     "RECORDS",
+    "SYSTEM_PRESETS",
     "Condition",
     "analyze",
     "condition_metrics",
@@ -74,6 +113,8 @@ __all__ = [
     "merge_records",
     "model_tag",
     "paired_delta",
+    "prompt_layout",
+    "resolve_system",
     "run_sweep",
     "sweep_conditions",
     "write_table",
@@ -96,6 +137,26 @@ FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 SHARE_KINDS = SEGMENT_KINDS
 
 Kind = Literal["baseline", "redistribute", "scale", "knockout"]
+
+#: The vicuna_v1 system prompt of the yes-bias paper's LLaVA-1.5 runs (PITFALLS 15).
+PAPER_SYSTEM = (
+    "A chat between a curious human and an artificial intelligence assistant. The assistant "
+    "gives helpful, detailed, and polite answers to the human's questions."
+)
+#: Named system prompts: `system=` / `--system` takes one of these names or literal text.
+SYSTEM_PRESETS: dict[str, str | None] = {"none": None, "paper": PAPER_SYSTEM}
+MODES = ("proportional", "uniform")
+ROWS = ("answer", "all")
+
+
+def resolve_system(system: str | None) -> tuple[str, str | None]:
+    """`(preset, text)` of a `system=` setting: None or "none" -> ("none", None), "paper" ->
+    ("paper", `PAPER_SYSTEM`), anything else -> ("custom", the text itself)."""
+    if system is None:
+        return "none", None
+    if system in SYSTEM_PRESETS:
+        return system, SYSTEM_PRESETS[system]
+    return "custom", system
 
 
 # ------------------------------------------------------------------------------ conditions
@@ -187,26 +248,34 @@ class Condition:
             return f"{self.target}×{self.alpha:g}"
         return f"knockout {self.target}"
 
-    def fwd_hooks(self, model: Any) -> list[tuple[str, Any]]:
-        """The condition's `(hook name, function)` pairs for `model` (none for the baseline)."""
-        from vlm_lens import interventions as iv
-
+    def intervention(
+        self, model: Any, mode: Mode = "proportional", rows: Rows = "answer"
+    ) -> Intervention | None:
+        """The condition's edit bound to `model` (None for the baseline); `mode` applies to
+        redistributions, `rows` to every edit (see the module docstring)."""
         if self.kind == "baseline":
-            return []
+            return None
         if self.kind == "redistribute":
             recipients = list(self.recipients)
-            edit = iv.redistribute(
+            return redistribute(
                 self.source,
                 recipients[0] if len(recipients) == 1 else recipients,
                 self.layers,
                 fraction=self.fraction,
+                mode=mode,
+                rows=rows,
                 model=model,
             )
-        elif self.kind == "scale":
-            edit = iv.scale_modality(self.target, self.alpha, self.layers, model=model)
-        else:
-            edit = iv.knockout(self.target, self.layers, model=model)
-        return edit.fwd_hooks(model)
+        if self.kind == "scale":
+            return scale_modality(self.target, self.alpha, self.layers, rows=rows, model=model)
+        return knockout(self.target, self.layers, rows=rows, model=model)
+
+    def fwd_hooks(
+        self, model: Any, mode: Mode = "proportional", rows: Rows = "answer"
+    ) -> list[tuple[str, Any]]:
+        """The condition's `(hook name, function)` pairs for `model` (none for the baseline)."""
+        edit = self.intervention(model, mode, rows)
+        return [] if edit is None else edit.fwd_hooks(model)
 
 
 def sweep_conditions(
@@ -353,24 +422,68 @@ def _write_items(run_dir: Path, items: Sequence[YesNoItem]) -> None:
     os.replace(tmp, run_dir / ITEMS)
 
 
+#: run.json keys that change what a condition id's records mean, each with the value a
+#: run.json written before the key existed stands for (mode and rows came later).
+SEMANTICS: dict[str, Any] = {
+    "model": None,
+    "benchmark": None,
+    "max_new_tokens": None,
+    "system": None,
+    "mode": "proportional",
+    "rows": "answer",
+}
+
+
 def _check_run(run_dir: Path, settings: dict[str, Any]) -> None:
-    """Refuse to resume a run made with settings that change the records."""
+    """Write run.json, refusing to resume a run made with settings that change the records
+    (`SEMANTICS`, or a layer spec that now names other layers); conditions, layer specs and
+    fractions of a resumed run accumulate."""
     path = run_dir / RUN
     if path.exists():
         old = json.loads(path.read_text(encoding="utf-8"))
         changed = [
-            k
-            for k in ("model", "max_new_tokens", "system", "benchmark")
-            if k in old and old.get(k) != settings.get(k)
+            f"{k}: {old.get(k, default)!r} -> {settings.get(k)!r}"
+            for k, default in SEMANTICS.items()
+            if old.get(k, default) != settings.get(k)
+        ]
+        # A layer spec is part of the condition ids: it must still name the same layers.
+        old_layers = old.get("layers", {})
+        changed += [
+            f"layers {spec}: {old_layers[spec]} -> {layers}"
+            for spec, layers in settings["layers"].items()
+            if spec in old_layers and old_layers[spec] != layers
         ]
         if changed:
-            detail = ", ".join(f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in changed)
             raise ValueError(
-                f"{run_dir} holds a run with other settings ({detail}); use another --out"
+                f"{run_dir} holds a run with other settings ({', '.join(changed)}); "
+                "use another --out"
             )
         conditions = list(dict.fromkeys(old.get("conditions", []) + settings["conditions"]))
-        settings = {**old, **settings, "conditions": conditions}
+        layers = {**old.get("layers", {}), **settings["layers"]}
+        fractions = sorted(set(old.get("fractions", [])) | set(settings["fractions"]))
+        settings = {
+            **old,
+            **settings,
+            "conditions": conditions,
+            "layers": layers,
+            "fractions": fractions,
+        }
     write_json_atomic(path, settings)
+
+
+def prompt_layout(inputs: Any, row: int = 0) -> dict[str, Any]:
+    """Where the system, image and text tokens of one prepared prompt sit (for run.json).
+
+    `{"prompt_len", "system": [start, end], "images": [[start, end], ...], "text"}`, indices
+    into the (left-padded) row, `text` the rendered prompt.
+    """
+    sample = inputs.segments.samples[row]
+    return {
+        "prompt_len": int(inputs.segments.prompt_len),
+        "system": [sample.system.start, sample.system.end],
+        "images": [[span.start, span.end] for span in sample.images],
+        "text": inputs.texts[row] if inputs.texts else None,
+    }
 
 
 # -------------------------------------------------------------------------------- running
@@ -405,6 +518,33 @@ def _image_size(src: Any) -> Any:
     return size if isinstance(size, tuple) else None
 
 
+def _prepare(model: Any, batch: Sequence[YesNoItem], system: str | None) -> Any:
+    return model.prepare(
+        images=[it.load_images() or None for it in batch],
+        prompt=[it.prompt for it in batch],
+        system=system,
+    )
+
+
+def _step_record(edit: Intervention | None, record_shares: bool) -> AttentionRecord | None:
+    """What a condition records: the answer row's shares at every step (a few floats per
+    layer; the step check needs every step), in every layer with `record_shares`, else in
+    the condition's own hooked layers only (None if it has none)."""
+    layers = None if record_shares else (edit.layer_indices() if edit is not None else [])
+    if layers == []:
+        return None
+    return AttentionRecord(layers=layers, keep=("shares",), heads="mean")
+
+
+def _check_recording(out: Any, where: str) -> None:
+    """Every generated step was recorded, with finite shares (a softmax row's shares are
+    never NaN: NaN means the recording read the wrong keys)."""
+    require_decoding_steps(out.recording, out.n_steps, where)
+    for step, shares in out.recording.shares.items():
+        if not bool(torch.isfinite(shares).all()):
+            raise EmptyMeasurementError(f"{where}: attention shares at step {step} are NaN")
+
+
 def run_sweep(
     model: Any,
     items: Sequence[YesNoItem],
@@ -414,6 +554,8 @@ def run_sweep(
     model_name: str | None = None,
     max_new_tokens: int = 4,
     system: str | None = None,
+    mode: Mode = "proportional",
+    rows: Rows = "answer",
     batch_size: int = 1,
     shard: Shard | str | None = None,
     record_shares: bool = True,
@@ -432,7 +574,10 @@ def run_sweep(
         run_dir: where records.jsonl, items.jsonl and run.json go.
         model_name: recorded in run.json (a resumed run must use the same one).
         max_new_tokens: greedy tokens generated per item; the answer is the first word.
-        system: optional system prompt passed to `model.prepare`.
+        system: "none" / None (no system message), "paper" (`PAPER_SYSTEM`) or the text
+            of a system prompt, passed to `model.prepare` (see the module docstring).
+        mode: "proportional" or "uniform" spreading of redistributed attention.
+        rows: "answer" or "all": the query rows every condition edits.
         batch_size: items per forward (left-padded; only items whose images have the
             same sizes are batched). 1 is always correct.
         shard: `Shard(k, n)` or "K/N" (0-based K): the pairing units with index % N == K.
@@ -442,11 +587,23 @@ def run_sweep(
             rest is done by the next call).
         on_record: called with each row after it is written.
         note: a remark kept in run.json and shown in the report (e.g. "untrained model").
-    """
-    from vlm_lens.core.generation import AttentionRecord
 
+    run.json keeps the semantics (`SEMANTICS`: model, benchmark, max_new_tokens, system,
+    mode, rows) and refuses a resume that changes them; also the system preset, the layers
+    each layer spec resolved to, the fractions, and the first item's `prompt_layout`.
+
+    Every generation of a condition with hooks is checked: its recording must hold every
+    step it generated (`EmptyMeasurementError` if the hooks saw no decoding step) and
+    finite shares. A condition's own hooked layers are recorded for that check even with
+    `record_shares=False`; the baseline then has no hooks and nothing that depends on
+    the step.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if rows not in ROWS:
+        raise ValueError(f"rows must be one of {ROWS}, got {rows!r}")
+    preset, system_text = resolve_system(system)
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     items = list(items)
     if not items:
         raise ValueError("no items to run")
@@ -455,17 +612,28 @@ def run_sweep(
     ids = [c.id for c in conditions]
     if len(set(ids)) != len(ids):
         raise ValueError("duplicate conditions in the sweep")
+    edits = {c.id: c.intervention(model, mode, rows) for c in conditions}
     benchmark = items[0].benchmark
+    layout = prompt_layout(_prepare(model, items[:1], system_text))
+    run_dir.mkdir(parents=True, exist_ok=True)
     _check_run(
         run_dir,
         {
             "model": model_name,
             "benchmark": benchmark,
             "max_new_tokens": max_new_tokens,
-            "system": system,
+            "system": system_text,
+            "system_preset": preset,
+            "mode": mode,
+            "rows": rows,
+            "layers": {
+                str(c.layers): edits[c.id].layer_indices() for c in conditions if edits[c.id]
+            },
+            "fractions": sorted({c.fraction for c in conditions if c.fraction is not None}),
             "conditions": ids,
             "n_items": len(items),
             "note": note,
+            "layout": layout,
         },
     )
     _write_items(run_dir, items)
@@ -476,8 +644,8 @@ def run_sweep(
         items = [it for it in items if it.unit_id in owned]
     log_path = run_dir / (RECORDS if shard is None else shard.log_name(RECORDS))
     yes_ids, no_ids = yes_no_token_ids(model.processor)
-    record = AttentionRecord(steps=[0], keep=("shares",), heads="mean") if record_shares else None
-    hooks = {c.id: c.fwd_hooks(model) for c in conditions}
+    hooks = {c.id: [] if edits[c.id] is None else edits[c.id].fwd_hooks(model) for c in conditions}
+    records = {c.id: _step_record(edits[c.id], record_shares) for c in conditions}
     written = 0
     with SampleLog(log_path, key=_record_key) as log:
         # Records in the run's other logs (an earlier unsharded or differently sharded
@@ -494,21 +662,20 @@ def run_sweep(
                 ]
                 if not pending:
                     continue
-                inputs = model.prepare(
-                    images=[it.load_images() or None for it in batch],
-                    prompt=[it.prompt for it in batch],
-                    system=system,
-                )
+                inputs = _prepare(model, batch, system_text)
                 for cond in pending:
+                    record = records[cond.id]
                     out = model.generate(
                         inputs,
                         max_new_tokens=max_new_tokens,
                         fwd_hooks=hooks[cond.id],
                         record=record,
                     )
+                    if record is not None:
+                        _check_recording(out, f"yes-bias study, condition {cond.id}")
                     scores = yes_no_score(out.logits[0], yes_ids, no_ids)
                     shares = None
-                    if record is not None:
+                    if record_shares:
                         # [batch, layer, 1 head (mean), 1 query, 4 kinds] -> [batch, layer, 4]
                         shares = out.recording.shares[0][:, :, 0, 0, :]
                     for b, item in enumerate(batch):
@@ -852,10 +1019,12 @@ def layer_shares(
     records: Iterable[Mapping[str, Any]], condition: str = "baseline"
 ) -> np.ndarray | None:
     """Mean attention share of the answer row per layer, `[layer, 4]` over
-    (system, image, text, generated), averaged over heads and items; None if not recorded."""
+    (system, image, text, generated), averaged over heads and items; None if not recorded.
+    Shares recorded but all NaN raise `EmptyMeasurementError`."""
     stacks = [r["shares"] for r in records if r["condition"] == condition and r.get("shares")]
     if not stacks:
         return None
+    require_finite(stacks, f"attention shares of {condition!r}", "nothing was measured")
     return np.asarray(stacks, dtype=np.float64).mean(0)
 
 
@@ -873,12 +1042,15 @@ def analyze(
     """Metrics, the delta table (table.csv / table.json), metrics.json and report.html of a run.
 
     Shard logs not merged yet are read too (use `merge_records` to fold them). Returns
-    `{"items", "records", "metrics", "table", "shares", "paths"}`.
+    `{"items", "records", "metrics", "table", "shares", "paths"}`. A run without records
+    raises `EmptyMeasurementError` and writes nothing.
     """
     run_dir = Path(run_dir)
     settings = json.loads((run_dir / RUN).read_text(encoding="utf-8"))
     items = load_items(run_dir)
     records = load_records(run_dir)
+    if not records:
+        raise EmptyMeasurementError(f"{run_dir}: no records to analyse (the sweep wrote none)")
     metrics = condition_metrics(items, records, n_boot=n_boot, seed=seed)
     try:
         table = delta_table(items, records, model=settings.get("model"), n_boot=n_boot, seed=seed)

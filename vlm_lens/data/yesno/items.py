@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vlm_lens.core.images import load_image
+from vlm_lens.data.images import load_image
 
 #: Appended to every question that does not already ask for a yes/no answer.
 ANSWER_SUFFIX = " Answer only 'yes' or 'no'."
@@ -103,7 +103,7 @@ class YesNoItem:
 
     def load_images(self) -> list[Image.Image]:
         """Decode the images now, as RGB PIL images (a fresh list on every call), all
-        through `vlm_lens.core.images.load_image`; errors name the item and its origin."""
+        through `vlm_lens.data.images.load_image`; errors name the item and its origin."""
         where = f"{self.benchmark} item {self.item_id!r}" + (
             f", {self.origin}" if self.origin else ""
         )

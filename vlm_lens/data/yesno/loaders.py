@@ -36,7 +36,7 @@ Judgment calls, all overridable by keyword:
 `limit=N` keeps the first N pairing units in file order (never part of a unit).
 Parquet image cells are read lazily, one row group at a time, when
 `load_images()` is called; image files are only checked to exist. Every image is
-decoded by `vlm_lens.core.images.load_image`, the one decoding path of the library.
+decoded by `vlm_lens.data.images.load_image`, the one decoding path of the library.
 A wrong layout raises FileNotFoundError / ValueError naming the benchmark and the
 missing file, column or field.
 
@@ -68,7 +68,7 @@ from typing import Any
 
 from PIL import Image
 
-from vlm_lens.core.images import load_image
+from vlm_lens.data.images import load_image
 from vlm_lens.data.paths import confined
 from vlm_lens.data.yesno.items import YesNoItem, caption_prompt, make_prompt
 
