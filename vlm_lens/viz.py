@@ -175,5 +175,7 @@ def attention_heads(
         f"(<code>{html.escape(labels[q])}</code>)</div>"
     )
     script = f"<script>\n{circuitsvis_bundle()}\n{chr(10).join(calls)}\n</script>"
-    body = "\n".join([head, divs[0], "<h4>Attention of the query row</h4>", divs[1], *grids, script])
+    body = "\n".join(
+        [head, divs[0], "<h4>Attention of the query row</h4>", divs[1], *grids, script]
+    )
     return AttentionView(f'<div class="vlm-lens-attention">{body}</div>', f"layer {layer}")
