@@ -12,7 +12,6 @@ Not for: TransformerLens's own tests (tests/test_tl_parity.py) or HF parity
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -21,19 +20,19 @@ from PIL import Image
 from vlm_lens import HookedVLM
 from vlm_lens.core.hook_points import Site
 from vlm_lens.core.segments import KIND_GENERATED, KIND_TEXT
+from vlm_lens.data import dots
 from vlm_lens.patching import with_answer_prefix
 from vlm_lens.zoo import ARCHITECTURES
 
 PROMPTS = ["How many dots? Answer: ", "Count: "]
 
 
-def dots_image(seed: int, size: int = 64) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    arr = np.full((size, size), 255, dtype=np.uint8)
-    for _ in range(4):
-        y, x = rng.integers(4, size - 4, size=2)
-        arr[y - 3 : y + 3, x - 3 : x + 3] = 0
-    return Image.fromarray(arr).convert("RGB")
+def dots_image(i: int) -> Image.Image:
+    """Image i of a small seeded dots set (the counting study's generator, 64 px)."""
+    return _DOTS[i].image
+
+
+_DOTS = dots.generate(4, seed=0, size=64, radius=3, min_separation=1)
 
 
 @pytest.fixture(scope="module", params=ARCHITECTURES)
@@ -329,3 +328,19 @@ def test_a_switched_off_hook_point_is_refused_by_name(model, batch):
     with pytest.raises(AssertionError, match="set_use_attn_result"):
         model.run_with_hooks(batch, fwd_hooks=[("blocks.0.attn.hook_result", lambda t, hook: t)])
     assert not any(hp.has_hooks() for hp in model.hook_dict.values())
+
+
+def test_generation_with_every_point_hooked_gives_the_same_tokens(model, batch):
+    """Sites also fire at every decoding step (KV cache, one query row): identity hooks on
+    every point leave greedy generation unchanged, and each point sees every step."""
+    plain = model.generate(batch, max_new_tokens=3)
+    steps: dict[str, set[int]] = {}
+
+    def identity(t, hook):
+        steps.setdefault(hook.name, set()).add(hook.run.step)
+        return t
+
+    hooked = model.generate(batch, max_new_tokens=3, fwd_hooks=[(lambda n: True, identity)])
+    assert torch.equal(plain.tokens, hooked.tokens)
+    per_step = {n for n in model.hook_dict if n != "hook_image_embeds" and "hook_result" not in n}
+    assert all(steps[n] == {0, 1, 2} for n in per_step), {n: steps.get(n) for n in per_step}

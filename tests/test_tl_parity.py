@@ -34,7 +34,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -44,6 +43,7 @@ from transformer_lens.conversion_utils.conversion_steps.base_tensor_conversion i
 from transformer_lens.utilities import Slice, get_act_name
 
 from vlm_lens import HookedVLM
+from vlm_lens.data import dots
 
 ARCHS = ["qwen3_vl", "llava"]
 PROMPTS = ["How many dots? Answer: ", "Count the dots. Answer: ", "How many? ", "Dots: "]
@@ -51,13 +51,12 @@ ANSWERS = [("3", "4"), ("4", "3"), ("5", "2"), ("2", "5")]  # (correct, incorrec
 embed = lambda name: name == "hook_embed"  # noqa: E731 - TransformerLens's test helper
 
 
-def dots_image(seed: int, size: int = 64) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    arr = np.full((size, size), 255, dtype=np.uint8)
-    for _ in range(3 + seed % 3):
-        y, x = rng.integers(4, size - 4, size=2)
-        arr[y - 3 : y + 3, x - 3 : x + 3] = 0
-    return Image.fromarray(arr).convert("RGB")
+def dots_image(i: int) -> Image.Image:
+    """Image i of a small seeded dots set (the counting study's generator, 64 px)."""
+    return _DOTS[i].image
+
+
+_DOTS = dots.generate(8, seed=0, size=64, radius=3, min_separation=1)
 
 
 @pytest.fixture(scope="module", params=ARCHS)

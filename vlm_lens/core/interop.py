@@ -20,10 +20,13 @@ a list filled step by step). Prefer `tracer.iter[:n]` with `min_new_tokens=n` to
 open-ended `tracer.all()`, which leaves a request for a step that never comes (nnsight warns).
 
 Module paths (the same for every supported architecture in transformers 5):
-`model.language_model.layers[i].self_attn.hook_{q,k,v,attn_scores,pattern,z}`,
-`model.language_model.layers[i].hook_resid_{pre,post}`, and the projector's
-`hook_image_embeds` (`model.visual.merger.hook_image_embeds` for Qwen,
-`model.multi_modal_projector.hook_image_embeds` for Gemma3 / LLaVA). `nn.hook(name)`
+`model.language_model.layers[i].self_attn.hook_{q,k,v,attn_scores,pattern,z,result}`,
+`model.language_model.layers[i].hook_{resid_pre,attn_out,resid_mid,mlp_out,resid_post}`,
+`model.language_model.layers[i].mlp.hook_{pre,pre_linear,post}`, the norms' `hook_scale` /
+`hook_normalized` (`layers[i].input_layernorm`, ..., `model.language_model.norm`),
+`model.language_model.hook_embed`, and the projector's `hook_image_embeds`
+(`model.visual.merger.hook_image_embeds` for Qwen, `model.multi_modal_projector.
+hook_image_embeds` for Gemma3 / LLaVA). `nn.hook_path(name)` gives any of them. `nn.hook(name)`
 returns the envoy of a TransformerLens name (`"blocks.-1.attn.hook_pattern"`), and
 `nn.hook_path(name)` its module path.
 
