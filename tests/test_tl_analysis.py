@@ -291,6 +291,8 @@ def test_tokenizer_helpers(model, batch):
     bos = model.tokenizer.bos_token_id
     if bos is not None:
         assert model.to_tokens(text, prepend_bos=True)[0, 0] == bos
+        padded = model.to_tokens(["a", "abc"], prepend_bos=True, padding_side="left")
+        assert padded[0, 2] == bos and padded[0, 1] == model.tokenizer.pad_token_id
     # W_U columns as residual directions
     direction = model.tokens_to_residual_directions("7")
     torch.testing.assert_close(direction, model.W_U[:, digit])

@@ -545,16 +545,16 @@ class HookedVLM(HookedRootModule):
             texts = [input] if isinstance(input, str) else list(input)
             if not texts or not all(isinstance(t, str) for t in texts):
                 raise TypeError("to_tokens takes a string, a list of strings or prepared inputs")
-            kwargs = {} if padding_side is None else {"padding_side": padding_side}
-            ids = self.tokenizer(
-                texts, add_special_tokens=False, padding=True, return_tensors="pt", **kwargs
-            )["input_ids"]
+            rows = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
             if prepend_bos:
                 bos = self.tokenizer.bos_token_id
                 if bos is None:
                     raise ValueError("prepend_bos=True, but this tokenizer has no BOS token")
-                ids = torch.cat([torch.full_like(ids[:, :1], bos), ids], dim=1)
-            tokens = ids
+                rows = [[bos, *row] for row in rows]  # before padding: left padding stays first
+            kwargs = {} if padding_side is None else {"padding_side": padding_side}
+            tokens = self.tokenizer.pad(
+                {"input_ids": rows}, padding=True, return_tensors="pt", **kwargs
+            )["input_ids"]
         return tokens.to(self.cfg.device) if move_to_device else tokens
 
     def _token_text(self, token: int) -> str:
