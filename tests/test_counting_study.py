@@ -20,6 +20,7 @@ import torch
 from vlm_lens import HookedVLM
 from vlm_lens.core.generation import AttentionRecord, Recording
 from vlm_lens.data import dots
+from vlm_lens.reports.counting import write_outputs
 from vlm_lens.studies import counting, runlog
 from vlm_lens.studies.stats import sign_test, wilcoxon_signed_rank
 
@@ -45,7 +46,7 @@ def model(tiny_ckpt) -> HookedVLM:
 def full_run(model, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("count_full")
     counting.run_counting(model, CONFIG, out, model_name=EVIL, progress=False, note="untrained")
-    counting.write_outputs(out, png=False)
+    write_outputs(out, png=False)
     return out
 
 
@@ -400,7 +401,7 @@ def _have_chromium() -> bool:
 def test_key_figures_are_saved_as_png(full_run: Path, tmp_path: Path):
     out = tmp_path / "with_png"
     shutil.copytree(full_run, out)
-    paths = counting.write_outputs(out, png=True)["paths"]
+    paths = write_outputs(out, png=True)["paths"]
     pngs = {k: Path(v) for k, v in paths.items() if k.startswith("png_")}
     assert pngs, "no PNG written although Chromium is installed"
     for path in pngs.values():

@@ -225,7 +225,9 @@ _SUMMARY_COLUMNS = (
 
 def _report(out: Path, args: argparse.Namespace) -> None:
     """Write tables, figures and the report, and print the headline numbers."""
-    written = counting.write_outputs(out, png=not args.no_png)
+    from vlm_lens.reports.counting import write_outputs
+
+    written = write_outputs(out, png=not args.no_png)
     rows = counting.summary_table(written["summaries"])
     cells = [[label for _, label, _ in _SUMMARY_COLUMNS]]
     for row in rows:

@@ -166,7 +166,7 @@ def write_reports(out: Path, n_boot: int = 1000, notes: tuple[str, ...] = ()) ->
     """Analyse every run under `out`; one report per model folder (all its benchmarks)."""
     by_model: dict[Path, list[dict]] = {}
     for run_dir in run_dirs(out):
-        result = yesbias.analyze(run_dir, n_boot=n_boot, report=False)
+        result = yesbias.analyze(run_dir, n_boot=n_boot)
         by_model.setdefault(run_dir.parent, []).append(result)
     from vlm_lens.reports.yesbias import write_report
 

@@ -9,7 +9,9 @@ A pipeline of plain functions, so a notebook can enter at any stage::
     out      = run_counting(model, configs, "runs/", model_name="qwen3-vl-2b")  # JSONL log
     rows     = load_samples(out)                             # records
     summary  = summarize(rows)                               # accuracy, MBE, MAE, drops
-    write_outputs("runs/")                                   # tables, figures, HTML report
+    write_tables("runs/")                                    # summary.json/csv, samples/attention.csv
+
+The figures and the HTML report: `vlm_lens.reports.counting.write_outputs("runs/")`.
 
 What one record holds (one JSON line of `<out>/<model>/samples.jsonl`): the answer
 (`text`, `prediction` = first integer of the text, or the last one for the
@@ -120,7 +122,7 @@ __all__ = [
     "study_layers",
     "summarize",
     "summary_table",
-    "write_outputs",
+    "write_tables",
 ]
 
 PROMPT = "How many dots are there in the image? Answer directly. Answer: "
@@ -1106,19 +1108,16 @@ def write_csv(path: str | Path, rows: Sequence[dict], columns: Sequence[str]) ->
     return path
 
 
-def write_outputs(
-    out_dir: str | Path, *, png: bool = True, title: str = "Counting study"
-) -> dict[str, Any]:
-    """Summaries, tables, figures and the HTML report of every model under `out_dir`.
+def write_tables(out_dir: str | Path) -> dict[str, Any]:
+    """Summaries and tables of every model under `out_dir` (the report is written from these).
 
     Reads each `<out_dir>/<model>/samples.jsonl` (run `merge` first after a sharded run)
-    and writes `summary.json`, `summary.csv`, `samples.csv`, `attention.csv`,
-    `report.html` and, if a PNG backend works, `figures/*.png`. Returns the summaries and
-    the paths written. Nothing is written when there are no samples or a condition's
-    attention metrics are all missing (`EmptyMeasurementError`, see `summarize`).
+    and writes `summary.json`, `summary.csv`, `samples.csv` and `attention.csv`. Returns
+    `{"rows", "summaries", "manifests", "notes", "paths"}`. Nothing is written when there
+    are no samples or a condition's attention metrics are all missing
+    (`EmptyMeasurementError`, see `summarize`). `vlm_lens.reports.counting.write_outputs`
+    calls this and then writes the report.
     """
-    from vlm_lens.reports.figures import counting_report
-
     out_dir = Path(out_dir)
     rows: list[dict] = []
     incomplete = []
@@ -1149,11 +1148,13 @@ def write_outputs(
     }
     notes = [f"{m['model']}: {m['note']}" for m in manifests if m.get("note")]
     notes += [f"{name}: only shard logs found; run `vlm-lens count merge`" for name in incomplete]
-    report = counting_report(
-        rows, summaries, out_dir, png=png, title=title, manifests=manifests, notes=notes
-    )
-    paths.update(report)
-    return {"summaries": summaries, "paths": paths}
+    return {
+        "rows": rows,
+        "summaries": summaries,
+        "manifests": manifests,
+        "notes": notes,
+        "paths": paths,
+    }
 
 
 def default_model_note() -> str:

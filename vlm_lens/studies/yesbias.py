@@ -5,7 +5,9 @@ pipeline of plain functions a notebook can enter at any stage::
 
     conditions = sweep_conditions("quarters", fractions=(0.5, 1.0))   # what to run
     run_dir = run_sweep(model, items, conditions, out / tag / "synthetic")  # -> records.jsonl
-    result = analyze(run_dir)              # metrics per condition, delta table, figures, report
+    result = analyze(run_dir)              # metrics per condition, delta table
+
+The figures and the HTML report: `vlm_lens.reports.yesbias` (`report_run(run_dir)`).
 
 Stages:
 
@@ -1036,10 +1038,8 @@ def analyze(
     *,
     n_boot: int = 1000,
     seed: int = 0,
-    report: bool = True,
-    title: str | None = None,
 ) -> dict[str, Any]:
-    """Metrics, the delta table (table.csv / table.json), metrics.json and report.html of a run.
+    """Metrics, the delta table (table.csv / table.json) and metrics.json of a run.
 
     Shard logs not merged yet are read too (use `merge_records` to fold them). Returns
     `{"items", "records", "metrics", "table", "shares", "paths"}`. A run without records
@@ -1069,10 +1069,4 @@ def analyze(
         "shares": shares,
         "paths": paths,
     }
-    if report:
-        from vlm_lens.reports.yesbias import write_report
-
-        paths["report"] = write_report(
-            run_dir / "report.html", [result], title=title or "Yes-bias study"
-        )
     return result
