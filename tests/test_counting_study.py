@@ -327,13 +327,13 @@ def test_answer_parsing_and_digit_steps():
     def decode(ids):
         return "".join(pieces[i] for i in ids)
 
-    assert counting.answer_steps(range(6), decode) == ([2, 3], ["1", "2"])
+    assert counting.digit_steps(range(6), decode) == ([2, 3], ["1", "2"])
     merged = ["There are ", "12", " dots"]
-    assert counting.answer_steps(range(3), lambda ids: "".join(merged[i] for i in ids)) == (
+    assert counting.digit_steps(range(3), lambda ids: "".join(merged[i] for i in ids)) == (
         [1],
         ["12"],
     )
-    assert counting.answer_steps(range(2), lambda ids: "no" * len(list(ids))) == ([], [])
+    assert counting.digit_steps(range(2), lambda ids: "no" * len(list(ids))) == ([], [])
 
 
 def test_study_layers():

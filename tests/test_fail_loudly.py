@@ -44,7 +44,10 @@ def stuck_steps(monkeypatch):
 
 
 def _files(root: Path) -> list[str]:
-    return sorted(p.name for p in root.rglob("*") if p.is_file())
+    # The run lock files (`runlog.LOCK`) are held open by the run itself, not outputs.
+    return sorted(
+        p.name for p in root.rglob("*") if p.is_file() and not p.name.endswith(runlog.LOCK)
+    )
 
 
 # ------------------------------------------------------------- no decoding step recorded
@@ -212,7 +215,7 @@ def test_counts_are_read_in_ascii_digits_only():
     assert counting.parse_count("\u00b2") is None  # superscript two
     assert counting.parse_count(None) is None
     assert counting.answer_span("a 1\u0662 b") == (2, 3)
-    assert counting.answer_steps(range(3), lambda ids: "".join("1\uff193"[i] for i in ids)) == (
+    assert counting.digit_steps(range(3), lambda ids: "".join("1\uff193"[i] for i in ids)) == (
         [0],
         ["1"],
     )
