@@ -49,3 +49,23 @@ def test_no_subcommand_prints_help_and_fails(capsys):
     assert "COMMAND" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["nonsense"])
+
+
+@pytest.mark.parametrize("command", ["count", "yesbias"])
+def test_a_study_commands_help_imports_no_study(command):
+    code = (
+        "import sys\n"
+        "from vlm_lens.cli import main\n"
+        "try:\n"
+        f"    main([{command!r}, '--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "heavy = [m for m in ('torch', 'transformers', 'vlm_lens.studies.counting',\n"
+        "                     'vlm_lens.studies.yesbias') if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    assert "HEAVY []" in out
+    assert "--out" in out

@@ -19,6 +19,7 @@ import torch
 
 from vlm_lens import HookedVLM
 from vlm_lens.core.generation import AttentionRecord, Recording
+from vlm_lens.core.layers import resolve_layers
 from vlm_lens.data import dots
 from vlm_lens.reports.counting import write_outputs
 from vlm_lens.studies import counting, runlog
@@ -185,6 +186,22 @@ def test_cli_runs_resumes_and_reports(tiny_ckpt, tmp_path):
     (model_dir,) = [p for p in tmp_path.iterdir() if (p / "run.json").exists()]
     assert len(_rows(model_dir / "samples.jsonl")) == 2
     assert (tmp_path / "report.html").exists()
+
+
+def test_cli_layers_take_the_layer_grammar_and_a_bad_spec_writes_nothing(tiny_ckpt, tmp_path):
+    from vlm_lens.cli import main
+
+    n_layers = HookedVLM.from_pretrained(tiny_ckpt("qwen3_vl")).cfg.n_layers
+    argv = ["count", "--model", str(tiny_ckpt("qwen3_vl")), "--n", "1", "--size", "128"]
+    argv += ["--radius", "3", "--digits-only", "--no-png", "--no-progress"]
+    with pytest.raises(SystemExit, match="--layers: .*layer"):
+        main([*argv, "--out", str(tmp_path / "bad"), "--layers", str(n_layers)])
+    assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").rglob("run.json"))
+    assert main([*argv, "--out", str(tmp_path / "q"), "--layers", "Q4"]) == 0
+    (manifest,) = (tmp_path / "q").rglob("run.json")
+    assert json.loads(manifest.read_text())["conditions"]["baseline"]["layers"] == "Q4"
+    (row,) = _rows(manifest.parent / "samples.jsonl")
+    assert sorted({e["layer"] for e in row["attention"]}) == resolve_layers("Q4", n_layers)
 
 
 # ---------------------------------------------------------------------- re-grounding

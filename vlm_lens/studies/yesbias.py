@@ -95,6 +95,18 @@ from vlm_lens.metrics.yesno import bootstrap_unit_sums, evaluate, percentile_int
 from vlm_lens.studies import runlog
 from vlm_lens.studies.checks import EmptyMeasurementError, require_decoding_steps, require_finite
 from vlm_lens.studies.runlog import SampleLog, Shard, jsonable, read_jsonl, write_json_atomic
+from vlm_lens.studies.yesbias_options import (
+    DIRECTIONS,
+    FRACTIONS,
+    ITEMS,
+    MODES,
+    PAPER_SYSTEM,
+    QUARTERS,
+    RECORDS,
+    ROWS,
+    RUN,
+    SYSTEM_PRESETS,
+)
 
 __all__ = [
     "DIRECTIONS",
@@ -121,33 +133,9 @@ __all__ = [
     "write_table",
 ]
 
-RECORDS = "records.jsonl"
-ITEMS = "items.jsonl"
-RUN = "run.json"
-
-#: Source -> recipients of the sweep, keyed by the label used in condition ids.
-DIRECTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "system->text": ("system", ("text",)),
-    "system->image": ("system", ("image",)),
-    "system->image+text": ("system", ("image", "text")),
-    "text->system": ("text", ("system",)),
-    "image->system": ("image", ("system",)),
-}
-QUARTERS = ("Q1", "Q2", "Q3", "Q4")
-FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 SHARE_KINDS = SEGMENT_KINDS
 
 Kind = Literal["baseline", "redistribute", "scale", "knockout"]
-
-#: The vicuna_v1 system prompt of the yes-bias paper's LLaVA-1.5 runs (PITFALLS 15).
-PAPER_SYSTEM = (
-    "A chat between a curious human and an artificial intelligence assistant. The assistant "
-    "gives helpful, detailed, and polite answers to the human's questions."
-)
-#: Named system prompts: `system=` / `--system` takes one of these names or literal text.
-SYSTEM_PRESETS: dict[str, str | None] = {"none": None, "paper": PAPER_SYSTEM}
-MODES = ("proportional", "uniform")
-ROWS = ("answer", "all")
 
 
 def resolve_system(system: str | None) -> tuple[str, str | None]:
