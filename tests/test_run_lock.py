@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
@@ -104,3 +105,20 @@ def test_loading_drops_duplicate_ids_and_says_so(tmp_path):
     with pytest.warns(UserWarning, match="1 duplicate records dropped"):
         loaded = counting.load_samples(tmp_path)
     assert [(r["index"], r["text"]) for r in loaded] == [(0, "0"), (1, "1")]
+
+
+def test_yesbias_records_twice_in_a_log_warn_but_a_merged_log_beside_its_shards_does_not(
+    tmp_path,
+):
+    from vlm_lens.studies import yesbias
+
+    rows = [{"condition": "baseline", "item_id": str(i), "text": "yes"} for i in (0, 1)]
+    lines = "".join(json.dumps(r) + "\n" for r in rows)
+    (tmp_path / yesbias.RECORDS).write_text(lines)
+    (tmp_path / runlog.Shard(0, 1).log_name(yesbias.RECORDS)).write_text(lines)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert yesbias.load_records(tmp_path) == rows
+    (tmp_path / yesbias.RECORDS).write_text(lines + json.dumps(rows[0]) + "\n")
+    with pytest.warns(UserWarning, match="1 duplicate records dropped"):
+        assert yesbias.load_records(tmp_path) == rows

@@ -138,7 +138,7 @@ def _resolve(spec: Any, n_layers: int, flag: str) -> list[int]:
 
     try:
         return counting.study_layers(spec, n_layers)
-    except (ValueError, TypeError) as err:
+    except (ValueError, TypeError, IndexError) as err:
         raise SystemExit(f"{flag}: {err}") from err
 
 

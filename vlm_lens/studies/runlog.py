@@ -229,17 +229,18 @@ def log_lock(log: str | Path) -> Iterator[None]:
         yield
 
 
-def unique(rows: Iterable[dict], key: Key, where: str) -> list[dict]:
+def unique(rows: Iterable[dict], key: Key, where: str, *, copies_ok: bool = False) -> list[dict]:
     """`rows` with each key once (the first row wins), warning when any was dropped: a log
-    holding a sample twice was written by two runs at once or merged by hand."""
+    holding a sample twice was written by two runs at once or merged by hand. With
+    `copies_ok`, exact copies are dropped silently (a merged log read with its shard logs)."""
     seen: dict[Hashable, dict] = {}
     dropped = 0
     for row in rows:
         k = key(row)
-        if k in seen:
-            dropped += 1
-        else:
+        if k not in seen:
             seen[k] = row
+        elif not (copies_ok and row == seen[k]):
+            dropped += 1
     if dropped:
         warnings.warn(f"{where}: {dropped} duplicate records dropped (same id)", stacklevel=2)
     return list(seen.values())

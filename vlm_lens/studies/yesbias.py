@@ -761,9 +761,11 @@ def load_records(run_dir: str | Path) -> list[dict]:
     """All records of a run: records.jsonl plus any shard log not merged yet (deduplicated)."""
     run_dir = Path(run_dir)
     rows = [
-        row for source in [run_dir / RECORDS] + _shard_logs(run_dir) for row in read_jsonl(source)
+        row
+        for source in [run_dir / RECORDS] + _shard_logs(run_dir)
+        for row in runlog.unique(read_jsonl(source), _record_key, str(source))
     ]
-    return runlog.unique(rows, _record_key, str(run_dir))
+    return runlog.unique(rows, _record_key, str(run_dir), copies_ok=True)
 
 
 def _by_condition(records: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Mapping]]:
