@@ -84,7 +84,7 @@ from vlm_lens.metrics.attention import (
     normalized_entropy,
     textbook_gini,
 )
-from vlm_lens.studies import runlog
+from vlm_lens.studies import fallback, runlog
 from vlm_lens.studies.checks import (
     STEP_TRACKING_HINT,
     EmptyMeasurementError,
@@ -1163,20 +1163,9 @@ def default_model(cache_dir: str | Path | None = None) -> tuple[Any, str, str | 
     None for the organism and the notice otherwise (callers should then set
     `digits_only=True`).
     """
-    import os
-
-    from vlm_lens import zoo
-
-    organism = getattr(zoo, "organism", None)
-    if organism is not None:
-        try:
-            return organism(), "organism", None
-        except Exception as err:  # not trained / not shipped yet: fall back, and say why
-            print(f"note: the counting organism is not available ({type(err).__name__}: {err})")
-    if cache_dir is None:
-        root = os.environ.get("VLM_LENS_CACHE", Path.home() / ".cache" / "vlm_lens")
-        cache_dir = Path(root) / "zoo"
-    path = zoo.tiny_checkpoint("qwen3_vl", cache_dir)
-    note = default_model_note()
-    print(note)
-    return path, "tiny-qwen3_vl-untrained", note
+    ref, name, note = fallback.default_model(
+        default_model_note(), cache_dir, organism="counting organism"
+    )
+    if note:
+        print(note)
+    return ref, name, note

@@ -92,7 +92,7 @@ from vlm_lens.interventions import Intervention, knockout, redistribute, scale_m
 from vlm_lens.interventions.hooks import Rows
 from vlm_lens.interventions.patterns import Mode
 from vlm_lens.metrics.yesno import bootstrap_unit_sums, evaluate, percentile_interval
-from vlm_lens.studies import runlog
+from vlm_lens.studies import fallback, runlog
 from vlm_lens.studies.checks import EmptyMeasurementError, require_decoding_steps, require_finite
 from vlm_lens.studies.runlog import SampleLog, Shard, jsonable, read_jsonl, write_json_atomic
 from vlm_lens.studies.yesbias_options import (
@@ -324,18 +324,7 @@ def default_model(cache_dir: str | os.PathLike | None = None) -> tuple[Any, str,
     `cache_dir`: where the tiny checkpoint is built (default `$VLM_LENS_CACHE/zoo`, or
     ~/.cache/vlm_lens/zoo).
     """
-    from vlm_lens import zoo
-
-    organism = getattr(zoo, "organism", None)
-    if organism is not None:
-        try:
-            return organism(), "organism", None
-        except Exception as err:  # not trained / not shipped yet: fall back, and say why
-            print(f"note: the organism is not available ({type(err).__name__}: {err})")
-    if cache_dir is None:
-        root = os.environ.get("VLM_LENS_CACHE", str(Path.home() / ".cache" / "vlm_lens"))
-        cache_dir = Path(root) / "zoo"
-    return zoo.tiny_checkpoint("qwen3_vl", cache_dir), "tiny-qwen3_vl-untrained", UNTRAINED_NOTE
+    return fallback.default_model(UNTRAINED_NOTE, cache_dir)
 
 
 def model_tag(name_or_path: str | os.PathLike) -> str:
