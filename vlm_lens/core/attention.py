@@ -368,8 +368,8 @@ def vlm_lens_attention(
             z = _sdpa(query, key, value, mask, scaling, dropout)
         else:
             z = _explicit(query, key, value, mask, scaling, softcap, dropout, n_queries)[0]
-        run: RunState | None = next((hp.run for hp in hooks if hp is not None), None)
         for rows in plan or ():
+            run: RunState = hooks[0].run if hooks[0] is not None else hooks[1].run
             previous, run.rows = run.rows, rows + run.query_start
             try:
                 z_rows = _explicit(
