@@ -23,12 +23,17 @@ VmHWM minus the RSS before the pass: the memory the forward pass itself needs, w
 grows with P (the process's total also holds the interpreter, torch and the weights, the
 same for every method; it is reported as ``maxrss``). RSS, not a torch allocator counter:
 CPU tensors have no allocator statistics in torch, and tracemalloc does not see them. The
-time is the fastest of ``--warm`` further passes in the same process (on a shared machine
-the fastest pass is the least disturbed one), and the table shows the median over rounds. The growth exponent is the
+children run with a fixed glibc mmap threshold (``MALLOC_ENV``) so that RSS follows the
+live tensors rather than the allocator's history. The
+time is the CPU time of the process during the fastest of ``--warm`` further passes in the
+same process: with one torch thread it is the work done, much less disturbed by other jobs on
+a shared machine than wall time (also kept, as ``wall_s``); the table shows medians over
+rounds. The growth exponent is the
 least-squares slope of log(value) on log(P) over the sizes run.
 
     python benchmarks/bench_long_context.py [--sizes 1024 2048 4096 8192] [--repeats 3]
-        [--threads 1] [--eager-max 4096] [--json out.json] [--smoke]
+        [--threads 1] [--eager-max 4096] [--json out.json] [--log runs.jsonl] [--smoke]
+    python benchmarks/bench_long_context.py --summarise runs.jsonl
 
 ``--smoke``: P ~ 180 and 290 on a narrow model, one round, measured in-process (a fresh
 process costs ~15 s of imports here; the test-suite runs it).
@@ -55,6 +60,14 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+# glibc raises its mmap threshold as blocks are freed, after which large tensors come from a
+# heap that is not given back: the RSS then depends on what ran before. A fixed threshold
+# maps every large tensor on its own and unmaps it when freed, so RSS follows live memory.
+MALLOC_ENV = {
+    "MALLOC_MMAP_THRESHOLD_": "131072",
+    "MALLOC_TRIM_THRESHOLD_": "131072",
+    "MALLOC_ARENA_MAX": "2",
+}
 METHODS = (
     "hf_sdpa",
     "hf_eager_attn",
@@ -188,18 +201,20 @@ def child(args: argparse.Namespace) -> dict:
         run()
         cold = time.perf_counter() - t0
         peak = _status_kb("VmHWM") if reset else None
-        warm = []
+        warm, cpu = [], []
         for _ in range(args.warm):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             run()
             warm.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
     import resource
 
     return {
         "method": method,
         "tokens": n_tokens,
         "images": args.images,
-        "time_s": min(warm),  # the least disturbed of the warm passes (a shared machine)
+        "wall_s": min(warm),  # the least disturbed of the warm passes (a shared machine)
+        "time_s": min(cpu),
         "cold_time_s": cold,
         "peak_mb": None if peak is None else (peak - before) / 1024,
         "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -264,7 +279,7 @@ def markdown(summary: dict) -> str:
         return "-" if x is None else format(x, fmt)
 
     lines = [
-        "| P | method | time (s) | x SDPA | peak (MiB) | x SDPA |",
+        "| P | method | CPU time (s) | x SDPA | peak (MiB) | x SDPA |",
         "|---:|---|---:|---:|---:|---:|",
     ]
     for r in summary["table"]:
@@ -283,7 +298,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096, 8192])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--warm", type=int, default=2, help="warm passes timed per process (min kept)")
+    p.add_argument("--warm", type=int, default=1, help="warm passes timed per process (min kept)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument(
         "--eager-max",
@@ -308,7 +323,16 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--method", default=None, help=argparse.SUPPRESS)
     p.add_argument("--images", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--ckpt", default=None, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--summarise", default=None, help="print the table of a --log file (e.g. a partial run)"
+    )
     args = p.parse_args(argv)
+    if args.summarise:
+        runs = [json.loads(line) for line in Path(args.summarise).read_text().splitlines() if line]
+        methods = [m for m in METHODS if any(r["method"] == m for r in runs)]
+        summary = summarise(runs, methods)
+        print(markdown(summary))
+        return summary
     if args.child:
         print(json.dumps(child(args)))
         return {}
@@ -338,6 +362,7 @@ def main(argv: list[str] | None = None) -> dict:
                         filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])
                     )
                     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONPATH=pythonpath)
+                    env.update(MALLOC_ENV)
                     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
                     if out.returncode != 0:
                         raise RuntimeError(f"{method} at P~{size} failed:\n{out.stderr[-3000:]}")
@@ -348,7 +373,7 @@ def main(argv: list[str] | None = None) -> dict:
                         with open(args.log, "a") as log:
                             log.write(json.dumps(run) + "\n")
                     print(
-                        f"round {rnd} P={run['tokens']} {method}: {run['time_s']:.3f}s "
+                        f"round {rnd} P={run['tokens']} {method}: cpu {run['time_s']:.3f}s "
                         f"peak {run['peak_mb']} MiB",
                         file=sys.stderr,
                         flush=True,
