@@ -4,29 +4,19 @@ same edits through the full explicit path, undeclared rows and steps take SDPA."
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from vlm_lens import HookedVLM
 from vlm_lens.core import attention
 from vlm_lens.core.attention import select
 from vlm_lens.core.generation import AttentionRecord
 from vlm_lens.core.recording import AttentionRecorder
+from vlm_lens.data import dots
 from vlm_lens.interventions import redistribute
 from vlm_lens.zoo import ARCHITECTURES
 
 PROMPT = "Is there a red dot in the image? Answer: "
-
-
-def dots_image(seed: int, size: int = 64) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    arr = np.full((size, size, 3), 255, dtype=np.uint8)
-    for _ in range(3):
-        y, x = rng.integers(4, size - 4, size=2)
-        arr[y - 3 : y + 3, x - 3 : x + 3] = rng.integers(0, 255, size=3)
-    return Image.fromarray(arr)
 
 
 @pytest.fixture(scope="module", params=list(ARCHITECTURES))
@@ -37,7 +27,8 @@ def model(request, tiny_ckpt) -> HookedVLM:
 @pytest.fixture(scope="module")
 def inputs(model):
     # Two prompts of different lengths: left padding, so the mask is a boolean tensor.
-    return model.prepare(images=[dots_image(0), dots_image(1)], prompt=[PROMPT, "Dots? "])
+    a, b = (s.image for s in dots.generate(2, seed=0, size=64, radius=3, count_range=(2, 4)))
+    return model.prepare(images=[a, b], prompt=[PROMPT, "Dots? "])
 
 
 def _keep(store: list, name: str = "pattern"):

@@ -131,7 +131,8 @@ class Selection:
         if self.rows == "last":
             return torch.arange(start + n - 1, start + n)
         if self.rows == "answer":
-            return torch.arange(max(start, run.segments.prompt_len - 1), start + n)
+            first = max(start, run.segments.prompt_len - 1)
+            return torch.arange(first, max(first, start + n))  # empty: a chunk before the answer
         if self.rows == "all":
             return torch.arange(start, start + n)
         if isinstance(self.rows, slice):
