@@ -19,7 +19,9 @@ import torch
 
 from vlm_lens import HookedVLM
 from vlm_lens.core.generation import AttentionRecord, Recording
+from vlm_lens.core.layers import resolve_layers
 from vlm_lens.data import dots
+from vlm_lens.reports.counting import write_outputs
 from vlm_lens.studies import counting, runlog
 from vlm_lens.studies.stats import sign_test, wilcoxon_signed_rank
 
@@ -45,7 +47,7 @@ def model(tiny_ckpt) -> HookedVLM:
 def full_run(model, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("count_full")
     counting.run_counting(model, CONFIG, out, model_name=EVIL, progress=False, note="untrained")
-    counting.write_outputs(out, png=False)
+    write_outputs(out, png=False)
     return out
 
 
@@ -184,6 +186,22 @@ def test_cli_runs_resumes_and_reports(tiny_ckpt, tmp_path):
     (model_dir,) = [p for p in tmp_path.iterdir() if (p / "run.json").exists()]
     assert len(_rows(model_dir / "samples.jsonl")) == 2
     assert (tmp_path / "report.html").exists()
+
+
+def test_cli_layers_take_the_layer_grammar_and_a_bad_spec_writes_nothing(tiny_ckpt, tmp_path):
+    from vlm_lens.cli import main
+
+    n_layers = HookedVLM.from_pretrained(tiny_ckpt("qwen3_vl")).cfg.n_layers
+    argv = ["count", "--model", str(tiny_ckpt("qwen3_vl")), "--n", "1", "--size", "128"]
+    argv += ["--radius", "3", "--digits-only", "--no-png", "--no-progress"]
+    with pytest.raises(SystemExit, match="--layers: .*layer"):
+        main([*argv, "--out", str(tmp_path / "bad"), "--layers", str(n_layers)])
+    assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").rglob("run.json"))
+    assert main([*argv, "--out", str(tmp_path / "q"), "--layers", "Q4"]) == 0
+    (manifest,) = (tmp_path / "q").rglob("run.json")
+    assert json.loads(manifest.read_text())["conditions"]["baseline"]["layers"] == "Q4"
+    (row,) = _rows(manifest.parent / "samples.jsonl")
+    assert sorted({e["layer"] for e in row["attention"]}) == resolve_layers("Q4", n_layers)
 
 
 # ---------------------------------------------------------------------- re-grounding
@@ -326,13 +344,13 @@ def test_answer_parsing_and_digit_steps():
     def decode(ids):
         return "".join(pieces[i] for i in ids)
 
-    assert counting.answer_steps(range(6), decode) == ([2, 3], ["1", "2"])
+    assert counting.digit_steps(range(6), decode) == ([2, 3], ["1", "2"])
     merged = ["There are ", "12", " dots"]
-    assert counting.answer_steps(range(3), lambda ids: "".join(merged[i] for i in ids)) == (
+    assert counting.digit_steps(range(3), lambda ids: "".join(merged[i] for i in ids)) == (
         [1],
         ["12"],
     )
-    assert counting.answer_steps(range(2), lambda ids: "no" * len(list(ids))) == ([], [])
+    assert counting.digit_steps(range(2), lambda ids: "no" * len(list(ids))) == ([], [])
 
 
 def test_study_layers():
@@ -400,7 +418,7 @@ def _have_chromium() -> bool:
 def test_key_figures_are_saved_as_png(full_run: Path, tmp_path: Path):
     out = tmp_path / "with_png"
     shutil.copytree(full_run, out)
-    paths = counting.write_outputs(out, png=True)["paths"]
+    paths = write_outputs(out, png=True)["paths"]
     pngs = {k: Path(v) for k, v in paths.items() if k.startswith("png_")}
     assert pngs, "no PNG written although Chromium is installed"
     for path in pngs.values():

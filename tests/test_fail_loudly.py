@@ -22,7 +22,7 @@ from vlm_lens.core.recording import Recording
 from vlm_lens.core.run_state import RunState
 from vlm_lens.data import dots
 from vlm_lens.data.yesno import synthetic
-from vlm_lens.reports.figures import counting_report
+from vlm_lens.reports.counting import counting_report, write_outputs
 from vlm_lens.reports.yesbias import write_report
 from vlm_lens.studies import EmptyMeasurementError, counting, runlog
 from vlm_lens.studies import yesbias as yb
@@ -44,7 +44,10 @@ def stuck_steps(monkeypatch):
 
 
 def _files(root: Path) -> list[str]:
-    return sorted(p.name for p in root.rglob("*") if p.is_file())
+    # The run lock files (`runlog.LOCK`) are held open by the run itself, not outputs.
+    return sorted(
+        p.name for p in root.rglob("*") if p.is_file() and not p.name.endswith(runlog.LOCK)
+    )
 
 
 # ------------------------------------------------------------- no decoding step recorded
@@ -57,7 +60,7 @@ def test_counting_without_decoding_steps_raises_and_writes_nothing(model, tmp_pa
         counting.run_counting(model, COUNT, tmp_path, model_name="m", progress=False)
     assert runlog.read_jsonl(tmp_path / "m" / runlog.SAMPLES) == []
     with pytest.raises(EmptyMeasurementError, match="no samples"):
-        counting.write_outputs(tmp_path, png=False)
+        write_outputs(tmp_path, png=False)
     assert _files(tmp_path) == ["run.json"]
 
 
@@ -179,7 +182,7 @@ def test_summaries_and_reports_refuse_missing_attention(tmp_path):
     (model_dir / "run.json").write_text(json.dumps({"model": "m", "conditions": {}}))
     (model_dir / runlog.SAMPLES).write_text(json.dumps(nan_rows[0]) + "\n")
     with pytest.raises(EmptyMeasurementError, match="every attention metric"):
-        counting.write_outputs(tmp_path, png=False)
+        write_outputs(tmp_path, png=False)
     assert _files(tmp_path) == ["run.json", runlog.SAMPLES]
     # One finite metric is a measurement: the summary goes through.
     (summary,) = counting.summarize([_row([_entry(0.5)])])
@@ -212,7 +215,7 @@ def test_counts_are_read_in_ascii_digits_only():
     assert counting.parse_count("\u00b2") is None  # superscript two
     assert counting.parse_count(None) is None
     assert counting.answer_span("a 1\u0662 b") == (2, 3)
-    assert counting.answer_steps(range(3), lambda ids: "".join("1\uff193"[i] for i in ids)) == (
+    assert counting.digit_steps(range(3), lambda ids: "".join("1\uff193"[i] for i in ids)) == (
         [0],
         ["1"],
     )

@@ -16,7 +16,12 @@ from vlm_lens import HookedVLM
 from vlm_lens.data.yesno import synthetic, yes_no_token_ids
 from vlm_lens.data.yesno.items import yes_no_score
 from vlm_lens.interventions import redistribute, resolve_layers
-from vlm_lens.reports.yesbias import dose_response, layer_shares_figure, quarter_heatmap
+from vlm_lens.reports.yesbias import (
+    dose_response,
+    layer_shares_figure,
+    quarter_heatmap,
+    report_run,
+)
 from vlm_lens.studies import yesbias as yb
 
 EVIL = "<script>alert('x')</script> & <b>tiny</b>"
@@ -83,7 +88,7 @@ def test_sweep_writes_table_figures_and_escaped_report(full_run):
     assert all(r["answer"] in ("yes", "no", "other") for r in records)
     assert all(len(r["shares"]) == 4 and abs(sum(r["shares"][0]) - 1) < 1e-4 for r in records)
 
-    result = yb.analyze(full_run, n_boot=200)
+    result = report_run(full_run, n_boot=200)
     table = result["table"]
     assert [r["condition"] for r in table] == [c.id for c in CONDITIONS]
     assert table[0]["d_paired_accuracy"] == 0 and table[0]["d_mean_score"] == 0

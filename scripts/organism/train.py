@@ -51,12 +51,10 @@ import torch
 from torch import Tensor
 
 from vlm_lens.data import dots
+from vlm_lens.data.count_prompt import COUNT_PROMPT, parse_count  # one prompt, one parser
 from vlm_lens.data.dots import has_dot_in
 from vlm_lens.data.yesno.items import make_prompt
 from vlm_lens.data.yesno.synthetic import QUADRANTS, count_question, quadrant_question
-from vlm_lens.studies.counting import parse_count  # one parser: ASCII digits only
-
-COUNT_PROMPT = "How many dots are there in the image? Answer directly. Answer: "
 
 
 def exact_prompt(n: int) -> str:

@@ -47,11 +47,14 @@ from __future__ import annotations
 
 import argparse
 import gc
+import re
 from pathlib import Path
 from typing import Any
 
 from vlm_lens.cli._common import add_model_args, load_model, parse_shard
-from vlm_lens.studies import EmptyMeasurementError, counting
+from vlm_lens.studies.checks import EmptyMeasurementError
+
+_INT = re.compile(r"^-?[0-9]+$")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -87,7 +90,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--layers",
         nargs="+",
         default=["last"],
-        help="'last' (default, as the paper), 'paper' (-1 8 16 24) or layer indices",
+        help="'last' (default, as the paper), 'paper' (-1 8 16 24), layer indices, 'Q1'..'Q4' "
+        "or 'a:b' (the layer grammar of vlm_lens.core.layers)",
     )
     p.add_argument("--out", default="runs/counting", help="output directory")
     p.add_argument("--max-new-tokens", type=int, default=8)
@@ -102,7 +106,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--regrounding-layers",
         nargs="+",
         default=None,
-        help="layers to re-ground in: indices or 'all' (default: the study layers)",
+        help="layers to re-ground in: indices, 'all', 'Q1'..'Q4', 'a:b' (default: the study layers)",
     )
     p.add_argument("--cot", action="store_true", help="add the chain-of-thought prompt variant")
     p.add_argument("--cot-max-new-tokens", type=int, default=256)
@@ -117,15 +121,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _layers(values: list[str] | None, flag: str = "--layers") -> Any:
+def _layers(values: list[str] | None) -> Any:
+    """`--layers` words as a layer spec of `vlm_lens.core.layers` (plus the study's "paper"):
+    integers stay integers (as run.json has always stored them), other words stay text."""
     if not values:
         return None
-    if len(values) == 1 and values[0] in ("last", "paper", "all"):
-        return values[0]
+    specs = [int(v) if _INT.match(v) else v for v in values]
+    if all(isinstance(v, int) for v in specs):
+        return tuple(specs)
+    return specs[0] if len(specs) == 1 else tuple(specs)
+
+
+def _resolve(spec: Any, n_layers: int, flag: str) -> list[int]:
+    """The layers `spec` names in a depth-`n_layers` model; a bad spec exits, naming `flag`."""
+    from vlm_lens.studies import counting
+
     try:
-        return tuple(int(v) for v in values)
-    except ValueError as err:
-        raise SystemExit(f"{flag}: expected 'last', 'paper', 'all' or integers") from err
+        return counting.study_layers(spec, n_layers)
+    except (ValueError, TypeError, IndexError) as err:
+        raise SystemExit(f"{flag}: {err}") from err
 
 
 def run(args: argparse.Namespace) -> int:
@@ -136,6 +150,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from vlm_lens.studies import counting
+
     out = Path(args.out)
     if args.action == "merge":
         results = counting.merge(out)
@@ -161,12 +177,15 @@ def _run(args: argparse.Namespace) -> int:
     for ref, name, note in refs:
         model = load_model(ref, args)
         regrounding = None
+        _resolve(layers, model.cfg.n_layers, "--layers")  # before anything is written
         if args.regrounding:
-            reg_layers = _layers(args.regrounding_layers, "--regrounding-layers")
-            if reg_layers == "all":
-                reg_layers = tuple(range(model.cfg.n_layers))
-            elif isinstance(reg_layers, str):
-                raise SystemExit("--regrounding-layers: indices or 'all'")
+            reg_layers = _layers(args.regrounding_layers)
+            if reg_layers is not None:
+                resolved = _resolve(reg_layers, model.cfg.n_layers, "--regrounding-layers")
+                if not isinstance(reg_layers, tuple) or not all(
+                    isinstance(v, int) for v in reg_layers
+                ):
+                    reg_layers = tuple(resolved)
             regrounding = counting.Regrounding.parse(args.regrounding, reg_layers)
         base = counting.CountingConfig(
             n=args.n,
@@ -225,7 +244,10 @@ _SUMMARY_COLUMNS = (
 
 def _report(out: Path, args: argparse.Namespace) -> None:
     """Write tables, figures and the report, and print the headline numbers."""
-    written = counting.write_outputs(out, png=not args.no_png)
+    from vlm_lens.reports.counting import write_outputs
+    from vlm_lens.studies import counting
+
+    written = write_outputs(out, png=not args.no_png)
     rows = counting.summary_table(written["summaries"])
     cells = [[label for _, label, _ in _SUMMARY_COLUMNS]]
     for row in rows:

@@ -13,8 +13,6 @@ import tempfile
 
 from vlm_lens.adapters import SUPPORTED
 
-PROMPT = "How many dots are there in the image? Answer directly. Answer: "
-
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="print hook names and an attention map summary of a model")
@@ -35,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
 
     from vlm_lens import HookedVLM, zoo
     from vlm_lens.data import dots
+    from vlm_lens.data.count_prompt import COUNT_PROMPT
     from vlm_lens.metrics import gini_sparsity, normalized_entropy
 
     path = args.model or zoo.tiny_checkpoint(args.arch, tempfile.mkdtemp(prefix="vlm_lens_demo_"))
@@ -42,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"no --model given: using a tiny random-weight {args.arch} checkpoint at {path}")
     model = HookedVLM.from_pretrained(path, device=args.device, dtype=args.dtype)
     sample = dots.generate(1, seed=0)[0]
-    inputs = model.prepare(images=sample.image, prompt=PROMPT)
+    inputs = model.prepare(images=sample.image, prompt=COUNT_PROMPT)
     names = list(model.hook_dict)
     print(
         f"{model.cfg.arch}: {model.cfg.n_layers} layers x {model.cfg.n_heads} heads, {len(names)} hook points"

@@ -57,7 +57,8 @@ import gc
 from pathlib import Path
 
 from vlm_lens.cli._common import add_model_args, load_model, parse_shard
-from vlm_lens.studies import EmptyMeasurementError, yesbias
+from vlm_lens.studies import yesbias_options as options
+from vlm_lens.studies.checks import EmptyMeasurementError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -88,16 +89,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--fractions",
         nargs="+",
         type=float,
-        default=list(yesbias.FRACTIONS),
+        default=list(options.FRACTIONS),
         help="fractions moved (dose-response; default 0.25 0.5 0.75 1.0)",
     )
     p.add_argument(
         "--directions",
         nargs="+",
-        default=list(yesbias.DIRECTIONS),
-        choices=list(yesbias.DIRECTIONS),
+        default=list(options.DIRECTIONS),
+        choices=list(options.DIRECTIONS),
         metavar="DIRECTION",
-        help=f"directions of the quarters sweep (default: all of {', '.join(yesbias.DIRECTIONS)})",
+        help=f"directions of the quarters sweep (default: all of {', '.join(options.DIRECTIONS)})",
     )
     p.add_argument("--image-alpha", type=float, default=2.0, help="image scaling factor (0: none)")
     p.add_argument("--knockout", action="store_true", help="add system knockout per quarter")
@@ -113,13 +114,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--mode",
         default="proportional",
-        choices=yesbias.MODES,
+        choices=options.MODES,
         help="spread moved attention in proportion to each key (default) or evenly per modality",
     )
     p.add_argument(
         "--rows",
         default="answer",
-        choices=yesbias.ROWS,
+        choices=options.ROWS,
         help="edit the answer rows (default: last prompt row and decoding rows) or all rows",
     )
     p.add_argument("--max-new-tokens", type=int, default=4)
@@ -159,14 +160,16 @@ def load_items(name: str, path: str | None, limit: int | None, seed: int = 0) ->
 
 def run_dirs(out: Path) -> list[Path]:
     """Every run folder (one holding run.json) under `out`, sorted."""
-    return sorted(p.parent for p in Path(out).rglob(yesbias.RUN))
+    return sorted(p.parent for p in Path(out).rglob(options.RUN))
 
 
 def write_reports(out: Path, n_boot: int = 1000, notes: tuple[str, ...] = ()) -> list[Path]:
     """Analyse every run under `out`; one report per model folder (all its benchmarks)."""
+    from vlm_lens.studies import yesbias
+
     by_model: dict[Path, list[dict]] = {}
     for run_dir in run_dirs(out):
-        result = yesbias.analyze(run_dir, n_boot=n_boot, report=False)
+        result = yesbias.analyze(run_dir, n_boot=n_boot)
         by_model.setdefault(run_dir.parent, []).append(result)
     from vlm_lens.reports.yesbias import write_report
 
@@ -191,6 +194,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from vlm_lens.studies import yesbias
+
     out = Path(args.out)
     if args.action in ("merge", "report"):
         dirs = run_dirs(out)

@@ -25,6 +25,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from vlm_lens.core.attention import select
 from vlm_lens.core.layers import LayerSpec, resolve_layers
 from vlm_lens.core.segments import KIND_IMAGE, KIND_NAMES, SEGMENT_KINDS, Segments
 
@@ -44,8 +45,10 @@ class AttentionRecord:
         heads: "all" keeps each head, "mean" their average.
         device, dtype: where and how the records are kept.
 
-    A recorded layer computes its attention explicitly (the pattern must exist to be
-    read); layers that are not recorded keep PyTorch's fused SDPA kernel.
+    A recorded layer computes its attention explicitly for the rows it records only (the
+    recorder's hooks declare `query` and `steps` through `vlm_lens.core.attention.select`):
+    with `query="last"` the prefill costs one `[head, key]` row, not `[head, P, P]`; every
+    other row, every step not recorded and every layer not recorded keep PyTorch's SDPA.
     """
 
     layers: LayerSpec = None
@@ -127,7 +130,9 @@ class AttentionRecorder:
         self._kind_onehot: dict[torch.device, Tensor] = {}
 
     def fwd_hooks(self) -> list[tuple[str, Any]]:
-        return [(f"blocks.{layer}.attn.hook_pattern", self._hook) for layer in self.layers]
+        rows = "last" if self.spec.query == "last" else "all"
+        fn = select(self._hook, rows=rows, steps=self.steps)
+        return [(f"blocks.{layer}.attn.hook_pattern", fn) for layer in self.layers]
 
     def _image_positions(self, segments: Segments, device: torch.device) -> Tensor:
         """`[batch, max_image_tokens]` positions of each row's image tokens, -1 padded."""

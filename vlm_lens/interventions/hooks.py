@@ -30,6 +30,8 @@ and the one row of every decoding step. ``rows="all"`` edits every query row tha
 padding, the prefill's included (as the yes-bias paper's released code does). Both stay
 causal: a row only gives weight to keys its mask lets it see, and a row that sees no
 recipient key (a prefill row before the first text token, say) keeps its pattern.
+With ``rows="answer"`` the hooks declare their rows (`vlm_lens.core.attention.select`), so a
+layer computes scores and pattern for the answer rows only and SDPA for the rest.
 Heads: None (all), an int or a list (negative allowed).
 
 Composition. Interventions on the same layer apply in the order their pairs are added
@@ -52,6 +54,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from vlm_lens.core.attention import select
 from vlm_lens.core.segments import KIND_PAD
 from vlm_lens.interventions.layers import LayerSpec, needs_depth, resolve_layers
 from vlm_lens.interventions.patterns import (
@@ -114,18 +117,19 @@ class _LayerHooks:
                 "(model(inputs), run_with_hooks, generate) with inputs from model.prepare(...)"
             )
         b, h, q, k = pattern.shape
-        if segments.batch_size != b or run.n_queries != q:
+        # The rows this hook holds: all of the forward's, or the answer rows of a row selection.
+        query_positions = run.row_positions.to(pattern.device)
+        if segments.batch_size != b or len(query_positions) != q:
             raise RuntimeError(
                 f"pattern {tuple(pattern.shape)} does not match the run state "
-                f"(batch {segments.batch_size}, {run.n_queries} query rows)"
+                f"(batch {segments.batch_size}, {len(query_positions)} query rows)"
             )
         device = pattern.device
         key_start = run.key_offset(k)
-        kinds = segments.key_kinds(run.query_start + q, device)  # [batch, pos]
+        kinds = segments.key_kinds(run.query_start + run.n_queries, device)  # [batch, pos]
         key_kinds = kinds[:, key_start:]
-        query_positions = run.query_positions.to(device)
         key_positions = torch.arange(key_start, key_start + k, device=device)
-        row_mask = kinds[:, run.query_start :] != KIND_PAD  # [batch, query]
+        row_mask = kinds[:, query_positions] != KIND_PAD  # [batch, query]
         if self.iv.rows == "answer":
             row_mask = row_mask & (query_positions >= segments.prompt_len - 1)[None, :]
         if not row_mask.any():
@@ -190,10 +194,14 @@ class Intervention:
     def fwd_hooks(self, model_or_n_layers: Any = None) -> list[tuple[str, HookFn]]:
         """`(hook name, function)` pairs for `run_with_hooks`, `hooks()` and `generate`."""
         hooks = _LayerHooks(self)
+        capture, edit = hooks.capture, hooks.edit
+        if self.rows == "answer":
+            # Declared rows: the layer computes scores and pattern for the answer rows only.
+            capture, edit = select(capture, rows="answer"), select(edit, rows="answer")
         pairs: list[tuple[str, HookFn]] = []
         for layer in self.layer_indices(model_or_n_layers):
-            pairs.append((f"blocks.{layer}.attn.hook_attn_scores", hooks.capture))
-            pairs.append((f"blocks.{layer}.attn.hook_pattern", hooks.edit))
+            pairs.append((f"blocks.{layer}.attn.hook_attn_scores", capture))
+            pairs.append((f"blocks.{layer}.attn.hook_pattern", edit))
         return pairs
 
     def __iter__(self) -> Iterator[tuple[str, HookFn]]:

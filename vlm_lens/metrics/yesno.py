@@ -469,14 +469,18 @@ def bootstrap_ratio_ci(
     sums = bootstrap_unit_sums(np.stack([numerator, denominator], 1), n_boot, seed)
     with np.errstate(invalid="ignore", divide="ignore"):
         values = sums[:, 0] / sums[:, 1]
-    return _interval(values, level)
+    return percentile_interval(values, level)
 
 
-def _interval(values: np.ndarray, level: float) -> tuple[float, float]:
-    if values.size == 0 or np.all(np.isnan(values)):
+def percentile_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The central `level` percentile interval of bootstrap `values`, over their finite
+    entries (a resample whose statistic is undefined is left out); NaNs if none is finite."""
+    values = np.asarray(values, dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
         return NAN, NAN
     tail = 100 * (1 - level) / 2
-    lo, hi = np.nanpercentile(values, [tail, 100 - tail])
+    lo, hi = np.percentile(values, [tail, 100 - tail])
     return float(lo), float(hi)
 
 
@@ -645,7 +649,7 @@ def evaluate(
                 "accuracy": sums[:, 4] / sums[:, 0],
                 "paired_accuracy": sums[:, 5] / sums[:, 6],
             }
-        result["ci"] = {name: _interval(v, 0.95) for name, v in boot.items()}
+        result["ci"] = {name: percentile_interval(v, 0.95) for name, v in boot.items()}
     result["incomplete_units"] = {
         "count": len(broken),
         "ids": list(broken),
@@ -699,5 +703,6 @@ __all__ = [
     "bootstrap_ratio_ci",
     "bootstrap_unit_sums",
     "evaluate",
+    "percentile_interval",
     "to_rows",
 ]

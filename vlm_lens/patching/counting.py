@@ -14,14 +14,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from vlm_lens.core.prepare import VLMInputs
+from vlm_lens.data.count_prompt import COUNT_PROMPT
 from vlm_lens.data.dots import DotsPair
 from vlm_lens.patching.inputs import check_same_layout
 from vlm_lens.patching.sweep import AnswerStep, answer_steps
 
 if TYPE_CHECKING:
     from vlm_lens.core.hooked_vlm import HookedVLM
-
-COUNT_PROMPT = "How many dots are there in the image? Answer directly. Answer: "
 
 
 @dataclass

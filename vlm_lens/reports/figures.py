@@ -1,4 +1,4 @@
-"""Figures of the counting study (plotly) and the study's HTML report.
+"""Figures of the counting study (plotly).
 
 Each figure function takes the study's plain data (records from `samples.jsonl`, or the
 summaries of `vlm_lens.studies.counting.summarize`) and returns a `plotly` figure:
@@ -14,7 +14,7 @@ summaries of `vlm_lens.studies.counting.summarize`) and returns a `plotly` figur
 
 `save_png` writes a PNG when plotly's image export works (kaleido 1.x needs a Chrome
 install); otherwise it logs one warning and returns False, and the HTML report (which
-needs nothing but a browser) is the output.
+needs nothing but a browser) is the output. The page itself is `vlm_lens.reports.counting`.
 
 Names shown inside figures are escaped like the rest of the report (plotly renders
 its labels as a small HTML subset and decodes entities back to text).
@@ -36,13 +36,9 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from vlm_lens.reports.html import Report
-from vlm_lens.studies.checks import EmptyMeasurementError, require_finite
-
 __all__ = [
     "accuracy_mbe_bars",
     "attention_heatmaps",
-    "counting_report",
     "halo_bars",
     "regrounding_bars",
     "save_png",
@@ -331,151 +327,3 @@ def save_png(fig: go.Figure, path: str | Path, scale: float = 2.0) -> bool:
 def png_status() -> dict[str, Any]:
     """Whether PNG export worked in this process (None = not tried) and why not."""
     return dict(_PNG_STATE)
-
-
-def counting_report(
-    rows: Sequence[dict],
-    summaries: Sequence[dict],
-    out_dir: str | Path,
-    *,
-    png: bool = True,
-    title: str = "Counting study",
-    manifests: Sequence[dict] = (),
-    notes: Sequence[str] = (),
-    n_heatmaps: int = 2,
-) -> dict[str, Path]:
-    """Write `report.html` (and `figures/*.png` if possible) for the study's outputs.
-
-    Raises `EmptyMeasurementError` (and writes nothing) for no samples or summaries, or
-    when no attention metric of any sample is a number.
-    """
-    from vlm_lens.studies.counting import SUMMARY_COLUMNS, summary_table
-
-    if not rows or not summaries:
-        raise EmptyMeasurementError("counting report: no samples or summaries to report")
-    require_finite(
-        [e.get("gini") for r in rows for e in r["attention"]],
-        "counting report: the attention metrics of every sample",
-        "nothing was measured at the answers' digit steps",
-    )
-
-    out_dir = Path(out_dir)
-    fig_dir = out_dir / "figures"
-    written: dict[str, Path] = {}
-    report = Report(title)
-    for note in notes:
-        report.paragraph(note, note=True)
-    report.paragraph(
-        "Visual sparsity is the paper's Eq. 2 as printed (uniform attention gives −1/M); "
-        "entropy is Eq. 3. Attention is that of the query row predicting each digit, averaged "
-        "over heads (Eq. 1) and renormalised over the image tokens."
-    )
-    if manifests:
-        report.heading("Runs")
-        report.table(
-            [
-                {
-                    "model": m.get("model"),
-                    "condition": name,
-                    "n": cfg.get("n"),
-                    "layers": str(cfg.get("layers")),
-                    "prompt": cfg.get("prompt"),
-                    "regrounding": str(cfg.get("regrounding")),
-                }
-                for m in manifests
-                for name, cfg in m.get("conditions", {}).items()
-            ],
-            text_columns=("model", "condition", "prompt", "layers", "regrounding"),
-        )
-    report.heading("Summary")
-    report.table(summary_table(summaries), SUMMARY_COLUMNS, text_columns=("model", "condition"))
-
-    figures: list[tuple[str, go.Figure, str]] = [
-        ("accuracy_mbe", accuracy_mbe_bars(summaries), "Accuracy and MBE per model (Fig. 2)."),
-        (
-            "sparsity_box",
-            sparsity_box(rows),
-            "Sparsity of the 1st vs 2nd digit step (Fig. 3), headline layer.",
-        ),
-        (
-            "step_curves",
-            step_curves(summaries),
-            "Entropy and sparsity across digit steps (Fig. 5).",
-        ),
-        ("halo", halo_bars(summaries), "Halo metrics; black ticks: the regions' area shares."),
-    ]
-    if any(s.get("regrounding") for s in summaries):
-        figures.append(
-            (
-                "regrounding",
-                regrounding_bars(summaries),
-                "Re-grounding: same samples, with and without.",
-            )
-        )
-    for name, fig, caption in figures:
-        report.heading(caption.split(" (")[0].rstrip("."))
-        report.figure(fig, caption)
-        if png:
-            fig_dir.mkdir(parents=True, exist_ok=True)
-            if save_png(fig, fig_dir / f"{name}.png"):
-                written[f"png_{name}"] = fig_dir / f"{name}.png"
-
-    tests = [
-        {
-            "model": s["model"],
-            "condition": s["condition"],
-            "layer": layer,
-            "n": t["n"],
-            "mean drop (1st − 2nd)": t["mean_diff"],
-            "median drop": t["median_diff"],
-            "W (min)": t["statistic"],
-            "p (two-sided)": t["p_value"],
-            "method": t["method"],
-        }
-        for s in summaries
-        for layer, t in s["sparsity_drop"].items()
-    ]
-    report.heading("Sparsity drop from the 1st to the 2nd digit (Wilcoxon signed-rank)")
-    report.table(tests, text_columns=("model", "condition", "method"))
-
-    examples = [r for r in rows if any("map" in e for e in r["attention"])]
-    shown: dict[str, int] = {}
-    heatmaps_drawn = 0
-    for r in examples:
-        key = f"{r.get('model', '')}/{r['condition']}"
-        if shown.get(key, 0) >= n_heatmaps:
-            continue
-        shown[key] = shown.get(key, 0) + 1
-        if heatmaps_drawn == 0:
-            report.heading("Attention over the image (Fig. 1); red crosses: dot centres")
-        fig = attention_heatmaps(r)
-        report.figure(fig)
-        if png and heatmaps_drawn < 2:
-            fig_dir.mkdir(parents=True, exist_ok=True)
-            target = fig_dir / f"heatmap_{heatmaps_drawn}.png"
-            if save_png(fig, target):
-                written[f"png_heatmap_{heatmaps_drawn}"] = target
-        heatmaps_drawn += 1
-
-    report.heading("Example answers")
-    report.table(
-        [
-            {
-                "model": r.get("model", ""),
-                "condition": r["condition"],
-                "index": r["index"],
-                "count": r["count"],
-                "generated text": r["text"],
-                "prediction": r["prediction"],
-                "re-grounded text": (r.get("regrounding") or {}).get("text"),
-            }
-            for r in rows[:40]
-        ],
-        text_columns=("model", "condition", "generated text", "re-grounded text"),
-    )
-    if png and _PNG_STATE["works"] is False:
-        report.paragraph(f"PNG export was unavailable: {_PNG_STATE['reason']}", note=True)
-    written["report"] = report.write(out_dir / "report.html")
-    if fig_dir.is_dir() and not any(fig_dir.iterdir()):
-        fig_dir.rmdir()
-    return written

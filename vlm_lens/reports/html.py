@@ -55,6 +55,7 @@ class Report:
         self.title = title
         self._parts: list[str] = [f"<h1>{html.escape(title)}</h1>"]
         self._plotlyjs_included = False
+        self._n_figures = 0
 
     def heading(self, text: str, level: int = 2) -> Report:
         level = min(max(level, 1), 6)
@@ -96,11 +97,17 @@ class Report:
         return self
 
     def figure(self, fig: Any, caption: str | None = None) -> Report:
-        """A plotly figure; plotly.js is inlined with the first one only."""
+        """A plotly figure; plotly.js is inlined with the first one only.
+
+        Figures get ids by their place in the report (plotly's default ids are random), so
+        identical runs write byte-identical reports.
+        """
+        self._n_figures += 1
         div = fig.to_html(
             full_html=False,
             include_plotlyjs=not self._plotlyjs_included,
             config={"displaylogo": False},
+            div_id=f"figure-{self._n_figures}",
         )
         self._plotlyjs_included = True
         cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""

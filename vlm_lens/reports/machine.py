@@ -1,4 +1,7 @@
-"""What a measurement ran on: CPU, cores, memory and library versions (for RESULTS.md)."""
+"""What a measurement ran on: CPU, cores, memory and library versions (for RESULTS.md).
+
+Not for: timing itself (the benchmarks) or anything a study measures.
+"""
 
 from __future__ import annotations
 

@@ -11,7 +11,8 @@ returns a plotly figure:
 - `layer_shares_figure`: the answer row's attention share on system / image / text keys
   per layer (stacked bars), the paper's "system takes ~70%" observation.
 
-`write_report` assembles one self-contained page (`vlm_lens.reports.html.Report`: plotly
+`report_run(run_dir)` analyses one run folder (`vlm_lens.studies.yesbias.analyze`) and
+writes its `report.html`; `write_report` assembles one self-contained page (`vlm_lens.reports.html.Report`: plotly
 inlined once, every string escaped) over one or more benchmarks. Names drawn inside
 figures are escaped too (plotly renders labels as a small HTML subset).
 
@@ -35,12 +36,14 @@ from vlm_lens.core.segments import SEGMENT_KINDS
 from vlm_lens.metrics.yesno import to_rows
 from vlm_lens.reports.html import Report
 from vlm_lens.studies.checks import EmptyMeasurementError, require_finite
+from vlm_lens.studies.yesbias import analyze
 
 __all__ = [
     "METRIC_TITLES",
     "dose_response",
     "layer_shares_figure",
     "quarter_heatmap",
+    "report_run",
     "write_report",
 ]
 
@@ -392,3 +395,12 @@ def write_report(
                 text_columns=("item", "prompt", "label", "generated", "answer"),
             )
     return report.write(path)
+
+
+def report_run(
+    run_dir: str | Path, *, n_boot: int = 1000, seed: int = 0, title: str = "Yes-bias study"
+) -> dict[str, Any]:
+    """`analyze(run_dir)` plus the run's own `report.html` (its path in `result["paths"]`)."""
+    result = analyze(run_dir, n_boot=n_boot, seed=seed)
+    result["paths"]["report"] = write_report(Path(run_dir) / "report.html", [result], title=title)
+    return result

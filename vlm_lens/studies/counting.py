@@ -9,7 +9,9 @@ A pipeline of plain functions, so a notebook can enter at any stage::
     out      = run_counting(model, configs, "runs/", model_name="qwen3-vl-2b")  # JSONL log
     rows     = load_samples(out)                             # records
     summary  = summarize(rows)                               # accuracy, MBE, MAE, drops
-    write_outputs("runs/")                                   # tables, figures, HTML report
+    write_tables("runs/")                                    # summary.json/csv, samples/attention.csv
+
+The figures and the HTML report: `vlm_lens.reports.counting.write_outputs("runs/")`.
 
 What one record holds (one JSON line of `<out>/<model>/samples.jsonl`): the answer
 (`text`, `prediction` = first integer of the text, or the last one for the
@@ -54,7 +56,7 @@ Not for: the dataset itself (`vlm_lens.data.dots`), the metric definitions
 from __future__ import annotations
 
 import bisect
-import csv
+import contextlib
 import json
 import math
 import re
@@ -73,6 +75,7 @@ from vlm_lens.core.generation import AttentionRecord, GenerationResult, Recordin
 from vlm_lens.core.layers import resolve_layers
 from vlm_lens.core.segments import KIND_IMAGE
 from vlm_lens.data import dots
+from vlm_lens.data.count_prompt import COT_COUNT_PROMPT, COUNT_PROMPT, answer_span, parse_count
 from vlm_lens.metrics.attention import (
     centroid_hit_rate,
     gini_sparsity,
@@ -81,7 +84,7 @@ from vlm_lens.metrics.attention import (
     normalized_entropy,
     textbook_gini,
 )
-from vlm_lens.studies import runlog
+from vlm_lens.studies import fallback, runlog
 from vlm_lens.studies.checks import (
     STEP_TRACKING_HINT,
     EmptyMeasurementError,
@@ -101,13 +104,13 @@ __all__ = [
     "CountingConfig",
     "Regrounding",
     "answer_span",
-    "answer_steps",
     "attention_table",
     "conditions",
     "count_sample",
     "count_samples",
     "default_model",
     "digit_step_metrics",
+    "digit_steps",
     "load_samples",
     "merge",
     "model_slug",
@@ -120,18 +123,13 @@ __all__ = [
     "study_layers",
     "summarize",
     "summary_table",
-    "write_outputs",
+    "write_tables",
 ]
 
-PROMPT = "How many dots are there in the image? Answer directly. Answer: "
-COT_PROMPT = (
-    "How many dots are there in the image? Count them step by step, then give the total "
-    "as a number at the end. Answer: "
-)
+PROMPT = COUNT_PROMPT
+COT_PROMPT = COT_COUNT_PROMPT
 PAPER_LAYERS = (-1, 8, 16, 24)
 MANIFEST = "run.json"
-# ASCII only: `\d` and str.isdigit also accept other scripts' digits ("3\uff19" is not 39).
-_INTEGER = re.compile(r"[0-9]+")
 
 
 # ------------------------------------------------------------------------------ config
@@ -274,24 +272,7 @@ def model_slug(name: str) -> str:
 # ----------------------------------------------------------------------------- answers
 
 
-def answer_span(
-    text: str | None, which: Literal["first", "last"] = "first"
-) -> tuple[int, int] | None:
-    """Character span of the first (or last) run of ASCII digits in `text`, or None."""
-    matches = list(_INTEGER.finditer(text or ""))
-    if not matches:
-        return None
-    return (matches[0] if which == "first" else matches[-1]).span()
-
-
-def parse_count(text: str | None, which: Literal["first", "last"] = "first") -> int | None:
-    """The first (or last) integer in `text` written with ASCII digits 0-9; None if there
-    is none. Other scripts' digits (fullwidth, Arabic-Indic, ...) are not part of a number."""
-    span = answer_span(text, which)
-    return None if span is None else int(text[span[0] : span[1]])
-
-
-def answer_steps(
+def digit_steps(
     tokens: Sequence[int],
     decode: Callable[[Sequence[int]], str],
     which: Literal["first", "last"] = "first",
@@ -327,13 +308,18 @@ def answer_steps(
 _DIGIT_SUPPRESS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+def _all_digits(text: str) -> bool:
+    """Whether `text` is one run of ASCII digits (the parser's notion of a number)."""
+    return bool(text) and answer_span(text) == (0, len(text))
+
+
 def _digits_only_kwargs(model: HookedVLM, max_digits: int) -> tuple[dict[str, Any], int]:
     """`generate` kwargs that allow only digit tokens (and EOS), and the new-token cap."""
     if model in _DIGIT_SUPPRESS:
         return {"suppress_tokens": _DIGIT_SUPPRESS[model]}, max_digits
     tok = model.processor.tokenizer
     vocab = max(len(tok), model.cfg.d_vocab)
-    digits = {i for i in range(len(tok)) if _INTEGER.fullmatch(tok.decode([i]).strip())}
+    digits = {i for i in range(len(tok)) if _all_digits(tok.decode([i]).strip())}
     allowed = digits | set(model.eos_token_ids)
     _DIGIT_SUPPRESS[model] = [i for i in range(vocab) if i not in allowed]
     return {"suppress_tokens": _DIGIT_SUPPRESS[model]}, max_digits
@@ -587,7 +573,7 @@ def count_samples(
         tokens = _until_eos(out.tokens[r].tolist(), model.eos_token_ids)
         text = out.texts[r]
         prediction = parse_count(text, config.answer)
-        steps, digits = answer_steps(tokens, model.tokens_to_text, config.answer)
+        steps, digits = digit_steps(tokens, model.tokens_to_text, config.answer)
         grid = tuple(inputs.segments.samples[r].images[0].grid)
         attention = recording_metrics(
             out.recording,
@@ -697,36 +683,39 @@ def run_counting(
         raise ValueError(f"conditions must have distinct names, got {names}")
     model_dir = Path(out_dir) / model_slug(model_name)
     model_dir.mkdir(parents=True, exist_ok=True)
-    _check_manifest(
-        model_dir,
-        {
-            "model": model_name,
-            "arch": model.cfg.arch,
-            "n_layers": model.cfg.n_layers,
-            "conditions": {c.condition: c.to_dict() for c in configs},
-            **({"note": note} if note else {}),
-        },
-    )
     log_path = model_dir / (shard.filename if shard else runlog.SAMPLES)
-    with runlog.SampleLog(log_path, _key) as log:
-        todo = [
-            (c, i)
-            for c in configs
-            for i in range(c.n)
-            if (shard is None or shard.owns(i)) and not log.has((c.condition, i))
-        ]
-        if max_samples is not None:
-            todo = todo[: max(max_samples, 0)]
-        datasets: dict[str, list[dots.DotsSample]] = {}
-        bar = tqdm(total=len(todo), desc=f"count {model_name}", disable=not progress, unit="img")
-        for config, indices in _batches(todo, batch_size):
-            if config.condition not in datasets:
-                datasets[config.condition] = config.dataset()
-            batch = [datasets[config.condition][i] for i in indices]
-            for row in count_samples(model, batch, config, generate_kwargs=generate_kwargs):
-                log.append({"model": model_name, **row})
-            bar.update(len(batch))
-        bar.close()
+    with runlog.log_lock(log_path):  # a second run of this log fails at once
+        _check_manifest(
+            model_dir,
+            {
+                "model": model_name,
+                "arch": model.cfg.arch,
+                "n_layers": model.cfg.n_layers,
+                "conditions": {c.condition: c.to_dict() for c in configs},
+                **({"note": note} if note else {}),
+            },
+        )
+        with runlog.SampleLog(log_path, _key) as log:
+            todo = [
+                (c, i)
+                for c in configs
+                for i in range(c.n)
+                if (shard is None or shard.owns(i)) and not log.has((c.condition, i))
+            ]
+            if max_samples is not None:
+                todo = todo[: max(max_samples, 0)]
+            datasets: dict[str, list[dots.DotsSample]] = {}
+            bar = tqdm(
+                total=len(todo), desc=f"count {model_name}", disable=not progress, unit="img"
+            )
+            for config, indices in _batches(todo, batch_size):
+                if config.condition not in datasets:
+                    datasets[config.condition] = config.dataset()
+                batch = [datasets[config.condition][i] for i in indices]
+                for row in count_samples(model, batch, config, generate_kwargs=generate_kwargs):
+                    log.append({"model": model_name, **row})
+                bar.update(len(batch))
+            bar.close()
     return model_dir
 
 
@@ -756,19 +745,22 @@ def merge(out_dir: str | Path) -> dict[str, dict[str, Any]]:
             (name, i) for name, cfg in manifest["conditions"].items() for i in range(cfg["n"])
         ]
         order = {name: k for k, name in enumerate(manifest["conditions"])}
-        results[manifest.get("model", model_dir.name)] = runlog.merge(
-            model_dir,
-            _key,
-            expected,
-            sort_key=lambda r, order=order: (order.get(r["condition"], len(order)), r["index"]),
-        )
+        with runlog.run_lock(model_dir):
+            results[manifest.get("model", model_dir.name)] = runlog.merge(
+                model_dir,
+                _key,
+                expected,
+                sort_key=lambda r, order=order: (order.get(r["condition"], len(order)), r["index"]),
+            )
     return results
 
 
 def load_samples(path: str | Path) -> list[dict]:
-    """Records of a model directory (its `samples.jsonl`) or of a `samples*.jsonl` file."""
+    """Records of a model directory (its `samples.jsonl`) or of a `samples*.jsonl` file,
+    each (condition, index) once (a warning says how many duplicates were dropped)."""
     path = Path(path)
-    return runlog.read_jsonl(path / runlog.SAMPLES if path.is_dir() else path)
+    path = path / runlog.SAMPLES if path.is_dir() else path
+    return runlog.unique(runlog.read_jsonl(path), _key, str(path))
 
 
 # ----------------------------------------------------------------------------- summary
@@ -1096,30 +1088,24 @@ def summary_table(summaries: Sequence[dict]) -> list[dict[str, Any]]:
     return table
 
 
-def write_csv(path: str | Path, rows: Sequence[dict], columns: Sequence[str]) -> Path:
-    path = Path(path)
-    with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in columns})
-    return path
-
-
-def write_outputs(
-    out_dir: str | Path, *, png: bool = True, title: str = "Counting study"
-) -> dict[str, Any]:
-    """Summaries, tables, figures and the HTML report of every model under `out_dir`.
+def write_tables(out_dir: str | Path) -> dict[str, Any]:
+    """Summaries and tables of every model under `out_dir` (the report is written from these).
 
     Reads each `<out_dir>/<model>/samples.jsonl` (run `merge` first after a sharded run)
-    and writes `summary.json`, `summary.csv`, `samples.csv`, `attention.csv`,
-    `report.html` and, if a PNG backend works, `figures/*.png`. Returns the summaries and
-    the paths written. Nothing is written when there are no samples or a condition's
-    attention metrics are all missing (`EmptyMeasurementError`, see `summarize`).
+    and writes `summary.json`, `summary.csv`, `samples.csv` and `attention.csv`. Returns
+    `{"rows", "summaries", "manifests", "notes", "paths"}`. Nothing is written when there
+    are no samples or a condition's attention metrics are all missing
+    (`EmptyMeasurementError`, see `summarize`). `vlm_lens.reports.counting.write_outputs`
+    calls this and then writes the report.
     """
-    from vlm_lens.reports.figures import counting_report
-
     out_dir = Path(out_dir)
+    with contextlib.ExitStack() as held:  # no run or merge of any model meanwhile
+        for manifest_path in sorted(out_dir.glob(f"*/{MANIFEST}")):
+            held.enter_context(runlog.run_lock(manifest_path.parent))
+        return _write_tables(out_dir)
+
+
+def _write_tables(out_dir: Path) -> dict[str, Any]:
     rows: list[dict] = []
     incomplete = []
     manifests = []
@@ -1139,21 +1125,25 @@ def write_outputs(
     runlog.write_json_atomic(out_dir / "summary.json", summaries)
     paths = {
         "summary_json": out_dir / "summary.json",
-        "summary_csv": write_csv(
+        "summary_csv": runlog.write_csv(
             out_dir / "summary.csv", summary_table(summaries), SUMMARY_COLUMNS
         ),
-        "samples_csv": write_csv(out_dir / "samples.csv", sample_table(rows), SAMPLE_COLUMNS),
-        "attention_csv": write_csv(
+        "samples_csv": runlog.write_csv(
+            out_dir / "samples.csv", sample_table(rows), SAMPLE_COLUMNS
+        ),
+        "attention_csv": runlog.write_csv(
             out_dir / "attention.csv", attention_table(rows), ATTENTION_COLUMNS
         ),
     }
     notes = [f"{m['model']}: {m['note']}" for m in manifests if m.get("note")]
     notes += [f"{name}: only shard logs found; run `vlm-lens count merge`" for name in incomplete]
-    report = counting_report(
-        rows, summaries, out_dir, png=png, title=title, manifests=manifests, notes=notes
-    )
-    paths.update(report)
-    return {"summaries": summaries, "paths": paths}
+    return {
+        "rows": rows,
+        "summaries": summaries,
+        "manifests": manifests,
+        "notes": notes,
+        "paths": paths,
+    }
 
 
 def default_model_note() -> str:
@@ -1173,20 +1163,9 @@ def default_model(cache_dir: str | Path | None = None) -> tuple[Any, str, str | 
     None for the organism and the notice otherwise (callers should then set
     `digits_only=True`).
     """
-    import os
-
-    from vlm_lens import zoo
-
-    organism = getattr(zoo, "organism", None)
-    if organism is not None:
-        try:
-            return organism(), "organism", None
-        except Exception as err:  # not trained / not shipped yet: fall back, and say why
-            print(f"note: the counting organism is not available ({type(err).__name__}: {err})")
-    if cache_dir is None:
-        root = os.environ.get("VLM_LENS_CACHE", Path.home() / ".cache" / "vlm_lens")
-        cache_dir = Path(root) / "zoo"
-    path = zoo.tiny_checkpoint("qwen3_vl", cache_dir)
-    note = default_model_note()
-    print(note)
-    return path, "tiny-qwen3_vl-untrained", note
+    ref, name, note = fallback.default_model(
+        default_model_note(), cache_dir, organism="counting organism"
+    )
+    if note:
+        print(note)
+    return ref, name, note

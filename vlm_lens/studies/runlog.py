@@ -11,28 +11,43 @@ For several processes (or GPUs) `Shard(k, n)` selects the samples with
 concatenates the shards (and any unsharded log) into `samples.jsonl`, dropping
 duplicates by key and checking that every expected key is there.
 
+Locking: `run_lock(directory)` holds an exclusive `fcntl.flock` on `directory/.lock` for a
+merge or a report, and `log_lock(log)` a shared lock on the same file plus an exclusive one
+on the log's own lock file for a run, so shards of one run proceed side by side while a
+second run of the same log, or a merge during a run, fails at once with `RunLockedError`.
+The OS drops the locks when the process dies, so a crash leaves nothing to clean up.
+
 Not for: what a row holds (the studies decide) or summaries of the rows.
 """
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import fcntl
 import json
 import math
 import os
 import re
-from collections.abc import Callable, Hashable, Iterable
+import warnings
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "LOCK",
     "SAMPLES",
+    "RunLockedError",
     "SampleLog",
     "Shard",
     "jsonable",
+    "log_lock",
     "merge",
     "read_jsonl",
+    "run_lock",
     "shard_files",
+    "unique",
     "write_json_atomic",
 ]
 
@@ -169,6 +184,77 @@ def shard_files(directory: str | Path, log: str = SAMPLES) -> list[Path]:
         if m and m["stem"] == stem:
             found.append((int(m["n"]), int(m["k"]), p))
     return [p for _, _, p in sorted(found)]
+
+
+LOCK = ".lock"
+
+
+class RunLockedError(RuntimeError):
+    """Another process holds the run directory (or the same log) this process asked for."""
+
+
+@contextlib.contextmanager
+def _flock(path: Path, mode: int, what: str) -> Iterator[None]:
+    with path.open("a+b") as f:
+        try:
+            fcntl.flock(f.fileno(), mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunLockedError(
+                f"{what} is in use by another process (lock file {path}); wait for it to "
+                "finish or use another output folder"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def run_lock(directory: str | Path) -> Iterator[None]:
+    """Hold `directory` alone (merge, report): no run, merge or report of it may run meanwhile."""
+    directory = Path(directory)
+    with _flock(directory / LOCK, fcntl.LOCK_EX, str(directory)):
+        yield
+
+
+@contextlib.contextmanager
+def log_lock(log: str | Path) -> Iterator[None]:
+    """Hold the log file `log` for a run: other shards' logs of its directory stay free, the
+    same log and the directory as a whole (`run_lock`) do not."""
+    log = Path(log)
+    with (
+        _flock(log.parent / LOCK, fcntl.LOCK_SH, str(log.parent)),
+        _flock(log.parent / f".{log.name}{LOCK}", fcntl.LOCK_EX, str(log)),
+    ):
+        yield
+
+
+def unique(rows: Iterable[dict], key: Key, where: str, *, copies_ok: bool = False) -> list[dict]:
+    """`rows` with each key once (the first row wins), warning when any was dropped: a log
+    holding a sample twice was written by two runs at once or merged by hand. With
+    `copies_ok`, exact copies are dropped silently (a merged log read with its shard logs)."""
+    seen: dict[Hashable, dict] = {}
+    dropped = 0
+    for row in rows:
+        k = key(row)
+        if k not in seen:
+            seen[k] = row
+        elif not (copies_ok and row == seen[k]):
+            dropped += 1
+    if dropped:
+        warnings.warn(f"{where}: {dropped} duplicate records dropped (same id)", stacklevel=2)
+    return list(seen.values())
+
+
+def write_csv(path: str | Path, rows: Iterable[Mapping[str, Any]], columns: Sequence[str]) -> Path:
+    """Write `rows` as CSV with exactly `columns` (other keys dropped); None -> empty cell."""
+    path = Path(path)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in columns})
+    return path
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:

@@ -5,7 +5,9 @@ pipeline of plain functions a notebook can enter at any stage::
 
     conditions = sweep_conditions("quarters", fractions=(0.5, 1.0))   # what to run
     run_dir = run_sweep(model, items, conditions, out / tag / "synthetic")  # -> records.jsonl
-    result = analyze(run_dir)              # metrics per condition, delta table, figures, report
+    result = analyze(run_dir)              # metrics per condition, delta table
+
+The figures and the HTML report: `vlm_lens.reports.yesbias` (`report_run(run_dir)`).
 
 Stages:
 
@@ -71,7 +73,6 @@ Not for: the attention arithmetic (`vlm_lens.interventions`), reading benchmarks
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -90,10 +91,22 @@ from vlm_lens.data.yesno.items import YesNoItem, parse_yes_no, yes_no_score, yes
 from vlm_lens.interventions import Intervention, knockout, redistribute, scale_modality
 from vlm_lens.interventions.hooks import Rows
 from vlm_lens.interventions.patterns import Mode
-from vlm_lens.metrics.yesno import bootstrap_unit_sums, evaluate
-from vlm_lens.studies import runlog
+from vlm_lens.metrics.yesno import bootstrap_unit_sums, evaluate, percentile_interval
+from vlm_lens.studies import fallback, runlog
 from vlm_lens.studies.checks import EmptyMeasurementError, require_decoding_steps, require_finite
 from vlm_lens.studies.runlog import SampleLog, Shard, jsonable, read_jsonl, write_json_atomic
+from vlm_lens.studies.yesbias_options import (
+    DIRECTIONS,
+    FRACTIONS,
+    ITEMS,
+    MODES,
+    PAPER_SYSTEM,
+    QUARTERS,
+    RECORDS,
+    ROWS,
+    RUN,
+    SYSTEM_PRESETS,
+)
 
 __all__ = [
     "DIRECTIONS",
@@ -120,33 +133,9 @@ __all__ = [
     "write_table",
 ]
 
-RECORDS = "records.jsonl"
-ITEMS = "items.jsonl"
-RUN = "run.json"
-
-#: Source -> recipients of the sweep, keyed by the label used in condition ids.
-DIRECTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "system->text": ("system", ("text",)),
-    "system->image": ("system", ("image",)),
-    "system->image+text": ("system", ("image", "text")),
-    "text->system": ("text", ("system",)),
-    "image->system": ("image", ("system",)),
-}
-QUARTERS = ("Q1", "Q2", "Q3", "Q4")
-FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 SHARE_KINDS = SEGMENT_KINDS
 
 Kind = Literal["baseline", "redistribute", "scale", "knockout"]
-
-#: The vicuna_v1 system prompt of the yes-bias paper's LLaVA-1.5 runs (PITFALLS 15).
-PAPER_SYSTEM = (
-    "A chat between a curious human and an artificial intelligence assistant. The assistant "
-    "gives helpful, detailed, and polite answers to the human's questions."
-)
-#: Named system prompts: `system=` / `--system` takes one of these names or literal text.
-SYSTEM_PRESETS: dict[str, str | None] = {"none": None, "paper": PAPER_SYSTEM}
-MODES = ("proportional", "uniform")
-ROWS = ("answer", "all")
 
 
 def resolve_system(system: str | None) -> tuple[str, str | None]:
@@ -335,18 +324,7 @@ def default_model(cache_dir: str | os.PathLike | None = None) -> tuple[Any, str,
     `cache_dir`: where the tiny checkpoint is built (default `$VLM_LENS_CACHE/zoo`, or
     ~/.cache/vlm_lens/zoo).
     """
-    from vlm_lens import zoo
-
-    organism = getattr(zoo, "organism", None)
-    if organism is not None:
-        try:
-            return organism(), "organism", None
-        except Exception as err:  # not trained / not shipped yet: fall back, and say why
-            print(f"note: the organism is not available ({type(err).__name__}: {err})")
-    if cache_dir is None:
-        root = os.environ.get("VLM_LENS_CACHE", str(Path.home() / ".cache" / "vlm_lens"))
-        cache_dir = Path(root) / "zoo"
-    return zoo.tiny_checkpoint("qwen3_vl", cache_dir), "tiny-qwen3_vl-untrained", UNTRAINED_NOTE
+    return fallback.default_model(UNTRAINED_NOTE, cache_dir)
 
 
 def model_tag(name_or_path: str | os.PathLike) -> str:
@@ -616,92 +594,99 @@ def run_sweep(
     benchmark = items[0].benchmark
     layout = prompt_layout(_prepare(model, items[:1], system_text))
     run_dir.mkdir(parents=True, exist_ok=True)
-    _check_run(
-        run_dir,
-        {
-            "model": model_name,
-            "benchmark": benchmark,
-            "max_new_tokens": max_new_tokens,
-            "system": system_text,
-            "system_preset": preset,
-            "mode": mode,
-            "rows": rows,
-            "layers": {
-                str(c.layers): edits[c.id].layer_indices() for c in conditions if edits[c.id]
-            },
-            "fractions": sorted({c.fraction for c in conditions if c.fraction is not None}),
-            "conditions": ids,
-            "n_items": len(items),
-            "note": note,
-            "layout": layout,
-        },
-    )
-    _write_items(run_dir, items)
-
-    units = list(dict.fromkeys(it.unit_id for it in items))
-    if shard is not None:
-        owned = {u for i, u in enumerate(units) if shard.owns(i)}
-        items = [it for it in items if it.unit_id in owned]
     log_path = run_dir / (RECORDS if shard is None else shard.log_name(RECORDS))
-    yes_ids, no_ids = yes_no_token_ids(model.processor)
-    hooks = {c.id: [] if edits[c.id] is None else edits[c.id].fwd_hooks(model) for c in conditions}
-    records = {c.id: _step_record(edits[c.id], record_shares) for c in conditions}
-    written = 0
-    with SampleLog(log_path, key=_record_key) as log:
-        # Records in the run's other logs (an earlier unsharded or differently sharded
-        # attempt) count as done too: `merge_records` folds them in.
-        for other in [run_dir / RECORDS, *_shard_logs(run_dir)]:
-            if other != log_path:
-                log.done.update(_record_key(r) for r in read_jsonl(other))
-        todo = sum(not log.has((c.id, it.item_id)) for c in conditions for it in items)
-        bar = _progress(todo, progress, f"{benchmark} {len(conditions)} conditions")
-        try:
-            for batch in _batches(items, batch_size):
-                pending = [
-                    c for c in conditions if any(not log.has((c.id, it.item_id)) for it in batch)
-                ]
-                if not pending:
-                    continue
-                inputs = _prepare(model, batch, system_text)
-                for cond in pending:
-                    record = records[cond.id]
-                    out = model.generate(
-                        inputs,
-                        max_new_tokens=max_new_tokens,
-                        fwd_hooks=hooks[cond.id],
-                        record=record,
-                    )
-                    if record is not None:
-                        _check_recording(out, f"yes-bias study, condition {cond.id}")
-                    scores = yes_no_score(out.logits[0], yes_ids, no_ids)
-                    shares = None
-                    if record_shares:
-                        # [batch, layer, 1 head (mean), 1 query, 4 kinds] -> [batch, layer, 4]
-                        shares = out.recording.shares[0][:, :, 0, 0, :]
-                    for b, item in enumerate(batch):
-                        if log.has((cond.id, item.item_id)):
-                            continue
-                        row = {
-                            "condition": cond.id,
-                            "item_id": item.item_id,
-                            "unit_id": item.unit_id,
-                            "label": bool(item.label),
-                            "text": out.texts[b],
-                            "answer": parse_yes_no(out.texts[b]),
-                            "score": float(scores[b]),
-                        }
-                        if shares is not None:
-                            row["shares"] = np.round(shares[b].numpy().astype(float), 6).tolist()
-                        log.append(row)
-                        written += 1
-                        bar.update(1)
-                        if on_record is not None:
-                            on_record(row)
-                        if max_records is not None and written >= max_records:
-                            return log_path
-        finally:
-            bar.close()
-    return log_path
+    with runlog.log_lock(log_path):  # a second run of this log fails at once
+        _check_run(
+            run_dir,
+            {
+                "model": model_name,
+                "benchmark": benchmark,
+                "max_new_tokens": max_new_tokens,
+                "system": system_text,
+                "system_preset": preset,
+                "mode": mode,
+                "rows": rows,
+                "layers": {
+                    str(c.layers): edits[c.id].layer_indices() for c in conditions if edits[c.id]
+                },
+                "fractions": sorted({c.fraction for c in conditions if c.fraction is not None}),
+                "conditions": ids,
+                "n_items": len(items),
+                "note": note,
+                "layout": layout,
+            },
+        )
+        _write_items(run_dir, items)
+
+        units = list(dict.fromkeys(it.unit_id for it in items))
+        if shard is not None:
+            owned = {u for i, u in enumerate(units) if shard.owns(i)}
+            items = [it for it in items if it.unit_id in owned]
+        yes_ids, no_ids = yes_no_token_ids(model.processor)
+        hooks = {
+            c.id: [] if edits[c.id] is None else edits[c.id].fwd_hooks(model) for c in conditions
+        }
+        records = {c.id: _step_record(edits[c.id], record_shares) for c in conditions}
+        written = 0
+        with SampleLog(log_path, key=_record_key) as log:
+            # Records in the run's other logs (an earlier unsharded or differently sharded
+            # attempt) count as done too: `merge_records` folds them in.
+            for other in [run_dir / RECORDS, *_shard_logs(run_dir)]:
+                if other != log_path:
+                    log.done.update(_record_key(r) for r in read_jsonl(other))
+            todo = sum(not log.has((c.id, it.item_id)) for c in conditions for it in items)
+            bar = _progress(todo, progress, f"{benchmark} {len(conditions)} conditions")
+            try:
+                for batch in _batches(items, batch_size):
+                    pending = [
+                        c
+                        for c in conditions
+                        if any(not log.has((c.id, it.item_id)) for it in batch)
+                    ]
+                    if not pending:
+                        continue
+                    inputs = _prepare(model, batch, system_text)
+                    for cond in pending:
+                        record = records[cond.id]
+                        out = model.generate(
+                            inputs,
+                            max_new_tokens=max_new_tokens,
+                            fwd_hooks=hooks[cond.id],
+                            record=record,
+                        )
+                        if record is not None:
+                            _check_recording(out, f"yes-bias study, condition {cond.id}")
+                        scores = yes_no_score(out.logits[0], yes_ids, no_ids)
+                        shares = None
+                        if record_shares:
+                            # [batch, layer, 1 head (mean), 1 query, 4 kinds] -> [batch, layer, 4]
+                            shares = out.recording.shares[0][:, :, 0, 0, :]
+                        for b, item in enumerate(batch):
+                            if log.has((cond.id, item.item_id)):
+                                continue
+                            row = {
+                                "condition": cond.id,
+                                "item_id": item.item_id,
+                                "unit_id": item.unit_id,
+                                "label": bool(item.label),
+                                "text": out.texts[b],
+                                "answer": parse_yes_no(out.texts[b]),
+                                "score": float(scores[b]),
+                            }
+                            if shares is not None:
+                                row["shares"] = np.round(
+                                    shares[b].numpy().astype(float), 6
+                                ).tolist()
+                            log.append(row)
+                            written += 1
+                            bar.update(1)
+                            if on_record is not None:
+                                on_record(row)
+                            if max_records is not None and written >= max_records:
+                                return log_path
+            finally:
+                bar.close()
+        return log_path
 
 
 class _NoBar:
@@ -736,6 +721,11 @@ def merge_records(run_dir: str | Path, *, remove_shards: bool = False) -> dict[s
     pairs not in any log).
     """
     run_dir = Path(run_dir)
+    with runlog.run_lock(run_dir):
+        return _merge_records(run_dir, remove_shards)
+
+
+def _merge_records(run_dir: Path, remove_shards: bool) -> dict[str, Any]:
     conditions = json.loads((run_dir / RUN).read_text(encoding="utf-8"))["conditions"]
     item_ids = [it.item_id for it in load_items(run_dir)]
     c_rank = {c: i for i, c in enumerate(conditions)}
@@ -759,11 +749,12 @@ def merge_records(run_dir: str | Path, *, remove_shards: bool = False) -> dict[s
 def load_records(run_dir: str | Path) -> list[dict]:
     """All records of a run: records.jsonl plus any shard log not merged yet (deduplicated)."""
     run_dir = Path(run_dir)
-    seen: dict[tuple[str, str], dict] = {}
-    for source in [run_dir / RECORDS] + _shard_logs(run_dir):
-        for row in read_jsonl(source):
-            seen.setdefault(_record_key(row), row)
-    return list(seen.values())
+    rows = [
+        row
+        for source in [run_dir / RECORDS] + _shard_logs(run_dir)
+        for row in runlog.unique(read_jsonl(source), _record_key, str(source))
+    ]
+    return runlog.unique(rows, _record_key, str(run_dir), copies_ok=True)
 
 
 def _by_condition(records: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Mapping]]:
@@ -800,15 +791,6 @@ def condition_metrics(
             seed=seed,
         )
     return out
-
-
-def _interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return (math.nan, math.nan)
-    tail = 100 * (1 - level) / 2
-    lo, hi = np.percentile(values, [tail, 100 - tail])
-    return float(lo), float(hi)
 
 
 def paired_delta(
@@ -878,7 +860,7 @@ def paired_delta(
     boot = deltas(bootstrap_unit_sums(table, n_boot, seed)) if n_boot > 0 else {}
     out: dict[str, float] = {}
     for name, value in point.items():
-        lo, hi = _interval(boot[name]) if boot else (math.nan, math.nan)
+        lo, hi = percentile_interval(boot[name]) if boot else (math.nan, math.nan)
         out[f"d_{name}"] = float(value)
         out[f"d_{name}_lo"] = lo
         out[f"d_{name}_hi"] = hi
@@ -1005,12 +987,7 @@ def write_table(rows: Sequence[Mapping[str, Any]], path_stem: str | Path) -> tup
     stem = Path(path_stem)
     csv_path, json_path = stem.with_suffix(".csv"), stem.with_suffix(".json")
     columns = list(TABLE_COLUMNS) + [k for r in rows for k in r if k not in TABLE_COLUMNS]
-    columns = list(dict.fromkeys(columns))
-    with csv_path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: "" if r.get(k) is None else r.get(k) for k in columns})
+    runlog.write_csv(csv_path, rows, list(dict.fromkeys(columns)))
     write_json_atomic(json_path, list(rows))
     return csv_path, json_path
 
@@ -1036,16 +1013,19 @@ def analyze(
     *,
     n_boot: int = 1000,
     seed: int = 0,
-    report: bool = True,
-    title: str | None = None,
 ) -> dict[str, Any]:
-    """Metrics, the delta table (table.csv / table.json), metrics.json and report.html of a run.
+    """Metrics, the delta table (table.csv / table.json) and metrics.json of a run.
 
     Shard logs not merged yet are read too (use `merge_records` to fold them). Returns
     `{"items", "records", "metrics", "table", "shares", "paths"}`. A run without records
     raises `EmptyMeasurementError` and writes nothing.
     """
     run_dir = Path(run_dir)
+    with runlog.run_lock(run_dir):
+        return _analyze(run_dir, n_boot, seed)
+
+
+def _analyze(run_dir: Path, n_boot: int, seed: int) -> dict[str, Any]:
     settings = json.loads((run_dir / RUN).read_text(encoding="utf-8"))
     items = load_items(run_dir)
     records = load_records(run_dir)
@@ -1069,10 +1049,4 @@ def analyze(
         "shares": shares,
         "paths": paths,
     }
-    if report:
-        from vlm_lens.reports.yesbias import write_report
-
-        paths["report"] = write_report(
-            run_dir / "report.html", [result], title=title or "Yes-bias study"
-        )
     return result

@@ -789,22 +789,39 @@ def _is_complete(path: Path, spec: Mapping) -> bool:
     return marker is not None and marker.get("spec") == spec
 
 
+def config_and_processor(
+    arch: str, tokenizer_dir: Path | None = None, **config_overrides: Any
+) -> tuple[Any, Any]:
+    """The config and processor `tiny_checkpoint` would save, built in memory (no weights):
+    for building a model of any size directly, e.g. `model_cls._from_config(config)` on a GPU
+    with a real checkpoint's dimensions as `config_overrides`."""
+    if arch not in _RECIPES:
+        raise ValueError(f"unknown architecture {arch!r}; supported: {', '.join(ARCHITECTURES)}")
+    recipe = _RECIPES[arch]
+    overrides = dict(config_overrides)
+    image_kwargs = overrides.pop(_IMAGE_PROCESSOR_KEY, None) or {}
+    if tokenizer_dir is None:
+        tokenizer = recipe.tokenizer()
+    else:
+        tokenizer = _load_tokenizer(recipe, tokenizer_dir)
+    config = recipe.config(tokenizer, overrides)
+    return config, recipe.processor(tokenizer, config, image_kwargs)
+
+
+def model_class(arch: str) -> str:
+    """The transformers class name of `arch`'s model."""
+    return _RECIPES[arch].model_class
+
+
 def _build(
     arch: str, target: Path, seed: int, overrides: Mapping, tokenizer_dir: Path | None
 ) -> None:
     import transformers
 
     recipe = _RECIPES[arch]
-    overrides = dict(overrides)
-    image_kwargs = overrides.pop(_IMAGE_PROCESSOR_KEY, None) or {}
-
-    if tokenizer_dir is None:
-        tokenizer = recipe.tokenizer()
-    else:
-        tokenizer = _load_tokenizer(recipe, tokenizer_dir)
-    config = recipe.config(tokenizer, overrides)
+    config, processor = config_and_processor(arch, tokenizer_dir, **overrides)
+    tokenizer = processor.tokenizer
     config.dtype = torch.float32
-    processor = recipe.processor(tokenizer, config, image_kwargs)
 
     model_cls = getattr(transformers, recipe.model_class)
     with torch.random.fork_rng(devices=[]):  # deterministic, leaves the caller's RNG alone

@@ -1,0 +1,224 @@
+"""The counting study's HTML report, and the one call that writes all its outputs.
+
+`write_outputs(out_dir)` reads every model's records under `out_dir`, has the study write
+its tables (`vlm_lens.studies.counting.write_tables`: summary.json/csv, samples.csv,
+attention.csv) and then writes `report.html` (and `figures/*.png` when a PNG backend
+works) from them with `counting_report`. The report reads the study's tables; the study
+never imports this module (the CLI or a notebook calls it).
+
+Not for: the figures themselves (`vlm_lens.reports.figures`), computing metrics or
+summaries (`vlm_lens.studies.counting`) or the page layout (`vlm_lens.reports.html`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import plotly.graph_objects as go
+
+from vlm_lens.reports import figures as fg
+from vlm_lens.reports.html import Report
+from vlm_lens.studies.checks import EmptyMeasurementError, require_finite
+from vlm_lens.studies.counting import SUMMARY_COLUMNS, summary_table, write_tables
+
+__all__ = ["counting_report", "write_outputs"]
+
+_METRICS_NOTE = (
+    "Visual sparsity is the paper's Eq. 2 as printed (uniform attention gives −1/M); "
+    "entropy is Eq. 3. Attention is that of the query row predicting each digit, averaged "
+    "over heads (Eq. 1) and renormalised over the image tokens."
+)
+
+
+def write_outputs(
+    out_dir: str | Path, *, png: bool = True, title: str = "Counting study"
+) -> dict[str, Any]:
+    """Summaries, tables, figures and the HTML report of every model under `out_dir`.
+
+    Reads each `<out_dir>/<model>/samples.jsonl` (run `merge` first after a sharded run)
+    and writes `summary.json`, `summary.csv`, `samples.csv`, `attention.csv`,
+    `report.html` and, if a PNG backend works, `figures/*.png`. Returns the summaries and
+    the paths written. Nothing is written when there are no samples or a condition's
+    attention metrics are all missing (`EmptyMeasurementError`, see `summarize`).
+    """
+    tables = write_tables(out_dir)
+    report = counting_report(
+        tables["rows"],
+        tables["summaries"],
+        out_dir,
+        png=png,
+        title=title,
+        manifests=tables["manifests"],
+        notes=tables["notes"],
+    )
+    return {"summaries": tables["summaries"], "paths": {**tables["paths"], **report}}
+
+
+def _runs_table(report: Report, manifests: Sequence[dict]) -> None:
+    report.heading("Runs")
+    report.table(
+        [
+            {
+                "model": m.get("model"),
+                "condition": name,
+                "n": cfg.get("n"),
+                "layers": str(cfg.get("layers")),
+                "prompt": cfg.get("prompt"),
+                "regrounding": str(cfg.get("regrounding")),
+            }
+            for m in manifests
+            for name, cfg in m.get("conditions", {}).items()
+        ],
+        text_columns=("model", "condition", "prompt", "layers", "regrounding"),
+    )
+
+
+def _figures(rows: Sequence[dict], summaries: Sequence[dict]) -> list[tuple[str, go.Figure, str]]:
+    """(file stem, figure, caption) of the summary figures, in page order."""
+    figures: list[tuple[str, go.Figure, str]] = [
+        ("accuracy_mbe", fg.accuracy_mbe_bars(summaries), "Accuracy and MBE per model (Fig. 2)."),
+        (
+            "sparsity_box",
+            fg.sparsity_box(rows),
+            "Sparsity of the 1st vs 2nd digit step (Fig. 3), headline layer.",
+        ),
+        (
+            "step_curves",
+            fg.step_curves(summaries),
+            "Entropy and sparsity across digit steps (Fig. 5).",
+        ),
+        ("halo", fg.halo_bars(summaries), "Halo metrics; black ticks: the regions' area shares."),
+    ]
+    if any(s.get("regrounding") for s in summaries):
+        figures.append(
+            (
+                "regrounding",
+                fg.regrounding_bars(summaries),
+                "Re-grounding: same samples, with and without.",
+            )
+        )
+    return figures
+
+
+def _save(fig: go.Figure, fig_dir: Path, name: str, written: dict[str, Path]) -> None:
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    if fg.save_png(fig, fig_dir / f"{name}.png"):
+        written[f"png_{name}"] = fig_dir / f"{name}.png"
+
+
+def _tests_table(report: Report, summaries: Sequence[dict]) -> None:
+    tests = [
+        {
+            "model": s["model"],
+            "condition": s["condition"],
+            "layer": layer,
+            "n": t["n"],
+            "mean drop (1st − 2nd)": t["mean_diff"],
+            "median drop": t["median_diff"],
+            "W (min)": t["statistic"],
+            "p (two-sided)": t["p_value"],
+            "method": t["method"],
+        }
+        for s in summaries
+        for layer, t in s["sparsity_drop"].items()
+    ]
+    report.heading("Sparsity drop from the 1st to the 2nd digit (Wilcoxon signed-rank)")
+    report.table(tests, text_columns=("model", "condition", "method"))
+
+
+def _heatmaps(
+    report: Report,
+    rows: Sequence[dict],
+    n_heatmaps: int,
+    png_dir: Path | None,
+    written: dict[str, Path],
+) -> None:
+    """Up to `n_heatmaps` example maps per model and condition; the first two as PNG too."""
+    shown: dict[str, int] = {}
+    drawn = 0
+    for r in rows:
+        if not any("map" in e for e in r["attention"]):
+            continue
+        key = f"{r.get('model', '')}/{r['condition']}"
+        if shown.get(key, 0) >= n_heatmaps:
+            continue
+        shown[key] = shown.get(key, 0) + 1
+        if drawn == 0:
+            report.heading("Attention over the image (Fig. 1); red crosses: dot centres")
+        fig = fg.attention_heatmaps(r)
+        report.figure(fig)
+        if png_dir is not None and drawn < 2:
+            _save(fig, png_dir, f"heatmap_{drawn}", written)
+        drawn += 1
+
+
+def _examples_table(report: Report, rows: Sequence[dict]) -> None:
+    report.heading("Example answers")
+    report.table(
+        [
+            {
+                "model": r.get("model", ""),
+                "condition": r["condition"],
+                "index": r["index"],
+                "count": r["count"],
+                "generated text": r["text"],
+                "prediction": r["prediction"],
+                "re-grounded text": (r.get("regrounding") or {}).get("text"),
+            }
+            for r in rows[:40]
+        ],
+        text_columns=("model", "condition", "generated text", "re-grounded text"),
+    )
+
+
+def counting_report(
+    rows: Sequence[dict],
+    summaries: Sequence[dict],
+    out_dir: str | Path,
+    *,
+    png: bool = True,
+    title: str = "Counting study",
+    manifests: Sequence[dict] = (),
+    notes: Sequence[str] = (),
+    n_heatmaps: int = 2,
+) -> dict[str, Path]:
+    """Write `report.html` (and `figures/*.png` if possible) for the study's outputs.
+
+    Raises `EmptyMeasurementError` (and writes nothing) for no samples or summaries, or
+    when no attention metric of any sample is a number.
+    """
+    if not rows or not summaries:
+        raise EmptyMeasurementError("counting report: no samples or summaries to report")
+    require_finite(
+        [e.get("gini") for r in rows for e in r["attention"]],
+        "counting report: the attention metrics of every sample",
+        "nothing was measured at the answers' digit steps",
+    )
+    out_dir = Path(out_dir)
+    fig_dir = out_dir / "figures"
+    written: dict[str, Path] = {}
+    report = Report(title)
+    for note in notes:
+        report.paragraph(note, note=True)
+    report.paragraph(_METRICS_NOTE)
+    if manifests:
+        _runs_table(report, manifests)
+    report.heading("Summary")
+    report.table(summary_table(summaries), SUMMARY_COLUMNS, text_columns=("model", "condition"))
+    for name, fig, caption in _figures(rows, summaries):
+        report.heading(caption.split(" (")[0].rstrip("."))
+        report.figure(fig, caption)
+        if png:
+            _save(fig, fig_dir, name, written)
+    _tests_table(report, summaries)
+    _heatmaps(report, rows, n_heatmaps, fig_dir if png else None, written)
+    _examples_table(report, rows)
+    png_state = fg.png_status()
+    if png and png_state["works"] is False:
+        report.paragraph(f"PNG export was unavailable: {png_state['reason']}", note=True)
+    written["report"] = report.write(out_dir / "report.html")
+    if fig_dir.is_dir() and not any(fig_dir.iterdir()):
+        fig_dir.rmdir()
+    return written
