@@ -73,9 +73,9 @@ from torch import Tensor
 
 from vlm_lens.core.generation import AttentionRecord, GenerationResult, Recording
 from vlm_lens.core.layers import resolve_layers
-from vlm_lens.core.segments import KIND_IMAGE
 from vlm_lens.data import dots
 from vlm_lens.data.count_prompt import COT_COUNT_PROMPT, COUNT_PROMPT, answer_span, parse_count
+from vlm_lens.interventions import restore_image, scale_image
 from vlm_lens.metrics.attention import (
     centroid_hit_rate,
     gini_sparsity,
@@ -117,7 +117,6 @@ __all__ = [
     "parse_count",
     "recording_metrics",
     "reground",
-    "regrounding_hooks",
     "run_counting",
     "sample_table",
     "study_layers",
@@ -426,57 +425,6 @@ def _area_shares(sample: dots.DotsSample, grid: tuple[int, int], band_width: flo
 # ------------------------------------------------------------------------ re-grounding
 
 
-def regrounding_hooks(
-    spec: Regrounding,
-    layers: Sequence[int],
-    steps: Collection[int],
-    source: dict[int, Float[Tensor, "batch head image"]] | None = None,
-) -> list[tuple[str, Callable]]:
-    """Step-aware hooks on `blocks.{L}.attn.hook_pattern` that re-ground the last query row.
-
-    They act only when `hook.run.step` is in `steps` and find the image keys from
-    `hook.run.segments`. `source[L]` is layer L's recorded image attention at the first
-    digit's step (each head's image columns, as `Recording.image` keeps them); the
-    "scale" mode needs none. Rows of a batch must have the same number of image tokens.
-    """
-    steps = set(steps)
-    if spec.mode != "scale" and (source is None or any(layer not in source for layer in layers)):
-        raise ValueError(f"mode {spec.mode!r} needs the step-1 image attention of every layer")
-
-    def make(layer: int) -> Callable:
-        def hook(pattern: Float[Tensor, "batch head query key"], hook: Any) -> Tensor | None:
-            run = hook.run
-            if run.step not in steps or run.segments is None:
-                return None
-            n_keys = pattern.shape[-1]
-            key_offset = run.key_offset(n_keys)
-            kinds = run.segments.key_kinds(key_offset + n_keys, pattern.device)[:, key_offset:]
-            is_image = (kinds == KIND_IMAGE)[:, None, :]  # [batch, 1, key]
-            row = pattern[:, :, -1, :].to(torch.float32)  # [batch, head, key]
-            mass = (row * is_image).sum(-1, keepdim=True)  # [batch, head, 1]
-            if spec.mode == "scale":
-                new = torch.where(is_image, row * spec.alpha, row)
-                new = new / new.sum(-1, keepdim=True)
-            else:
-                src = source[layer].to(device=pattern.device, dtype=torch.float32)
-                src_mass = src.sum(-1, keepdim=True)
-                target = mass if spec.mode == "restore" else src_mass
-                rest_scale = ((1 - target) / (1 - mass).clamp_min(1e-12)).clamp_min(0)
-                new = row * torch.where(is_image, 0.0, rest_scale)
-                positions = torch.stack(
-                    [(kinds[b] == KIND_IMAGE).nonzero().flatten() for b in range(kinds.shape[0])]
-                )  # [batch, image]
-                index = positions[:, None, :].expand(-1, row.shape[1], -1)
-                new = new.scatter(-1, index, target * src / src_mass)
-            out = pattern.clone()
-            out[:, :, -1, :] = new.to(pattern.dtype)
-            return out
-
-        return hook
-
-    return [(f"blocks.{layer}.attn.hook_pattern", make(layer)) for layer in layers]
-
-
 def reground(
     model: HookedVLM,
     inputs: VLMInputs,
@@ -489,23 +437,29 @@ def reground(
     record: AttentionRecord | None = None,
     **generate_kwargs: Any,
 ) -> GenerationResult:
-    """Generate again with `regrounding_hooks` acting at `target_steps`.
+    """Generate again with the re-grounding intervention acting at `target_steps`.
 
-    `baseline` must have recorded the image columns of `layers` at `first_step` (all heads).
-    Steps before the first target step are computed exactly as in the baseline.
+    "restore" / "restore_mass" are `interventions.restore_image` (one per layer, each
+    with its layer's step-`first_step` image attention as the source: image mass kept /
+    taken from the source); "scale" is `interventions.scale_image`. They edit the answer
+    row of each target step. `baseline` must have recorded the image columns of `layers`
+    at `first_step` (all heads). Steps before the first target step are computed exactly
+    as in the baseline.
     """
-    source = None
-    if spec.mode != "scale":
+    if spec.mode == "scale":
+        hooks = replace(scale_image(spec.alpha, list(layers)), steps=target_steps)
+    else:
         rec = baseline.recording
         if rec is None or first_step not in rec.image:
             raise ValueError(f"the baseline recorded no image attention at step {first_step}")
         missing = [layer for layer in layers if layer not in rec.layers]
         if missing:
             raise ValueError(f"the baseline did not record layer(s) {missing}")
-        source = {
-            layer: rec.image[first_step][:, rec.layers.index(layer), :, -1, :] for layer in layers
-        }
-    hooks = regrounding_hooks(spec, layers, target_steps, source)
+        mass = "current" if spec.mode == "restore" else "source"
+        hooks = []
+        for layer in layers:
+            source = rec.image[first_step][:, rec.layers.index(layer), :, -1, :]
+            hooks += restore_image(source, [layer], mass, steps=target_steps)
     return model.generate(
         inputs, max_new_tokens=max_new_tokens, fwd_hooks=hooks, record=record, **generate_kwargs
     )
