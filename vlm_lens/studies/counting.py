@@ -59,7 +59,6 @@ import bisect
 import contextlib
 import json
 import math
-import re
 import weakref
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -84,7 +83,7 @@ from vlm_lens.metrics.attention import (
     normalized_entropy,
     textbook_gini,
 )
-from vlm_lens.studies import fallback, runlog
+from vlm_lens.studies import fallback, harness, runlog
 from vlm_lens.studies.checks import (
     STEP_TRACKING_HINT,
     EmptyMeasurementError,
@@ -128,7 +127,8 @@ __all__ = [
 PROMPT = COUNT_PROMPT
 COT_PROMPT = COT_COUNT_PROMPT
 PAPER_LAYERS = (-1, 8, 16, 24)
-MANIFEST = "run.json"
+MANIFEST = harness.MANIFEST
+model_slug = harness.model_slug
 
 
 # ------------------------------------------------------------------------------ config
@@ -260,12 +260,6 @@ def study_layers(layers: str | int | Sequence[int] | None, n_layers: int) -> lis
     """
     wanted = "last" if layers is None else layers
     return resolve_layers(wanted, n_layers, {"paper": PAPER_LAYERS}, sort=False)
-
-
-def model_slug(name: str) -> str:
-    """A directory name for a model id or path (`Qwen/Qwen3-VL-2B` -> `Qwen__Qwen3-VL-2B`)."""
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", str(name).replace("/", "__")).strip("._")
-    return slug or "model"
 
 
 # ----------------------------------------------------------------------------- answers
@@ -583,25 +577,19 @@ def count_samples(
     return rows
 
 
-def _key(row: dict) -> tuple[str, int]:
-    return (row["condition"], int(row["index"]))
+def _measure(
+    model: HookedVLM, samples: Sequence[dots.DotsSample], config: CountingConfig, **kwargs: Any
+) -> list[dict[str, Any]]:
+    return count_samples(model, samples, config, **kwargs)  # looked up at call time
 
 
-def _check_manifest(model_dir: Path, manifest: dict[str, Any]) -> None:
-    """Write `run.json`, or check that an existing run used the same settings."""
-    path = model_dir / MANIFEST
-    if path.exists():
-        old = json.loads(path.read_text(encoding="utf-8"))
-        for name, cfg in manifest["conditions"].items():
-            before = old.get("conditions", {}).get(name)
-            if before is not None and before != cfg:
-                changed = sorted(k for k in cfg if before.get(k) != cfg[k])
-                raise ValueError(
-                    f"{model_dir}: condition {name!r} was run with other settings "
-                    f"({', '.join(changed)} differ); use another --out directory"
-                )
-        manifest = dict(old, conditions={**old.get("conditions", {}), **manifest["conditions"]})
-    runlog.write_json_atomic(path, manifest)
+STUDY = harness.Study(
+    name="count",
+    config=CountingConfig,
+    measure=_measure,
+    summarize=lambda rows: summarize(rows),
+    report="vlm_lens.reports.counting:write_outputs",
+)
 
 
 def run_counting(
@@ -619,7 +607,8 @@ def run_counting(
 ) -> Path:
     """Run every condition on `model`, appending one JSON line per sample as it goes.
 
-    Writes `<out_dir>/<model_slug>/samples.jsonl` (or the shard's file) and `run.json`.
+    `vlm_lens.studies.harness.run` with this study: writes
+    `<out_dir>/<model_slug>/samples.jsonl` (or the shard's file) and `run.json`.
     Samples already in the log are skipped, so calling it again after a stop resumes.
     `max_samples` stops after that many new samples (a run in chunks; resume continues).
     `note` (e.g. "untrained model") is kept in `run.json` and shown in the report.
@@ -627,94 +616,23 @@ def run_counting(
     most the batch in flight.
     Returns the model's directory.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    from tqdm.auto import tqdm
-
-    configs = [configs] if isinstance(configs, CountingConfig) else list(configs)
-    names = [c.condition for c in configs]
-    if len(set(names)) != len(names):
-        raise ValueError(f"conditions must have distinct names, got {names}")
-    model_dir = Path(out_dir) / model_slug(model_name)
-    model_dir.mkdir(parents=True, exist_ok=True)
-    log_path = model_dir / (shard.filename if shard else runlog.SAMPLES)
-    with runlog.log_lock(log_path):  # a second run of this log fails at once
-        _check_manifest(
-            model_dir,
-            {
-                "model": model_name,
-                "arch": model.cfg.arch,
-                "n_layers": model.cfg.n_layers,
-                "conditions": {c.condition: c.to_dict() for c in configs},
-                **({"note": note} if note else {}),
-            },
-        )
-        with runlog.SampleLog(log_path, _key) as log:
-            todo = [
-                (c, i)
-                for c in configs
-                for i in range(c.n)
-                if (shard is None or shard.owns(i)) and not log.has((c.condition, i))
-            ]
-            if max_samples is not None:
-                todo = todo[: max(max_samples, 0)]
-            datasets: dict[str, list[dots.DotsSample]] = {}
-            bar = tqdm(
-                total=len(todo), desc=f"count {model_name}", disable=not progress, unit="img"
-            )
-            for config, indices in _batches(todo, batch_size):
-                if config.condition not in datasets:
-                    datasets[config.condition] = config.dataset()
-                batch = [datasets[config.condition][i] for i in indices]
-                for row in count_samples(model, batch, config, generate_kwargs=generate_kwargs):
-                    log.append({"model": model_name, **row})
-                bar.update(len(batch))
-            bar.close()
-    return model_dir
+    return harness.run(
+        STUDY,
+        model,
+        configs,
+        out_dir,
+        model_name=model_name,
+        shard=shard,
+        progress=progress,
+        note=note,
+        max_samples=max_samples,
+        batch_size=batch_size,
+        measure_kwargs={"generate_kwargs": generate_kwargs},
+    )
 
 
-def _batches(
-    todo: Sequence[tuple[CountingConfig, int]], size: int
-) -> list[tuple[CountingConfig, list[int]]]:
-    """Consecutive runs of at most ``size`` sample indices of one condition."""
-    out: list[tuple[CountingConfig, list[int]]] = []
-    for config, i in todo:
-        if out and out[-1][0] is config and len(out[-1][1]) < size:
-            out[-1][1].append(i)
-        else:
-            out.append((config, [i]))
-    return out
-
-
-def merge(out_dir: str | Path) -> dict[str, dict[str, Any]]:
-    """Merge the shard logs of every model under `out_dir`; report completeness per model.
-
-    The merged `samples.jsonl` is sorted by (condition, index) and holds each sample once.
-    """
-    results = {}
-    for manifest_path in sorted(Path(out_dir).glob(f"*/{MANIFEST}")):
-        model_dir = manifest_path.parent
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        expected = [
-            (name, i) for name, cfg in manifest["conditions"].items() for i in range(cfg["n"])
-        ]
-        order = {name: k for k, name in enumerate(manifest["conditions"])}
-        with runlog.run_lock(model_dir):
-            results[manifest.get("model", model_dir.name)] = runlog.merge(
-                model_dir,
-                _key,
-                expected,
-                sort_key=lambda r, order=order: (order.get(r["condition"], len(order)), r["index"]),
-            )
-    return results
-
-
-def load_samples(path: str | Path) -> list[dict]:
-    """Records of a model directory (its `samples.jsonl`) or of a `samples*.jsonl` file,
-    each (condition, index) once (a warning says how many duplicates were dropped)."""
-    path = Path(path)
-    path = path / runlog.SAMPLES if path.is_dir() else path
-    return runlog.unique(runlog.read_jsonl(path), _key, str(path))
+merge = harness.merge
+load_samples = harness.load
 
 
 # ----------------------------------------------------------------------------- summary
