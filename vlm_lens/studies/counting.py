@@ -518,63 +518,96 @@ def count_samples(
     require_decoding_steps(out.recording, out.n_steps, "counting study")
     rows = []
     for r, sample in enumerate(samples):
-        tokens = _until_eos(out.tokens[r].tolist(), model.eos_token_ids)
-        text = out.texts[r]
-        prediction = parse_count(text, config.answer)
-        steps, digits = digit_steps(tokens, model.tokens_to_text, config.answer)
-        grid = tuple(inputs.segments.samples[r].images[0].grid)
-        attention = recording_metrics(
-            out.recording,
-            steps,
-            digits,
-            layers,
-            sample,
-            grid,
-            row=r,
-            band_width=config.band_width,
-            keep_map=sample.index < config.example_maps,
-        )
-        row: dict[str, Any] = {
-            "condition": config.condition,
-            "index": sample.index,
-            "count": sample.count,
-            "text": text,
-            "tokens": tokens,
-            "prediction": prediction,
-            "correct": prediction == sample.count,
-            "error": None if prediction is None else prediction - sample.count,
-            "digit_steps": steps,
-            "digits": digits,
-            "layers": layers,
-            "grid": list(grid),
-            "image_size": list(sample.size),
-            "area": _area_shares(sample, grid, config.band_width),
-            "attention": attention,
-            "regrounding": None,
-        }
-        if sample.index < config.example_maps:
-            row["centres"] = [list(c) for c in sample.centres]
+        row = _sample_row(model, inputs, out, r, sample, config, layers)
+        steps = row["digit_steps"]
         if reg is not None and steps:  # a batch of one (see above)
-            targets = steps[1:] or [steps[0] + 1]
-            targets = [s for s in targets if s < max_new]
-            regrounded = None
-            if targets:
-                regrounded = reground(
-                    model, inputs, out, steps[0], targets, reg, reg_layers, max_new, **kwargs
-                )
-            text2 = regrounded.texts[0] if regrounded is not None else text
-            pred2 = parse_count(text2, config.answer)
-            row["regrounding"] = {
-                "mode": reg.describe(),
-                "layers": reg_layers,
-                "steps": targets,
-                "text": text2,
-                "prediction": pred2,
-                "correct": pred2 == sample.count,
-                "error": None if pred2 is None else pred2 - sample.count,
-            }
+            generation = (model, inputs, out, max_new, kwargs)
+            row["regrounding"] = _regrounded(
+                generation, steps, row["text"], sample, reg, config, reg_layers
+            )
         rows.append(row)
     return rows
+
+
+def _sample_row(
+    model: HookedVLM,
+    inputs: VLMInputs,
+    out: GenerationResult,
+    r: int,
+    sample: dots.DotsSample,
+    config: CountingConfig,
+    layers: list[int],
+) -> dict[str, Any]:
+    """Batch row `r`'s record, without re-grounding (see the module docstring)."""
+    tokens = _until_eos(out.tokens[r].tolist(), model.eos_token_ids)
+    text = out.texts[r]
+    prediction = parse_count(text, config.answer)
+    steps, digits = digit_steps(tokens, model.tokens_to_text, config.answer)
+    grid = tuple(inputs.segments.samples[r].images[0].grid)
+    attention = recording_metrics(
+        out.recording,
+        steps,
+        digits,
+        layers,
+        sample,
+        grid,
+        row=r,
+        band_width=config.band_width,
+        keep_map=sample.index < config.example_maps,
+    )
+    row: dict[str, Any] = {
+        "condition": config.condition,
+        "index": sample.index,
+        "count": sample.count,
+        "text": text,
+        "tokens": tokens,
+        "prediction": prediction,
+        "correct": prediction == sample.count,
+        "error": None if prediction is None else prediction - sample.count,
+        "digit_steps": steps,
+        "digits": digits,
+        "layers": layers,
+        "grid": list(grid),
+        "image_size": list(sample.size),
+        "area": _area_shares(sample, grid, config.band_width),
+        "attention": attention,
+        "regrounding": None,
+    }
+    if sample.index < config.example_maps:
+        row["centres"] = [list(c) for c in sample.centres]
+    return row
+
+
+def _regrounded(
+    generation: tuple[HookedVLM, VLMInputs, GenerationResult, int, dict[str, Any]],
+    steps: list[int],
+    text: str,
+    sample: dots.DotsSample,
+    reg: Regrounding,
+    config: CountingConfig,
+    reg_layers: list[int],
+) -> dict[str, Any]:
+    """A one-image record's "regrounding" entry: generate again with the units digit (and
+    later digits) re-grounded on the first digit's image attention (`reground`)."""
+    model, inputs, out, max_new, kwargs = generation
+    targets = steps[1:] or [steps[0] + 1]
+    targets = [s for s in targets if s < max_new]
+    regrounded = None
+    if targets:
+        regrounded = reground(
+            model, inputs, out, steps[0], targets, reg, reg_layers, max_new, **kwargs
+        )
+    text2 = regrounded.texts[0] if regrounded is not None else text
+    pred2 = parse_count(text2, config.answer)
+    return {
+        "mode": reg.describe(),
+        "layers": reg_layers,
+        "steps": targets,
+        "text": text2,
+        "prediction": pred2,
+        "correct": pred2 == sample.count,
+        "error": None if pred2 is None else pred2 - sample.count,
+    }
 
 
 def _measure(
