@@ -207,8 +207,10 @@ class Intervention:
         hooks = _LayerHooks(self)
         capture, edit = hooks.capture, hooks.edit
         if self.rows == "answer":
-            # Declared rows: the layer computes scores and pattern for the answer rows only.
-            capture, edit = select(capture, rows="answer"), select(edit, rows="answer")
+            # Declared rows and steps: the layer computes scores and pattern for the answer rows
+            # of the steps it edits only, and takes SDPA everywhere else.
+            capture = select(capture, rows="answer", steps=self.steps)
+            edit = select(edit, rows="answer", steps=self.steps)
         pairs: list[tuple[str, HookFn]] = []
         for layer in self.layer_indices(model_or_n_layers):
             pairs.append((f"blocks.{layer}.attn.hook_attn_scores", capture))
