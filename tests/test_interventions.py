@@ -3,6 +3,8 @@ specs, and the hook-level API on tiny models (forward, generate, composition, re
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -28,6 +30,8 @@ from vlm_lens.interventions import (
     redistribute,
     redistribute_pattern,
     resolve_layers,
+    restore_image,
+    restore_pattern,
     scale_image,
     scale_modality,
     scale_pattern,
@@ -403,6 +407,39 @@ def test_explicit_visibility_excludes_out_of_window_keys():
     assert out[0, 0, 0, 1] > 0
 
 
+def test_restore_pattern_by_hand():
+    """Keys: system, image, image, text; one head, one answer row; source (0.6, 0.2) has S = 0.8."""
+    kinds = torch.tensor([[KIND_SYSTEM, KIND_IMAGE, KIND_IMAGE, KIND_TEXT]])
+    p = torch.tensor([0.1, 0.2, 0.2, 0.5]).reshape(1, 1, 1, 4)
+    source = torch.tensor([0.6, 0.2]).reshape(1, 1, 2)
+    # Image mass kept (M = 0.4), spread as the source is (3:1); the rest bit-identical.
+    kept = restore_pattern(p, kinds, source)
+    torch.testing.assert_close(kept.flatten(), torch.tensor([0.1, 0.3, 0.1, 0.5]))
+    assert kept[..., 0] == p[..., 0] and kept[..., 3] == p[..., 3]
+    # The source's weights exactly; the rest scaled by (1 - 0.8) / (1 - 0.4) = 1/3.
+    taken = restore_pattern(p, kinds, source, mass="source")
+    torch.testing.assert_close(taken.flatten(), torch.tensor([0.1 / 3, 0.6, 0.2, 0.5 / 3]))
+    for out in (kept, taken):
+        torch.testing.assert_close(out.sum(-1), torch.ones(1, 1, 1))
+    # The second image key is masked: it gets nothing and S counts the visible key only
+    # (T = S = 0.6, rest scale (1 - 0.6) / (1 - 0.3) = 4/7).
+    p2 = torch.tensor([0.1, 0.3, 0.0, 0.6]).reshape(1, 1, 1, 4)
+    visible = torch.tensor([True, True, False, True]).reshape(1, 1, 4)
+    masked = restore_pattern(p2, kinds, source, mass="source", visible=visible)
+    torch.testing.assert_close(masked.flatten(), torch.tensor([0.4 / 7, 0.6, 0.0, 2.4 / 7]))
+    assert masked[..., 2] == 0
+    torch.testing.assert_close(masked.sum(-1), torch.ones(1, 1, 1))
+    # A source with no weight on a visible key, and rows outside row_mask, stay unchanged.
+    zero = torch.tensor([0.0, 0.7]).reshape(1, 1, 2)
+    assert torch.equal(restore_pattern(p2, kinds, zero, visible=visible), p2)
+    off = torch.tensor([[False]])
+    assert torch.equal(restore_pattern(p, kinds, source, row_mask=off), p)
+    with pytest.raises(ValueError, match="source must be"):
+        restore_pattern(p, kinds, torch.ones(1, 1, 3))
+    with pytest.raises(ValueError, match="mass"):
+        restore_pattern(p, kinds, source, mass="both")
+
+
 def test_modality_resolution():
     both = {KIND_TEXT, KIND_GENERATED}
     assert modality_codes("system", "text") == ({KIND_SYSTEM}, both)
@@ -683,3 +720,24 @@ def test_hook_outside_a_hooked_run_is_a_clear_error(model):
 
     with pytest.raises(RuntimeError, match="segments"):
         edit(torch.ones(1, 1, 1, 1), Hook())
+
+
+def test_steps_limit_an_intervention_to_those_decoding_steps(model):
+    inputs = model.prepare(images=[dots_image(6)], prompt=PROMPT)
+    kwargs = {"max_new_tokens": 4, "min_new_tokens": 4}
+    iv = scale_image(4.0, "all", model=model)
+    # Hooked but never firing (a hooked pattern runs the explicit softmax, not SDPA).
+    clean = model.generate(inputs, fwd_hooks=replace(iv, steps=[99]), **kwargs)
+    with pytest.raises(ValueError, match="steps"):
+        replace(iv, steps=[-1])
+    at_two = model.generate(inputs, fwd_hooks=replace(iv, steps=[2]), **kwargs)
+    for step in (0, 1):
+        assert torch.equal(at_two.logits[step], clean.logits[step])
+    assert not torch.equal(at_two.logits[2], clean.logits[2])
+    # restore_image with a random source, at step 1 only.
+    n_image = int((inputs.segments.key_kinds(inputs.segments.prompt_len) == KIND_IMAGE).sum())
+    source = torch.rand(1, model.cfg.n_heads, n_image)
+    restore = restore_image(source, "all", steps=[1], model=model)
+    restored = model.generate(inputs, fwd_hooks=restore, **kwargs)
+    assert torch.equal(restored.logits[0], clean.logits[0])
+    assert not torch.equal(restored.logits[1], clean.logits[1])

@@ -8,7 +8,11 @@ Hook level (TransformerLens `fwd_hooks`, read segments and decoding step at run 
     model.run_with_hooks(inputs, fwd_hooks=iv)
     model.generate(inputs, max_new_tokens=4, fwd_hooks=iv + scale_image(2.0, "Q4", model=model))
 
-Tensor level (no model needed): `redistribute_pattern`, `scale_pattern`, `knockout_pattern`
+Re-grounding: `restore_image(source, layers, steps=...)` gives the image keys an earlier
+step's distribution; `steps=` (on every `Intervention`) limits an edit to chosen steps.
+
+Tensor level (no model needed): `redistribute_pattern`, `scale_pattern`, `knockout_pattern`,
+`restore_pattern`
 on `[batch, head, query, key]` patterns with `[batch, key]` segment codes.
 
 Layer specs ("Q1".."Q4", "all", "a:b", ints, lists): `resolve_layers`, `quarter`.
@@ -18,6 +22,7 @@ from vlm_lens.interventions.hooks import (
     Intervention,
     knockout,
     redistribute,
+    restore_image,
     scale_image,
     scale_modality,
 )
@@ -27,6 +32,7 @@ from vlm_lens.interventions.patterns import (
     knockout_pattern,
     modality_codes,
     redistribute_pattern,
+    restore_pattern,
     scale_pattern,
 )
 
@@ -41,6 +47,8 @@ __all__ = [
     "redistribute",
     "redistribute_pattern",
     "resolve_layers",
+    "restore_image",
+    "restore_pattern",
     "scale_image",
     "scale_modality",
     "scale_pattern",

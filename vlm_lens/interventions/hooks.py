@@ -45,7 +45,7 @@ Not for: the tensor arithmetic (patterns.py) or layer spec parsing (layers.py).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, Literal
@@ -63,6 +63,7 @@ from vlm_lens.interventions.patterns import (
     knockout_pattern,
     modality_codes,
     redistribute_pattern,
+    restore_pattern,
     scale_pattern,
 )
 
@@ -107,6 +108,8 @@ class _LayerHooks:
 
     def edit(self, pattern: Float[Tensor, "batch head query key"], hook: Any) -> Tensor:
         visible = self._visible.pop(hook.layer_idx, None)
+        if self.iv.steps is not None and hook.run.step not in self.iv.steps:
+            return pattern
         if visible is not None and visible.shape != pattern.shape:
             visible = None
         run = hook.run
@@ -158,6 +161,8 @@ class Intervention:
         heads: heads to edit (None = all).
         rows: "answer" or "all".
         n_layers: the model's depth once known (`bind`).
+        steps: the `hook.run.step` values (0 = prefill, k = k-th decoding step) at which it
+            edits; None = every step.
     """
 
     description: str
@@ -166,10 +171,16 @@ class Intervention:
     heads: Heads = None
     rows: Rows = "answer"
     n_layers: int | None = None
+    steps: Collection[int] | None = None
 
     def __post_init__(self) -> None:
         if self.rows not in ("answer", "all"):
             raise ValueError(f"rows must be 'answer' or 'all', got {self.rows!r}")
+        if self.steps is not None:
+            steps = frozenset(self.steps)
+            if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in steps):
+                raise ValueError(f"steps must be ints >= 0, got {sorted(self.steps, key=str)}")
+            object.__setattr__(self, "steps", steps)  # frozen: normalise once
         if self.n_layers is not None:
             resolve_layers(self.layers, self.n_layers)  # fail early on a bad spec
 
@@ -196,8 +207,10 @@ class Intervention:
         hooks = _LayerHooks(self)
         capture, edit = hooks.capture, hooks.edit
         if self.rows == "answer":
-            # Declared rows: the layer computes scores and pattern for the answer rows only.
-            capture, edit = select(capture, rows="answer"), select(edit, rows="answer")
+            # Declared rows and steps: the layer computes scores and pattern for the answer rows
+            # of the steps it edits only, and takes SDPA everywhere else.
+            capture = select(capture, rows="answer", steps=self.steps)
+            edit = select(edit, rows="answer", steps=self.steps)
         pairs: list[tuple[str, HookFn]] = []
         for layer in self.layer_indices(model_or_n_layers):
             pairs.append((f"blocks.{layer}.attn.hook_attn_scores", capture))
@@ -216,9 +229,10 @@ class Intervention:
     def __repr__(self) -> str:
         depth = "" if self.n_layers is None else f", n_layers={self.n_layers}"
         heads = "" if self.heads is None else f", heads={self.heads!r}"
+        steps = "" if self.steps is None else f", steps={sorted(self.steps)}"
         return (
             f"Intervention({self.description}, layers={self.layers!r}{heads}, "
-            f"rows={self.rows!r}{depth})"
+            f"rows={self.rows!r}{depth}{steps})"
         )
 
 
@@ -313,3 +327,28 @@ def knockout(
     edit = partial(knockout_pattern, modality=modality)
     description = f"knockout {_label(modality)}"
     return _bound(Intervention(description, layers, edit, heads, rows), model, n_layers)
+
+
+def restore_image(
+    source: Float[Tensor, "batch head image"],
+    layers: LayerSpec,
+    mass: Literal["current", "source"] = "current",
+    steps: Collection[int] | None = None,
+    heads: Heads = None,
+    rows: Rows = "answer",
+    model: Any = None,
+    n_layers: int | None = None,
+) -> Intervention:
+    """Give each head's image keys `source`'s distribution (see `patterns.restore_pattern`).
+
+    Re-grounding: `source` is what each head gave the image at an earlier step (one weight
+    per image key); `mass="current"` keeps the row's image mass, "source" takes the
+    source's. `steps`: the decoding steps to edit (None = all). One `source` serves every
+    layer in `layers`; for per-layer sources build one intervention per layer and add them.
+    """
+    if mass not in ("current", "source"):
+        raise ValueError(f"mass must be 'current' or 'source', got {mass!r}")
+    edit = partial(restore_pattern, source=source, mass=mass)
+    description = f"restore image ({mass} mass)"
+    iv = Intervention(description, layers, edit, heads, rows, steps=steps)
+    return _bound(iv, model, n_layers)

@@ -18,6 +18,8 @@ and returns a new pattern of the same shape and dtype. The edits:
   (the paper's "Image×2.0" baseline).
 - `knockout_pattern`: zero a modality and give its weight to every other visible key,
   proportionally (= `redistribute_pattern(..., recipients=None, fraction=1)`).
+- `restore_pattern`: give the image keys a given distribution (e.g. an earlier step's),
+  keeping the row's image mass or taking the source's (re-grounding a late answer digit).
 
 Modalities are "system", "image", "text" and "generated". Generated tokens count as
 text unless "generated" is named explicitly in the same edit: ``source="system",
@@ -357,6 +359,67 @@ def scale_pattern(
             mod_factor = torch.zeros_like(total)
         new = torch.where(mod_keys, p * mod_factor, p / denom * total)
         ok = (total > 0) & (denom > 0) & torch.isfinite(mod_factor)
+        return new, ok
+
+    return _apply(pattern, vis, row_mask, head_mask, edit)
+
+
+def restore_pattern(
+    pattern: Float[Tensor, "batch head query key"],
+    key_kinds: Int[Tensor, "batch key"],
+    source: Float[Tensor, "batch head image"],
+    mass: Literal["current", "source"] = "current",
+    row_mask: Bool[Tensor, "batch query"] | None = None,
+    head_mask: Bool[Tensor, " head"] | None = None,
+    visible: Bool[Tensor, "batch query key"] | Bool[Tensor, "batch head query key"] | None = None,
+    query_positions: Int[Tensor, " query"] | None = None,
+    key_positions: Int[Tensor, " key"] | None = None,
+) -> Float[Tensor, "batch head query key"]:
+    """Give each head's image keys the distribution of `source` (re-grounding an answer row).
+
+    `source[b, h]` is one weight per image key of row b, in key order (for instance what
+    head h gave the image at an earlier decoding step, as `Recording.image` keeps it);
+    every row of the batch must have `source.shape[-1]` image keys. In each selected row,
+    with M its current visible image mass and S the source's mass on visible image keys,
+    the image keys become ``T · source / S`` with target mass T:
+
+    - `mass="current"`: T = M: the image keeps its mass, only its distribution changes;
+      the rest of the row is bit-identical;
+    - `mass="source"`: T = S: the source's weights exactly, and the non-image keys are
+      rescaled by (1 - T) / (1 - M) so the row still sums to 1.
+
+    Edge cases: image keys the row cannot see get nothing (their share of the source is
+    dropped and S counts only visible keys); a row with S = 0 is left unchanged, and so is,
+    under `mass="source"`, a row with all its weight on the image (M = 1) and T < 1 (the
+    rest has no weight to scale up). See the module docstring for visibility.
+    """
+    _check_shapes(pattern, key_kinds)
+    if mass not in ("current", "source"):
+        raise ValueError(f"mass must be 'current' or 'source', got {mass!r}")
+    key_kinds = key_kinds.to(pattern.device)
+    is_image = key_kinds == KIND_IMAGE  # [batch, key]
+    b, h = pattern.shape[:2]
+    n_image = is_image.sum(-1)
+    if source.dim() != 3 or source.shape[:2] != (b, h) or bool((n_image != source.shape[-1]).any()):
+        raise ValueError(
+            f"source must be [batch, head, image] = ({b}, {h}, image keys per row "
+            f"{n_image.tolist()}), got {tuple(source.shape)}"
+        )
+    image_keys = is_image[:, None, None, :]
+    positions = torch.stack([row.nonzero().flatten() for row in is_image])  # [batch, image]
+    vis = _visibility(pattern, key_kinds, visible, query_positions, key_positions)
+
+    def edit(p: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        img = (image_keys & v).expand(p.shape)  # [b, h, q, key]
+        index = positions[:, None, None, :].expand(*p.shape[:3], -1)  # [b, h, q, image]
+        src = source.to(device=p.device, dtype=p.dtype)[:, :, None, :] * img.gather(-1, index)
+        src_mass = src.sum(-1, keepdim=True)  # [b, h, q, 1]
+        current = (p * img).sum(-1, keepdim=True)
+        target = current if mass == "current" else src_mass
+        rest_scale = ((1 - target) / (1 - current).clamp_min(1e-12)).clamp_min(0)
+        new = p * torch.where(img, 0.0, rest_scale)
+        new = new.scatter(-1, index, target * src / src_mass.clamp_min(1e-30))
+        ok = (src_mass > 0) & ((current < 1) | (target >= 1))
         return new, ok
 
     return _apply(pattern, vis, row_mask, head_mask, edit)

@@ -59,7 +59,6 @@ import bisect
 import contextlib
 import json
 import math
-import re
 import weakref
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -73,9 +72,9 @@ from torch import Tensor
 
 from vlm_lens.core.generation import AttentionRecord, GenerationResult, Recording
 from vlm_lens.core.layers import resolve_layers
-from vlm_lens.core.segments import KIND_IMAGE
 from vlm_lens.data import dots
 from vlm_lens.data.count_prompt import COT_COUNT_PROMPT, COUNT_PROMPT, answer_span, parse_count
+from vlm_lens.interventions import restore_image, scale_image
 from vlm_lens.metrics.attention import (
     centroid_hit_rate,
     gini_sparsity,
@@ -84,7 +83,7 @@ from vlm_lens.metrics.attention import (
     normalized_entropy,
     textbook_gini,
 )
-from vlm_lens.studies import fallback, runlog
+from vlm_lens.studies import fallback, harness, runlog
 from vlm_lens.studies.checks import (
     STEP_TRACKING_HINT,
     EmptyMeasurementError,
@@ -117,7 +116,6 @@ __all__ = [
     "parse_count",
     "recording_metrics",
     "reground",
-    "regrounding_hooks",
     "run_counting",
     "sample_table",
     "study_layers",
@@ -129,7 +127,8 @@ __all__ = [
 PROMPT = COUNT_PROMPT
 COT_PROMPT = COT_COUNT_PROMPT
 PAPER_LAYERS = (-1, 8, 16, 24)
-MANIFEST = "run.json"
+MANIFEST = harness.MANIFEST
+model_slug = harness.model_slug
 
 
 # ------------------------------------------------------------------------------ config
@@ -261,12 +260,6 @@ def study_layers(layers: str | int | Sequence[int] | None, n_layers: int) -> lis
     """
     wanted = "last" if layers is None else layers
     return resolve_layers(wanted, n_layers, {"paper": PAPER_LAYERS}, sort=False)
-
-
-def model_slug(name: str) -> str:
-    """A directory name for a model id or path (`Qwen/Qwen3-VL-2B` -> `Qwen__Qwen3-VL-2B`)."""
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", str(name).replace("/", "__")).strip("._")
-    return slug or "model"
 
 
 # ----------------------------------------------------------------------------- answers
@@ -426,57 +419,6 @@ def _area_shares(sample: dots.DotsSample, grid: tuple[int, int], band_width: flo
 # ------------------------------------------------------------------------ re-grounding
 
 
-def regrounding_hooks(
-    spec: Regrounding,
-    layers: Sequence[int],
-    steps: Collection[int],
-    source: dict[int, Float[Tensor, "batch head image"]] | None = None,
-) -> list[tuple[str, Callable]]:
-    """Step-aware hooks on `blocks.{L}.attn.hook_pattern` that re-ground the last query row.
-
-    They act only when `hook.run.step` is in `steps` and find the image keys from
-    `hook.run.segments`. `source[L]` is layer L's recorded image attention at the first
-    digit's step (each head's image columns, as `Recording.image` keeps them); the
-    "scale" mode needs none. Rows of a batch must have the same number of image tokens.
-    """
-    steps = set(steps)
-    if spec.mode != "scale" and (source is None or any(layer not in source for layer in layers)):
-        raise ValueError(f"mode {spec.mode!r} needs the step-1 image attention of every layer")
-
-    def make(layer: int) -> Callable:
-        def hook(pattern: Float[Tensor, "batch head query key"], hook: Any) -> Tensor | None:
-            run = hook.run
-            if run.step not in steps or run.segments is None:
-                return None
-            n_keys = pattern.shape[-1]
-            key_offset = run.key_offset(n_keys)
-            kinds = run.segments.key_kinds(key_offset + n_keys, pattern.device)[:, key_offset:]
-            is_image = (kinds == KIND_IMAGE)[:, None, :]  # [batch, 1, key]
-            row = pattern[:, :, -1, :].to(torch.float32)  # [batch, head, key]
-            mass = (row * is_image).sum(-1, keepdim=True)  # [batch, head, 1]
-            if spec.mode == "scale":
-                new = torch.where(is_image, row * spec.alpha, row)
-                new = new / new.sum(-1, keepdim=True)
-            else:
-                src = source[layer].to(device=pattern.device, dtype=torch.float32)
-                src_mass = src.sum(-1, keepdim=True)
-                target = mass if spec.mode == "restore" else src_mass
-                rest_scale = ((1 - target) / (1 - mass).clamp_min(1e-12)).clamp_min(0)
-                new = row * torch.where(is_image, 0.0, rest_scale)
-                positions = torch.stack(
-                    [(kinds[b] == KIND_IMAGE).nonzero().flatten() for b in range(kinds.shape[0])]
-                )  # [batch, image]
-                index = positions[:, None, :].expand(-1, row.shape[1], -1)
-                new = new.scatter(-1, index, target * src / src_mass)
-            out = pattern.clone()
-            out[:, :, -1, :] = new.to(pattern.dtype)
-            return out
-
-        return hook
-
-    return [(f"blocks.{layer}.attn.hook_pattern", make(layer)) for layer in layers]
-
-
 def reground(
     model: HookedVLM,
     inputs: VLMInputs,
@@ -489,23 +431,29 @@ def reground(
     record: AttentionRecord | None = None,
     **generate_kwargs: Any,
 ) -> GenerationResult:
-    """Generate again with `regrounding_hooks` acting at `target_steps`.
+    """Generate again with the re-grounding intervention acting at `target_steps`.
 
-    `baseline` must have recorded the image columns of `layers` at `first_step` (all heads).
-    Steps before the first target step are computed exactly as in the baseline.
+    "restore" / "restore_mass" are `interventions.restore_image` (one per layer, each
+    with its layer's step-`first_step` image attention as the source: image mass kept /
+    taken from the source); "scale" is `interventions.scale_image`. They edit the answer
+    row of each target step. `baseline` must have recorded the image columns of `layers`
+    at `first_step` (all heads). Steps before the first target step are computed exactly
+    as in the baseline.
     """
-    source = None
-    if spec.mode != "scale":
+    if spec.mode == "scale":
+        hooks = replace(scale_image(spec.alpha, list(layers)), steps=target_steps)
+    else:
         rec = baseline.recording
         if rec is None or first_step not in rec.image:
             raise ValueError(f"the baseline recorded no image attention at step {first_step}")
         missing = [layer for layer in layers if layer not in rec.layers]
         if missing:
             raise ValueError(f"the baseline did not record layer(s) {missing}")
-        source = {
-            layer: rec.image[first_step][:, rec.layers.index(layer), :, -1, :] for layer in layers
-        }
-    hooks = regrounding_hooks(spec, layers, target_steps, source)
+        mass = "current" if spec.mode == "restore" else "source"
+        hooks = []
+        for layer in layers:
+            source = rec.image[first_step][:, rec.layers.index(layer), :, -1, :]
+            hooks += restore_image(source, [layer], mass, steps=target_steps)
     return model.generate(
         inputs, max_new_tokens=max_new_tokens, fwd_hooks=hooks, record=record, **generate_kwargs
     )
@@ -570,84 +518,111 @@ def count_samples(
     require_decoding_steps(out.recording, out.n_steps, "counting study")
     rows = []
     for r, sample in enumerate(samples):
-        tokens = _until_eos(out.tokens[r].tolist(), model.eos_token_ids)
-        text = out.texts[r]
-        prediction = parse_count(text, config.answer)
-        steps, digits = digit_steps(tokens, model.tokens_to_text, config.answer)
-        grid = tuple(inputs.segments.samples[r].images[0].grid)
-        attention = recording_metrics(
-            out.recording,
-            steps,
-            digits,
-            layers,
-            sample,
-            grid,
-            row=r,
-            band_width=config.band_width,
-            keep_map=sample.index < config.example_maps,
-        )
-        row: dict[str, Any] = {
-            "condition": config.condition,
-            "index": sample.index,
-            "count": sample.count,
-            "text": text,
-            "tokens": tokens,
-            "prediction": prediction,
-            "correct": prediction == sample.count,
-            "error": None if prediction is None else prediction - sample.count,
-            "digit_steps": steps,
-            "digits": digits,
-            "layers": layers,
-            "grid": list(grid),
-            "image_size": list(sample.size),
-            "area": _area_shares(sample, grid, config.band_width),
-            "attention": attention,
-            "regrounding": None,
-        }
-        if sample.index < config.example_maps:
-            row["centres"] = [list(c) for c in sample.centres]
+        row = _sample_row(model, inputs, out, r, sample, config, layers)
+        steps = row["digit_steps"]
         if reg is not None and steps:  # a batch of one (see above)
-            targets = steps[1:] or [steps[0] + 1]
-            targets = [s for s in targets if s < max_new]
-            regrounded = None
-            if targets:
-                regrounded = reground(
-                    model, inputs, out, steps[0], targets, reg, reg_layers, max_new, **kwargs
-                )
-            text2 = regrounded.texts[0] if regrounded is not None else text
-            pred2 = parse_count(text2, config.answer)
-            row["regrounding"] = {
-                "mode": reg.describe(),
-                "layers": reg_layers,
-                "steps": targets,
-                "text": text2,
-                "prediction": pred2,
-                "correct": pred2 == sample.count,
-                "error": None if pred2 is None else pred2 - sample.count,
-            }
+            generation = (model, inputs, out, max_new, kwargs)
+            row["regrounding"] = _regrounded(
+                generation, steps, row["text"], sample, reg, config, reg_layers
+            )
         rows.append(row)
     return rows
 
 
-def _key(row: dict) -> tuple[str, int]:
-    return (row["condition"], int(row["index"]))
+def _sample_row(
+    model: HookedVLM,
+    inputs: VLMInputs,
+    out: GenerationResult,
+    r: int,
+    sample: dots.DotsSample,
+    config: CountingConfig,
+    layers: list[int],
+) -> dict[str, Any]:
+    """Batch row `r`'s record, without re-grounding (see the module docstring)."""
+    tokens = _until_eos(out.tokens[r].tolist(), model.eos_token_ids)
+    text = out.texts[r]
+    prediction = parse_count(text, config.answer)
+    steps, digits = digit_steps(tokens, model.tokens_to_text, config.answer)
+    grid = tuple(inputs.segments.samples[r].images[0].grid)
+    attention = recording_metrics(
+        out.recording,
+        steps,
+        digits,
+        layers,
+        sample,
+        grid,
+        row=r,
+        band_width=config.band_width,
+        keep_map=sample.index < config.example_maps,
+    )
+    row: dict[str, Any] = {
+        "condition": config.condition,
+        "index": sample.index,
+        "count": sample.count,
+        "text": text,
+        "tokens": tokens,
+        "prediction": prediction,
+        "correct": prediction == sample.count,
+        "error": None if prediction is None else prediction - sample.count,
+        "digit_steps": steps,
+        "digits": digits,
+        "layers": layers,
+        "grid": list(grid),
+        "image_size": list(sample.size),
+        "area": _area_shares(sample, grid, config.band_width),
+        "attention": attention,
+        "regrounding": None,
+    }
+    if sample.index < config.example_maps:
+        row["centres"] = [list(c) for c in sample.centres]
+    return row
 
 
-def _check_manifest(model_dir: Path, manifest: dict[str, Any]) -> None:
-    """Write `run.json`, or check that an existing run used the same settings."""
-    path = model_dir / MANIFEST
-    if path.exists():
-        old = json.loads(path.read_text(encoding="utf-8"))
-        for name, cfg in manifest["conditions"].items():
-            before = old.get("conditions", {}).get(name)
-            if before is not None and before != cfg:
-                changed = sorted(k for k in cfg if before.get(k) != cfg[k])
-                raise ValueError(
-                    f"{model_dir}: condition {name!r} was run with other settings "
-                    f"({', '.join(changed)} differ); use another --out directory"
-                )
-        manifest = dict(old, conditions={**old.get("conditions", {}), **manifest["conditions"]})
-    runlog.write_json_atomic(path, manifest)
+def _regrounded(
+    generation: tuple[HookedVLM, VLMInputs, GenerationResult, int, dict[str, Any]],
+    steps: list[int],
+    text: str,
+    sample: dots.DotsSample,
+    reg: Regrounding,
+    config: CountingConfig,
+    reg_layers: list[int],
+) -> dict[str, Any]:
+    """A one-image record's "regrounding" entry: generate again with the units digit (and
+    later digits) re-grounded on the first digit's image attention (`reground`)."""
+    model, inputs, out, max_new, kwargs = generation
+    targets = steps[1:] or [steps[0] + 1]
+    targets = [s for s in targets if s < max_new]
+    regrounded = None
+    if targets:
+        regrounded = reground(
+            model, inputs, out, steps[0], targets, reg, reg_layers, max_new, **kwargs
+        )
+    text2 = regrounded.texts[0] if regrounded is not None else text
+    pred2 = parse_count(text2, config.answer)
+    return {
+        "mode": reg.describe(),
+        "layers": reg_layers,
+        "steps": targets,
+        "text": text2,
+        "prediction": pred2,
+        "correct": pred2 == sample.count,
+        "error": None if pred2 is None else pred2 - sample.count,
+    }
+
+
+def _measure(
+    model: HookedVLM, samples: Sequence[dots.DotsSample], config: CountingConfig, **kwargs: Any
+) -> list[dict[str, Any]]:
+    return count_samples(model, samples, config, **kwargs)  # looked up at call time
+
+
+STUDY = harness.Study(
+    name="count",
+    config=CountingConfig,
+    measure=_measure,
+    summarize=lambda rows: summarize(rows),
+    report="vlm_lens.reports.counting:write_outputs",
+)
 
 
 def run_counting(
@@ -665,7 +640,8 @@ def run_counting(
 ) -> Path:
     """Run every condition on `model`, appending one JSON line per sample as it goes.
 
-    Writes `<out_dir>/<model_slug>/samples.jsonl` (or the shard's file) and `run.json`.
+    `vlm_lens.studies.harness.run` with this study: writes
+    `<out_dir>/<model_slug>/samples.jsonl` (or the shard's file) and `run.json`.
     Samples already in the log are skipped, so calling it again after a stop resumes.
     `max_samples` stops after that many new samples (a run in chunks; resume continues).
     `note` (e.g. "untrained model") is kept in `run.json` and shown in the report.
@@ -673,94 +649,23 @@ def run_counting(
     most the batch in flight.
     Returns the model's directory.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    from tqdm.auto import tqdm
-
-    configs = [configs] if isinstance(configs, CountingConfig) else list(configs)
-    names = [c.condition for c in configs]
-    if len(set(names)) != len(names):
-        raise ValueError(f"conditions must have distinct names, got {names}")
-    model_dir = Path(out_dir) / model_slug(model_name)
-    model_dir.mkdir(parents=True, exist_ok=True)
-    log_path = model_dir / (shard.filename if shard else runlog.SAMPLES)
-    with runlog.log_lock(log_path):  # a second run of this log fails at once
-        _check_manifest(
-            model_dir,
-            {
-                "model": model_name,
-                "arch": model.cfg.arch,
-                "n_layers": model.cfg.n_layers,
-                "conditions": {c.condition: c.to_dict() for c in configs},
-                **({"note": note} if note else {}),
-            },
-        )
-        with runlog.SampleLog(log_path, _key) as log:
-            todo = [
-                (c, i)
-                for c in configs
-                for i in range(c.n)
-                if (shard is None or shard.owns(i)) and not log.has((c.condition, i))
-            ]
-            if max_samples is not None:
-                todo = todo[: max(max_samples, 0)]
-            datasets: dict[str, list[dots.DotsSample]] = {}
-            bar = tqdm(
-                total=len(todo), desc=f"count {model_name}", disable=not progress, unit="img"
-            )
-            for config, indices in _batches(todo, batch_size):
-                if config.condition not in datasets:
-                    datasets[config.condition] = config.dataset()
-                batch = [datasets[config.condition][i] for i in indices]
-                for row in count_samples(model, batch, config, generate_kwargs=generate_kwargs):
-                    log.append({"model": model_name, **row})
-                bar.update(len(batch))
-            bar.close()
-    return model_dir
+    return harness.run(
+        STUDY,
+        model,
+        configs,
+        out_dir,
+        model_name=model_name,
+        shard=shard,
+        progress=progress,
+        note=note,
+        max_samples=max_samples,
+        batch_size=batch_size,
+        measure_kwargs={"generate_kwargs": generate_kwargs},
+    )
 
 
-def _batches(
-    todo: Sequence[tuple[CountingConfig, int]], size: int
-) -> list[tuple[CountingConfig, list[int]]]:
-    """Consecutive runs of at most ``size`` sample indices of one condition."""
-    out: list[tuple[CountingConfig, list[int]]] = []
-    for config, i in todo:
-        if out and out[-1][0] is config and len(out[-1][1]) < size:
-            out[-1][1].append(i)
-        else:
-            out.append((config, [i]))
-    return out
-
-
-def merge(out_dir: str | Path) -> dict[str, dict[str, Any]]:
-    """Merge the shard logs of every model under `out_dir`; report completeness per model.
-
-    The merged `samples.jsonl` is sorted by (condition, index) and holds each sample once.
-    """
-    results = {}
-    for manifest_path in sorted(Path(out_dir).glob(f"*/{MANIFEST}")):
-        model_dir = manifest_path.parent
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        expected = [
-            (name, i) for name, cfg in manifest["conditions"].items() for i in range(cfg["n"])
-        ]
-        order = {name: k for k, name in enumerate(manifest["conditions"])}
-        with runlog.run_lock(model_dir):
-            results[manifest.get("model", model_dir.name)] = runlog.merge(
-                model_dir,
-                _key,
-                expected,
-                sort_key=lambda r, order=order: (order.get(r["condition"], len(order)), r["index"]),
-            )
-    return results
-
-
-def load_samples(path: str | Path) -> list[dict]:
-    """Records of a model directory (its `samples.jsonl`) or of a `samples*.jsonl` file,
-    each (condition, index) once (a warning says how many duplicates were dropped)."""
-    path = Path(path)
-    path = path / runlog.SAMPLES if path.is_dir() else path
-    return runlog.unique(runlog.read_jsonl(path), _key, str(path))
+merge = harness.merge
+load_samples = harness.load
 
 
 # ----------------------------------------------------------------------------- summary

@@ -92,7 +92,7 @@ from vlm_lens.interventions import Intervention, knockout, redistribute, scale_m
 from vlm_lens.interventions.hooks import Rows
 from vlm_lens.interventions.patterns import Mode
 from vlm_lens.metrics.yesno import bootstrap_unit_sums, evaluate, percentile_interval
-from vlm_lens.studies import fallback, runlog
+from vlm_lens.studies import fallback, harness, runlog
 from vlm_lens.studies.checks import EmptyMeasurementError, require_decoding_steps, require_finite
 from vlm_lens.studies.runlog import SampleLog, Shard, jsonable, read_jsonl, write_json_atomic
 from vlm_lens.studies.yesbias_options import (
@@ -416,37 +416,17 @@ def _check_run(run_dir: Path, settings: dict[str, Any]) -> None:
     """Write run.json, refusing to resume a run made with settings that change the records
     (`SEMANTICS`, or a layer spec that now names other layers); conditions, layer specs and
     fractions of a resumed run accumulate."""
-    path = run_dir / RUN
-    if path.exists():
-        old = json.loads(path.read_text(encoding="utf-8"))
-        changed = [
-            f"{k}: {old.get(k, default)!r} -> {settings.get(k)!r}"
-            for k, default in SEMANTICS.items()
-            if old.get(k, default) != settings.get(k)
-        ]
+    harness.check_manifest(
+        run_dir / RUN,
+        settings,
+        fixed=SEMANTICS,
         # A layer spec is part of the condition ids: it must still name the same layers.
-        old_layers = old.get("layers", {})
-        changed += [
-            f"layers {spec}: {old_layers[spec]} -> {layers}"
-            for spec, layers in settings["layers"].items()
-            if spec in old_layers and old_layers[spec] != layers
-        ]
-        if changed:
-            raise ValueError(
-                f"{run_dir} holds a run with other settings ({', '.join(changed)}); "
-                "use another --out"
-            )
-        conditions = list(dict.fromkeys(old.get("conditions", []) + settings["conditions"]))
-        layers = {**old.get("layers", {}), **settings["layers"]}
-        fractions = sorted(set(old.get("fractions", [])) | set(settings["fractions"]))
-        settings = {
-            **old,
-            **settings,
-            "conditions": conditions,
-            "layers": layers,
-            "fractions": fractions,
-        }
-    write_json_atomic(path, settings)
+        entries=("layers",),
+        accumulate={
+            "conditions": lambda old, new: list(dict.fromkeys((old or []) + new)),
+            "fractions": lambda old, new: sorted(set(old or []) | set(new)),
+        },
+    )
 
 
 def prompt_layout(inputs: Any, row: int = 0) -> dict[str, Any]:
@@ -471,22 +451,11 @@ def _record_key(row: Mapping[str, Any]) -> tuple[str, str]:
     return (row["condition"], row["item_id"])
 
 
-def _batches(items: Sequence[YesNoItem], batch_size: int) -> Iterable[list[YesNoItem]]:
-    """Consecutive items in batches whose images have the same sizes (left padding is then
-    the only difference between rows)."""
-    batch: list[YesNoItem] = []
-    key: Any = None
-    for item in items:
-        sizes = tuple(_image_size(src) for src in item.images)
-        # Unknown sizes (image files not opened yet) are never batched together.
-        k = sizes if None not in sizes else object()
-        if batch and (k != key or len(batch) >= batch_size):
-            yield batch
-            batch = []
-        batch.append(item)
-        key = k
-    if batch:
-        yield batch
+def _size_group(item: YesNoItem) -> tuple | None:
+    """Items batch together when their images have the same sizes (left padding is then the
+    only difference between rows); unknown sizes (image files not opened yet) never do."""
+    sizes = tuple(_image_size(src) for src in item.images)
+    return None if None in sizes else sizes
 
 
 def _image_size(src: Any) -> Any:
@@ -578,6 +547,8 @@ def run_sweep(
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if rows not in ROWS:
         raise ValueError(f"rows must be one of {ROWS}, got {rows!r}")
     preset, system_text = resolve_system(system)
@@ -637,7 +608,7 @@ def run_sweep(
             todo = sum(not log.has((c.id, it.item_id)) for c in conditions for it in items)
             bar = _progress(todo, progress, f"{benchmark} {len(conditions)} conditions")
             try:
-                for batch in _batches(items, batch_size):
+                for batch in harness.batches(items, batch_size, _size_group):
                     pending = [
                         c
                         for c in conditions
