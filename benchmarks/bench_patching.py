@@ -1,20 +1,24 @@
-"""How much faster is a batched patching sweep than a loop of `run_with_hooks` calls?
+"""How fast is a patching sweep: resumed at the patched layer, from the embeddings, or a loop?
 
-Both methods patch the same cells of one counterfactual dots pair (clean image with one dot
+Three methods patch the same cells of one counterfactual dots pair (clean image with one dot
 more than the corrupted one) at the first decoding step where the two counts differ, and
 measure the same raw logit difference:
 
-- ``sweep``: `vlm_lens.patching.patch_sweep`: the clean run cached once (only the hook
-  points swept), the corrupted input replicated along the batch, one cell per row,
-  `--batch-size` rows per forward pass, the corrupted baseline riding in the first batch;
-- ``naive``: `model.run_with_cache` on the clean input (the hook points swept), one
+- ``resume``: `vlm_lens.patching.patch_sweep` (the default, `resume=True`): the clean run
+  cached once (only the hook points swept), the corrupted run once in full, then batches of
+  `--batch-size` rows, one cell per row, each batch started at its first patched layer from
+  the corrupted run's residual stream (no vision tower, no embeddings, no layers below);
+- ``full``: `patch_sweep(..., resume=False)`: the same batches, each run from the inputs
+  (the image encoded once per batch), the corrupted baseline riding in the first batch;
+- ``naive`` (skip with `--no-naive`): `model.run_with_cache` on the clean input, one
   unpatched corrupted run, then one `model.run_with_hooks` call per cell.
 
 Sweeps timed (each one a row of the table): residual stream before every layer at every
 image patch, every head's `hook_z`, every head's `hook_pattern` and (not in `--config
 medium`) the residual stream at every single position. Printed per sweep: cells, forward
-passes, seconds (median of `--repeats`, after a warm-up), cells per second, the speed-up,
-and the largest difference between the two methods' values.
+passes and decoder-layer rows (`PatchingResult.n_layer_rows`), seconds (median of `--repeats`
+interleaved repeats, after a warm-up), cells per second, the speed-ups of ``resume`` over
+``full`` and over ``naive``, and the largest difference between their values.
 
 Configs:
 - ``tiny`` (for the test-suite): the zoo's default tiny Qwen3-VL, 64x64 image (4x4 image
@@ -24,7 +28,7 @@ Configs:
   MLP 768; vision 6 x 128), a 224x224 image (7 x 7 = 49 image tokens).
 
     python benchmarks/bench_patching.py [--config small] [--batch-size 32] [--repeats 3]
-        [--threads N] [--json out.json]
+        [--no-naive] [--threads N] [--json out.json]
 """
 
 from __future__ import annotations
@@ -117,7 +121,13 @@ def naive_loop(
     return torch.tensor(values, dtype=torch.float64), passes
 
 
-def run(config: str, batch_size: int, repeats: int, directory: str | None = None) -> dict[str, Any]:
+def run(
+    config: str,
+    batch_size: int,
+    repeats: int,
+    directory: str | None = None,
+    naive: bool = True,
+) -> dict[str, Any]:
     spec = CONFIGS[config]
     directory = directory or tempfile.mkdtemp(prefix="bench_patching_")
     path = zoo.tiny_checkpoint("qwen3_vl", directory, **spec["overrides"])
@@ -149,35 +159,59 @@ def run(config: str, batch_size: int, repeats: int, directory: str | None = None
     rows = []
     for family, positions in sweeps:
         kwargs = dict(answer=step, positions=positions, layers=spec["layers"], normalize=False)
-        patch_sweep(model, pair.clean, pair.corrupted, family, batch_size=batch_size, **kwargs)
-        t_sweep, t_naive = [], []
-        for _ in range(repeats):  # interleaved, so load on the machine hits both alike
-            t0 = time.perf_counter()
-            result = patch_sweep(
-                model, pair.clean, pair.corrupted, family, batch_size=batch_size, **kwargs
+
+        def sweep(resume: bool, kwargs=kwargs, family=family):
+            return patch_sweep(
+                model,
+                pair.clean,
+                pair.corrupted,
+                family,
+                batch_size=batch_size,
+                resume=resume,
+                **kwargs,
             )
-            t_sweep.append(time.perf_counter() - t0)
+
+        sweep(True), sweep(False)  # warm-up
+        times: dict[str, list[float]] = {"resume": [], "full": [], "naive": []}
+        for _ in range(repeats):  # interleaved, so load on the machine hits every method alike
             t0 = time.perf_counter()
-            naive, naive_passes = naive_loop(
-                model, pair.clean, pair.corrupted, step, family, result
+            fast = sweep(True)
+            times["resume"].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            full = sweep(False)
+            times["full"].append(time.perf_counter() - t0)
+            if naive:
+                t0 = time.perf_counter()
+                loop, naive_passes = naive_loop(
+                    model, pair.clean, pair.corrupted, step, family, fast
+                )
+                times["naive"].append(time.perf_counter() - t0)
+        sec = {k: statistics.median(v) if v else None for k, v in times.items()}
+        cells = fast.n_cells
+        row = {
+            "sweep": f"{family} x {positions}",
+            "shape": dict(zip(fast.dims, fast.values.shape)),
+            "cells": cells,
+            "resume_forward_passes": fast.n_forward_passes,
+            "full_forward_passes": full.n_forward_passes,
+            "resume_layer_rows": fast.n_layer_rows,
+            "full_layer_rows": full.n_layer_rows,
+            "resume_s": sec["resume"],
+            "full_s": sec["full"],
+            "resume_cells_per_s": cells / sec["resume"],
+            "full_cells_per_s": cells / sec["full"],
+            "speedup_vs_full": sec["full"] / sec["resume"],
+            "max_abs_diff_vs_full": float((fast.values - full.values).abs().max()),
+        }
+        if naive:
+            row.update(
+                naive_forward_passes=naive_passes,
+                naive_s=sec["naive"],
+                naive_cells_per_s=cells / sec["naive"],
+                speedup_vs_naive=sec["naive"] / sec["resume"],
+                max_abs_diff_vs_naive=float((fast.values.flatten() - loop).abs().max()),
             )
-            t_naive.append(time.perf_counter() - t0)
-        s, n = statistics.median(t_sweep), statistics.median(t_naive)
-        rows.append(
-            {
-                "sweep": f"{family} x {positions}",
-                "shape": dict(zip(result.dims, result.values.shape)),
-                "cells": result.n_cells,
-                "sweep_forward_passes": result.n_forward_passes,
-                "naive_forward_passes": naive_passes,
-                "sweep_s": s,
-                "naive_s": n,
-                "sweep_cells_per_s": result.n_cells / s,
-                "naive_cells_per_s": result.n_cells / n,
-                "speedup": n / s,
-                "max_abs_diff": float((result.values.flatten() - naive).abs().max()),
-            }
-        )
+        rows.append(row)
     return {"machine": machine_info(), "model": info, "results": rows}
 
 
@@ -193,18 +227,27 @@ def print_table(report: dict[str, Any]) -> None:
         f"image grid {info['image_grid']}, counts {info['counts']}, step {info['step']}, "
         f"batch {info['batch_size']}, median of {info['repeats']}"
     )
+    naive = "naive_s" in report["results"][0]
+    methods = ["resume", "full"] + (["naive"] if naive else [])
+    print("# passes, seconds, cells/s: " + " / ".join(methods) + "; layer-rows: resume / full")
     header = (
-        f"{'sweep':<24}{'cells':>7}{'fwd sweep':>11}{'fwd naive':>11}{'sweep s':>9}"
-        f"{'naive s':>9}{'cells/s sweep':>15}{'cells/s naive':>15}{'speed-up':>10}{'max|diff|':>11}"
+        f"{'sweep':<24}{'cells':>6}{'passes':>14}{'layer-rows':>12}{'seconds':>20}"
+        f"{'cells/s':>20}{'x full':>8}{'|diff| full':>12}"
+        + (f"{'x naive':>9}{'|diff| naive':>13}" if naive else "")
     )
     print(header)
     for r in report["results"]:
-        print(
-            f"{r['sweep']:<24}{r['cells']:>7}{r['sweep_forward_passes']:>11}"
-            f"{r['naive_forward_passes']:>11}{r['sweep_s']:>9.2f}{r['naive_s']:>9.2f}"
-            f"{r['sweep_cells_per_s']:>15.1f}{r['naive_cells_per_s']:>15.1f}"
-            f"{r['speedup']:>9.1f}x{r['max_abs_diff']:>11.1e}"
+        passes = "/".join(str(r[f"{m}_forward_passes"]) for m in methods)
+        layer_rows = f"{r['resume_layer_rows']}/{r['full_layer_rows']}"
+        seconds = "/".join(f"{r[f'{m}_s']:.2f}" for m in methods)
+        rate = "/".join(f"{r[f'{m}_cells_per_s']:.1f}" for m in methods)
+        line = (
+            f"{r['sweep']:<24}{r['cells']:>6}{passes:>14}{layer_rows:>12}{seconds:>20}{rate:>20}"
+            f"{r['speedup_vs_full']:>7.2f}x{r['max_abs_diff_vs_full']:>12.1e}"
         )
+        if naive:
+            line += f"{r['speedup_vs_naive']:>8.2f}x{r['max_abs_diff_vs_naive']:>13.1e}"
+        print(line)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -219,11 +262,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--dir", default=None, help="where to build the checkpoint (default: a temp dir)"
     )
     parser.add_argument("--json", default=None, help="also write the report here")
+    parser.add_argument(
+        "--no-naive", action="store_true", help="time only the two sweep paths, not the loop"
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     repeats = 1 if args.config == "tiny" else args.repeats
-    report = run(args.config, args.batch_size, repeats, args.dir)
+    report = run(args.config, args.batch_size, repeats, args.dir, naive=not args.no_naive)
     print_table(report)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")

@@ -39,8 +39,11 @@ def test_bench_patching_runs_tiny_config(bench, tiny_dir, tmp_path, capsys):
     ]
     for r in rows:
         assert r["naive_forward_passes"] == r["cells"] + 2
-        assert r["sweep_forward_passes"] < r["naive_forward_passes"]
-        assert r["max_abs_diff"] <= 1e-5
-        assert r["sweep_cells_per_s"] > 0 and r["naive_cells_per_s"] > 0
+        assert r["resume_forward_passes"] < r["naive_forward_passes"]
+        # tiny sweeps layer 0 only: resuming there runs every layer, as the full path does
+        assert r["resume_layer_rows"] == r["full_layer_rows"]
+        assert r["max_abs_diff_vs_full"] <= 1e-5 and r["max_abs_diff_vs_naive"] <= 1e-5
+        for method in ("resume", "full", "naive"):
+            assert r[f"{method}_cells_per_s"] > 0
     printed = capsys.readouterr().out
-    assert "cells/s sweep" in printed and "resid_pre x image_patch" in printed
+    assert "resume / full / naive" in printed and "resid_pre x image_patch" in printed

@@ -36,6 +36,8 @@ from vlm_lens.patching import (
     run_patched,
     with_answer_prefix,
 )
+from vlm_lens.patching.resume import record_resume_point
+from vlm_lens.zoo import ARCHITECTURES
 
 PAIR_SPEC = dict(size=64, radius=3, count_range=(10, 16), min_separation=1)
 
@@ -85,7 +87,7 @@ def test_patching_whole_residual_stream_at_layer0_restores_clean(tiny_ckpt, pair
     assert abs(everything.value - 1.0) <= 1e-5
     nothing = run_patched(model, pair.clean, pair.corrupted, pair.first_step, [])
     assert abs(nothing.value) <= 1e-5
-    assert everything.n_forward_passes == 2  # clean cached once + one batch of two rows
+    assert everything.n_forward_passes == 3  # clean cached, corrupted once, the patched run
 
 
 def test_qwen3_vl_deepstack_reinjects_the_image_after_layer0(model64, pairs):
@@ -265,7 +267,7 @@ def test_sweep_equals_naive_loop_with_fewer_forward_passes(
     n_cells = len(result.layers) * len(heads) * len(groups)
     assert result.n_cells == n_cells
     assert ref_passes == n_cells + 2
-    assert result.n_forward_passes == 1 + math.ceil((n_cells + 1) / batch_size)
+    assert result.n_forward_passes == 2 + math.ceil(n_cells / batch_size)
     assert result.n_forward_passes < ref_passes
     assert abs(float(result.clean_metric[0]) - ref_clean) <= 1e-5
     assert abs(float(result.corrupted_metric[0]) - ref_corrupted) <= 1e-5
@@ -290,7 +292,7 @@ def test_result_axes_and_labels(model, pairs, patch_result):
     by_head = patch_sweep(model, pair.clean, pair.corrupted, "z", answer=pair.first_step)
     assert by_head.dims == ("layer", "head")
     assert by_head.values.shape == (n_layers, n_heads)
-    assert by_head.n_forward_passes == 2  # 16 cells + baseline in one batch of 32
+    assert by_head.n_forward_passes == 3  # clean, corrupted, 16 cells in one batch of 32
     assert patch_result.dims == ("layer", "position")
     assert patch_result.values.shape == (n_layers, 16)
     assert patch_result.labels("position")[:2] == ["[0,0]", "[0,1]"]
@@ -357,7 +359,7 @@ def test_sweep_over_every_differing_digit_step(model):
     assert res.labels("position") == ["system", "image", "text", "generated"]
     generated = res.get(position="generated")  # [step, layer]
     assert torch.isnan(generated[0]).all() and torch.isfinite(generated[1]).all()
-    assert res.n_forward_passes == 2 * (1 + 1)  # per step: clean + one batch of 4x4 + 1 rows
+    assert res.n_forward_passes == 2 * 3  # per step: clean, corrupted, one batch of 4x4 rows
     assert res.clean_metric.shape == (2,)
 
 
@@ -437,9 +439,12 @@ def test_bad_arguments_are_named(model, pairs):
         )
 
 
+@pytest.mark.parametrize("resume", [True, False])
 @pytest.mark.parametrize("arch", ["qwen3_vl", "gemma3", "llava"])
-def test_patched_batches_encode_the_image_once(tiny_ckpt, pairs, arch):
-    """Rows of a patched batch share one vision-tower pass (its output is stacked back)."""
+def test_patched_batches_encode_the_image_once(tiny_ckpt, pairs, arch, resume):
+    """Resumed: the image is encoded by the clean and the corrupted run only (the patched
+    batches start inside the language model). Full path: rows of a patched batch share one
+    vision-tower pass (its output is stacked back)."""
     from vlm_lens.adapters import get_module
 
     m = HookedVLM.from_pretrained(tiny_ckpt(arch))
@@ -454,8 +459,128 @@ def test_patched_batches_encode_the_image_once(tiny_ckpt, pairs, arch):
     single = pair.corrupted["pixel_values"].shape[0]
     handle = tower.register_forward_hook(record, with_kwargs=True)
     try:
-        res = patch_sweep(m, pair.clean, pair.corrupted, "z", answer=pair.first_step, batch_size=5)
+        res = patch_sweep(
+            m, pair.clean, pair.corrupted, "z", answer=pair.first_step, batch_size=5, resume=resume
+        )
     finally:
         handle.remove()
-    assert res.n_forward_passes == 1 + math.ceil((res.n_cells + 1) / 5) == len(seen)
+    if resume:
+        assert res.n_forward_passes == 2 + math.ceil(res.n_cells / 5)
+        assert len(seen) == 2
+    else:
+        assert res.n_forward_passes == 1 + math.ceil((res.n_cells + 1) / 5) == len(seen)
     assert seen == [single] * len(seen)
+
+
+# ----------------------------------------------------------------------------- resuming
+
+
+def _layer_rows(model: HookedVLM, starts: list[int], batch_sizes: list[int]) -> int:
+    """Decoder layers x rows of a resumed sweep: clean and corrupted runs in full, then each
+    batch from its first patched layer."""
+    n = model.cfg.n_layers
+    return 2 * n + sum(rows * (n - start) for start, rows in zip(starts, batch_sizes))
+
+
+RESUMED = [
+    ("resid_pre", "image_patch"),
+    ("resid_post", "segment"),
+    ("z", "all"),
+    ("pattern", "last"),
+]
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_resumed_sweep_equals_full_path_on_every_architecture(tiny_ckpt, pairs, arch):
+    """Batches started at their first patched layer from the corrupted run's residual stream
+    give the values of batches run from the inputs (raw logit differences, float32), skip the
+    layers below, and `run_patched` agrees too."""
+    m = HookedVLM.from_pretrained(tiny_ckpt(arch))
+    pair = counting_pair(m, pairs[0])
+    n, batch = m.cfg.n_layers, 7
+    for family, positions in RESUMED:
+        kw = dict(answer=pair.first_step, positions=positions, normalize=False, batch_size=batch)
+        fast = patch_sweep(m, pair.clean, pair.corrupted, family, resume=True, **kw)
+        full = patch_sweep(m, pair.clean, pair.corrupted, family, resume=False, **kw)
+        assert (fast.values - full.values).abs().max().item() <= 1e-5, (family, positions)
+        assert abs(float(fast.corrupted_metric[0] - full.corrupted_metric[0])) <= 1e-5
+        assert float(fast.clean_metric[0]) == float(full.clean_metric[0])
+        cells_per_layer = fast.n_cells // n
+        layer_of_cell = [layer for layer in range(n) for _ in range(cells_per_layer)]
+        chunks = range(0, fast.n_cells, batch)
+        starts = [layer_of_cell[i] for i in chunks]
+        sizes = [min(batch, fast.n_cells - i) for i in chunks]
+        assert fast.n_forward_passes == 2 + len(starts)
+        assert fast.n_layer_rows == _layer_rows(m, starts, sizes) < full.n_layer_rows
+    patches = [Patch("resid_pre", 2, "last"), Patch("z", -1, "all", heads=[0])]
+    args = (m, pair.clean, pair.corrupted, pair.first_step, patches)
+    fast_run = run_patched(*args, normalize=False, resume=True)
+    full_run = run_patched(*args, normalize=False, resume=False)
+    assert abs(fast_run.value - full_run.value) <= 1e-5
+    assert (fast_run.logits - full_run.logits).abs().max().item() <= 1e-5
+
+
+def test_resuming_respects_hooks_already_on_the_model(model, pairs):
+    """Hooks a user attached around the sweep fire as in a full pass: above the start layer
+    they fire again, below it their effect is in the recorded stream; a hook on a deepstack
+    addition (which lands where the stream is recorded) rules its next layer out as a start."""
+    pair = counting_pair(model, pairs[0])
+    n_ds = _n_deepstack(model)
+
+    def shift(act, hook):
+        return act + 0.05
+
+    def scale(act, hook):
+        return act * 1.5
+
+    user = [("blocks.1.hook_resid_pre", shift), (f"blocks.{n_ds - 1}.hook_deepstack", scale)]
+    kw = dict(answer=pair.first_step, positions="image_patch", normalize=False, batch_size=16)
+    with model.hooks(fwd_hooks=user):
+        fast = patch_sweep(model, pair.clean, pair.corrupted, "resid_pre", resume=True, **kw)
+        full = patch_sweep(model, pair.clean, pair.corrupted, "resid_pre", resume=False, **kw)
+        point = record_resume_point(model, with_answer_prefix(pair.corrupted, [1]), [0, n_ds])
+    plain = patch_sweep(model, pair.clean, pair.corrupted, "resid_pre", **kw)
+    assert (fast.values - full.values).abs().max().item() <= 1e-5
+    assert (fast.values - plain.values).abs().max().item() > 1e-3  # the hooks did act
+    assert point.resumable(0) and not point.resumable(n_ds)
+    # 16 image patches per layer, one batch per layer; layer n_ds's batch ran in full.
+    n = model.cfg.n_layers
+    starts = [layer if layer != n_ds else 0 for layer in range(n)]
+    assert fast.n_layer_rows == _layer_rows(model, starts, [16] * n)
+
+
+def test_an_unreproduced_step_between_layers_falls_back_to_the_full_path(model, pairs):
+    """If the language model does something between layers that resuming does not reproduce
+    (here: Qwen3-VL's deepstack addition made to add twice), recording detects it, the layers
+    before it are not used as starts, and the sweep still gives the full path's values."""
+    pair = counting_pair(model, pairs[0])
+    lm = model.hf_model.get_submodule(model.adapter.language_model)
+    original = lm._deepstack_process
+    n_ds, n = _n_deepstack(model), model.cfg.n_layers
+
+    def twice(hidden, masks, embeds):
+        return original(original(hidden, masks, embeds), masks, embeds)
+
+    tower = model.hf_model.get_submodule(model.adapter.vision_tower)
+    encoded: list[int] = []
+    handle = tower.register_forward_hook(lambda *args: encoded.append(1))
+    lm._deepstack_process = twice  # this instance only, undone below
+    try:
+        point = record_resume_point(model, pair.corrupted, list(range(n)))
+        encoded.clear()
+        kw = dict(
+            answer=pair.first_step, positions="all", layers=[0, n_ds], normalize=False, batch_size=1
+        )
+        fast = patch_sweep(model, pair.clean, pair.corrupted, "resid_pre", resume=True, **kw)
+        n_encoded = len(encoded)
+        full = patch_sweep(model, pair.clean, pair.corrupted, "resid_pre", resume=False, **kw)
+    finally:
+        del lm._deepstack_process
+        handle.remove()
+    assert point.exact == [False] * n_ds + [True] * (n - n_ds)
+    assert [point.resumable(layer) for layer in range(n)] == [False] * n_ds + [True] * (n - n_ds)
+    assert "after layer(s)" in point.reasons[0]
+    assert (fast.values - full.values).abs().max().item() <= 1e-5
+    # Layer 0's batch ran from the inputs (the image encoded a third time), layer n_ds's resumed.
+    assert n_encoded == 3 and fast.n_forward_passes == 4
+    assert fast.n_layer_rows == _layer_rows(model, [0, n_ds], [1, 1])

@@ -35,9 +35,14 @@ left in the cache. A list of `AnswerStep`s (e.g. `CountingPair.steps`) gives one
 with a "step" axis.
 
 Efficiency: the clean run is cached once per step (only the hook points the sweep patches),
-patched runs are batched (the corrupted input is replicated along the batch, each row
-patches a different cell, `batch_size` cells per pass) and the corrupted baseline rides in
-the first batch. `PatchingResult.n_forward_passes` reports the passes.
+the corrupted run is run once in full (the baseline), and patched runs are batched (each row
+patches a different cell, `batch_size` cells per pass). A patched batch starts at the first
+layer it patches, from the corrupted run's residual stream there: below that layer every row
+equals the corrupted run, so the vision tower, the embeddings and those layers are not run
+again and no pixel tensor is copied (`vlm_lens.patching.resume`; recording checks that this
+is exact and a batch where it is not runs from the inputs; `resume=False` runs every batch
+from the inputs). `PatchingResult.n_forward_passes` reports the passes and
+`PatchingResult.n_layer_rows` their cost (decoder layers run x batch rows).
 
 Architecture note: Qwen3-VL adds visual features ("deepstack") to the residual stream of the
 image positions after each of its first few language layers (as many as

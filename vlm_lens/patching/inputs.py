@@ -74,9 +74,14 @@ def repeat_inputs(inputs: VLMInputs, n: int) -> VLMInputs:
     if n == 1:
         return inputs
     tensors = {name: torch.cat([t] * n, dim=0) for name, t in inputs.tensors.items()}
-    seg = inputs.segments
-    segments = Segments(seg.kinds.repeat(n, 1), seg.image_index.repeat(n, 1), list(seg.samples) * n)
-    return VLMInputs(tensors, segments, list(inputs.texts) * n)
+    return VLMInputs(tensors, repeat_segments(inputs.segments, n), list(inputs.texts) * n)
+
+
+def repeat_segments(segments: Segments, n: int) -> Segments:
+    """The layout of a batch of `n` copies of the rows of `segments`."""
+    return Segments(
+        segments.kinds.repeat(n, 1), segments.image_index.repeat(n, 1), list(segments.samples) * n
+    )
 
 
 def _grid(g: tuple[int, int]) -> str:

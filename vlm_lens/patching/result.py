@@ -46,7 +46,8 @@ class PatchingResult:
         hook_names: the hook points patched.
         image_grids: (h, w) token grid of each image of the input.
         n_cells: patched cells run (all steps), n_forward_passes: forward passes made (clean
-            caching included), seconds: wall time.
+            caching included; a pass resumed at layer L counts as one), n_layer_rows: their
+            cost, decoder layers run times batch rows summed over passes, seconds: wall time.
     """
 
     values: Float[Tensor, "..."]
@@ -63,6 +64,7 @@ class PatchingResult:
     image_grids: list[tuple[int, int]]
     n_cells: int
     n_forward_passes: int
+    n_layer_rows: int = 0
     seconds: float = 0.0
 
     # ------------------------------------------------------------------ labels

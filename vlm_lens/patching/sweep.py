@@ -7,15 +7,23 @@ For every decoding step asked for, the sweep
    token layouts match;
 2. runs the clean input once, caching only the hook points the sweep patches
    (1 forward pass);
-3. replicates the corrupted input along the batch and gives each row its own cell: row r
-   copies the clean activation into the corrupted run at its cell only. Cells go
-   `batch_size` at a time; the first batch also carries one unpatched row, the corrupted
-   baseline (ceil((cells + 1) / batch_size) forward passes);
-4. reads the metric on the last row's logits (the row that predicts the step's answer
+3. runs the corrupted input once in full, keeping the residual stream entering each swept
+   layer (1 forward pass; its logits are the corrupted baseline; `vlm_lens.patching.resume`);
+4. gives each row of a batch its own cell (row r copies the clean activation into the
+   corrupted run at its cell only) and starts the batch at the first layer any of its rows
+   patches, from the corrupted residual stream there: no vision tower, no embeddings, no
+   layer below (ceil(cells / batch_size) passes, each over the layers from its start);
+5. reads the metric on the last row's logits (the row that predicts the step's answer
    token) and normalises it: 0 = the corrupted run, 1 = the clean run.
 
-A naive loop makes one forward pass per cell plus two; the batched sweep makes far fewer
-(`PatchingResult.n_forward_passes` reports them).
+Where starting at a layer would not be exact (see `vlm_lens.patching.resume`: recording
+checks it), that batch runs from the inputs instead; `resume=False` does so for every
+batch (the corrupted input replicated along the batch, the image encoded once per batch,
+the corrupted baseline as an extra row of the first batch), the reference path.
+
+A naive loop makes one forward pass per cell plus two; the batched sweep makes far fewer,
+and shorter ones (`PatchingResult.n_forward_passes`, and their cost in layers x rows,
+`PatchingResult.n_layer_rows`).
 
 Not for: inputs with more than one example (patch one pair at a time and average results),
 or path patching.
@@ -37,9 +45,15 @@ from torch import Tensor
 from vlm_lens.adapters import get_module
 from vlm_lens.core.layers import LayerSpec
 from vlm_lens.core.prepare import VLMInputs
-from vlm_lens.patching.inputs import check_same_layout, repeat_inputs, with_answer_prefix
+from vlm_lens.patching.inputs import (
+    check_same_layout,
+    repeat_inputs,
+    repeat_segments,
+    with_answer_prefix,
+)
 from vlm_lens.patching.positions import PositionGroup, Positions, position_groups
 from vlm_lens.patching.result import PatchingResult
+from vlm_lens.patching.resume import ResumePoint, record_resume_point, resume
 
 if TYPE_CHECKING:
     from vlm_lens.core.hooked_vlm import HookedVLM
@@ -204,8 +218,15 @@ class _Cell:
 
 
 class _Counter:
+    """Forward passes made, and their cost in decoder layers run times batch rows."""
+
     def __init__(self) -> None:
         self.n = 0
+        self.layer_rows = 0
+
+    def count(self, rows: int, layers: int) -> None:
+        self.n += 1
+        self.layer_rows += rows * layers
 
 
 def _first_copy(obj: Any, copies: int) -> Any:
@@ -273,8 +294,44 @@ def _last_logits(
     example (`repeat_inputs`), so the image is encoded once."""
     with torch.no_grad(), model.hooks(fwd_hooks=fwd_hooks), _one_vision_pass(model, copies):
         logits = model(inputs, logits_to_keep=1)[:, -1]
-    counter.n += 1
+    counter.count(inputs.batch_size, model.cfg.n_layers)
+    return _as_float(logits)
+
+
+def _as_float(logits: Tensor) -> Tensor:
     return logits if logits.dtype == torch.float64 else logits.float()
+
+
+def _record_corrupted(
+    model: HookedVLM, corrupted: VLMInputs, layers: list[int], counter: _Counter
+) -> ResumePoint:
+    """The corrupted run in full, once: its logits are the baseline, and patched batches
+    resume from its residual stream (`vlm_lens.patching.resume`)."""
+    point = record_resume_point(model, corrupted, layers)
+    counter.count(1, model.cfg.n_layers)
+    return point
+
+
+def _patched_logits(
+    model: HookedVLM,
+    corrupted: VLMInputs,
+    point: ResumePoint | None,
+    rows: list[list[_Cell]],
+    hooks: list,
+    counter: _Counter,
+) -> Float[Tensor, "batch vocab"]:
+    """Last-row logits of one patched batch (row r patched at `rows[r]`): resumed at its
+    first patched layer where `point` allows it, else a full pass of `len(rows)` copies."""
+    patched = [cell.layer for cells in rows for cell in cells]
+    start = min(patched, default=0)
+    if point is None or not point.resumable(start):
+        return _last_logits(model, repeat_inputs(corrupted, len(rows)), hooks, counter, len(rows))
+    with model.hooks(fwd_hooks=hooks):
+        logits = resume(
+            model, point, start, len(rows), repeat_segments(corrupted.segments, len(rows))
+        )
+    counter.count(len(rows), model.cfg.n_layers - start)
+    return _as_float(logits)
 
 
 def _cache_clean(
@@ -396,13 +453,17 @@ def run_patched(
     *,
     metric: Metric = logit_diff,
     normalize: bool = True,
+    resume: bool = True,
 ) -> PatchedRun:
     """Run the corrupted input with all `patches` taken from the clean run at once.
 
-    Two forward passes: the clean run (caching what the patches need) and one batch of two
-    rows (the unpatched corrupted baseline, and the patched run). With no patches the value
-    is 0; patching the whole residual stream before the first layer gives 1 (except where
-    the model feeds the image in again later, see `vlm_lens.patching`).
+    With `resume` (default), three forward passes: the clean run (caching what the patches
+    need), the corrupted run (the baseline), and the patched run started at the first
+    patched layer from the corrupted run's residual stream (`vlm_lens.patching.resume`).
+    `resume=False`: the clean run, then one full batch of two rows (the baseline and the
+    patched run). With no patches the value is 0; patching the whole residual stream before
+    the first layer gives 1 (except where the model feeds the image in again later, see
+    `vlm_lens.patching`).
     """
     c = with_answer_prefix(clean, answer.prefix)
     x = with_answer_prefix(corrupted, answer.prefix)
@@ -422,8 +483,16 @@ def run_patched(
         cells.append(_Cell(family, model.resolve_layer(p.layer), heads, groups[0].positions))
     names = sorted({cell.family.hook_name(cell.layer) for cell in cells})
     clean_logits, cache = _cache_clean(model, c, names, counter)
-    hooks = _patch_hooks(model, [[], cells], cache, c.input_ids.shape[1])
-    logits = _last_logits(model, repeat_inputs(x, 2), hooks, counter, copies=2)  # [2, vocab]
+    n_pos = c.input_ids.shape[1]
+    if resume:
+        point = _record_corrupted(model, x, [min((c.layer for c in cells), default=0)], counter)
+        hooks = _patch_hooks(model, [cells], cache, n_pos)
+        logits = torch.cat(
+            [_as_float(point.logits), _patched_logits(model, x, point, [cells], hooks, counter)]
+        )
+    else:
+        hooks = _patch_hooks(model, [[], cells], cache, n_pos)
+        logits = _patched_logits(model, x, None, [[], cells], hooks, counter)  # [2, vocab]
     m_clean = float(metric(clean_logits, answer)[0])
     values = metric(logits, answer).detach().cpu().double()
     m_corrupted, value = float(values[0]), values[1]
@@ -459,6 +528,7 @@ class _Plan:
     metric: Metric
     normalize: bool
     batch_size: int
+    resume: bool
 
 
 def _sweep_step(
@@ -481,15 +551,20 @@ def _sweep_step(
         for g in groups
     ]
     clean_logits, cache = _cache_clean(model, c, plan.names, counter)
-    rows: list[list[_Cell]] = [[]] + [[cell] for cell in cells]  # row 0: corrupted baseline
+    rows: list[list[_Cell]] = [[cell] for cell in cells]
     metric_rows = []
+    point = None
+    if plan.resume:
+        point = _record_corrupted(model, x, plan.layers, counter)
+        metric_rows.append(plan.metric(_as_float(point.logits), step).detach().cpu().double())
+    else:
+        rows.insert(0, [])  # the corrupted baseline rides in the first batch
     for start in range(0, len(rows), plan.batch_size):
         chunk = rows[start : start + plan.batch_size]
         hooks = _patch_hooks(model, chunk, cache, c.input_ids.shape[1])
-        batch = repeat_inputs(x, len(chunk))
-        logits = _last_logits(model, batch, hooks, counter, copies=len(chunk))
+        logits = _patched_logits(model, x, point, chunk, hooks, counter)
         metric_rows.append(plan.metric(logits, step).detach().cpu().double())
-    values = torch.cat(metric_rows)  # [1 + cells]
+    values = torch.cat(metric_rows)  # [1 + cells]: the corrupted baseline first
     m_clean = float(plan.metric(clean_logits, step)[0])
     m_corrupted = float(values[0])
     raw = values[1:].reshape(len(plan.layers), len(plan.heads), len(groups))
@@ -546,6 +621,7 @@ def patch_sweep(
     metric: Metric = logit_diff,
     normalize: bool = True,
     batch_size: int = 32,
+    resume: bool = True,
 ) -> PatchingResult:
     """Patch each cell (layer x head x position group) from clean into corrupted; measure.
 
@@ -570,6 +646,11 @@ def patch_sweep(
         normalize: report `(m - m_corrupted) / (m_clean - m_corrupted)` (0 = corrupted
             behaviour, 1 = clean behaviour) instead of the raw metric.
         batch_size: rows per patched forward pass (cells per pass; memory grows with it).
+        resume: run the corrupted input once in full and start each patched batch at its
+            first patched layer from that run's residual stream (`vlm_lens.patching.resume`;
+            a batch where that is not exact runs in full). False: every patched batch runs
+            from the embeddings, with the corrupted baseline as an extra row (the reference
+            path; same values to float rounding).
 
     Returns:
         A `PatchingResult`: values `[step?, layer, head?, position?]` (the head axis for head
@@ -593,7 +674,9 @@ def patch_sweep(
     names = [fam.hook_name(layer) for layer in layer_list]
     counter = _Counter()
 
-    plan = _Plan(fam, positions, layer_list, head_list, names, metric, normalize, batch_size)
+    plan = _Plan(
+        fam, positions, layer_list, head_list, names, metric, normalize, batch_size, resume
+    )
     steps_out = [_sweep_step(model, plan, clean, corrupted, step, counter) for step in steps]
     full, dims, groups = _align_steps(
         [o.groups for o in steps_out], [o.values for o in steps_out], fam.per_head, single_step
@@ -613,6 +696,7 @@ def patch_sweep(
         image_grids=steps_out[-1].grids,
         n_cells=sum(o.n_cells for o in steps_out),
         n_forward_passes=counter.n,
+        n_layer_rows=counter.layer_rows,
         seconds=time.perf_counter() - t0,
     )
 
