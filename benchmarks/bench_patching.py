@@ -16,7 +16,7 @@ measure the same raw logit difference:
 Sweeps timed (each one a row of the table): residual stream before every layer at every
 image patch, every head's `hook_z`, every head's `hook_pattern` and (not in `--config
 medium`) the residual stream at every single position. Printed per sweep: cells, forward
-passes and decoder-layer rows (`PatchingResult.n_layer_rows`), seconds (median of `--repeats`
+passes and their cost in decoder layers x rows x positions (`PatchingResult.n_layer_tokens`), seconds (median of `--repeats`
 interleaved repeats, after a warm-up), cells per second, the speed-ups of ``resume`` over
 ``full`` and over ``naive``, and the largest difference between their values.
 
@@ -194,8 +194,8 @@ def run(
             "cells": cells,
             "resume_forward_passes": fast.n_forward_passes,
             "full_forward_passes": full.n_forward_passes,
-            "resume_layer_rows": fast.n_layer_rows,
-            "full_layer_rows": full.n_layer_rows,
+            "resume_layer_tokens": fast.n_layer_tokens,
+            "full_layer_tokens": full.n_layer_tokens,
             "resume_s": sec["resume"],
             "full_s": sec["full"],
             "resume_cells_per_s": cells / sec["resume"],
@@ -229,20 +229,20 @@ def print_table(report: dict[str, Any]) -> None:
     )
     naive = "naive_s" in report["results"][0]
     methods = ["resume", "full"] + (["naive"] if naive else [])
-    print("# passes, seconds, cells/s: " + " / ".join(methods) + "; layer-rows: resume / full")
+    print("# passes, seconds, cells/s: " + " / ".join(methods) + "; layer-tokens: resume / full")
     header = (
-        f"{'sweep':<24}{'cells':>6}{'passes':>14}{'layer-rows':>12}{'seconds':>20}"
+        f"{'sweep':<24}{'cells':>6}{'passes':>14}{'layer-tokens':>14}{'seconds':>20}"
         f"{'cells/s':>20}{'x full':>8}{'|diff| full':>12}"
         + (f"{'x naive':>9}{'|diff| naive':>13}" if naive else "")
     )
     print(header)
     for r in report["results"]:
         passes = "/".join(str(r[f"{m}_forward_passes"]) for m in methods)
-        layer_rows = f"{r['resume_layer_rows']}/{r['full_layer_rows']}"
+        layer_tokens = f"{r['resume_layer_tokens'] / 1e3:.0f}k/{r['full_layer_tokens'] / 1e3:.0f}k"
         seconds = "/".join(f"{r[f'{m}_s']:.2f}" for m in methods)
         rate = "/".join(f"{r[f'{m}_cells_per_s']:.1f}" for m in methods)
         line = (
-            f"{r['sweep']:<24}{r['cells']:>6}{passes:>14}{layer_rows:>12}{seconds:>20}{rate:>20}"
+            f"{r['sweep']:<24}{r['cells']:>6}{passes:>14}{layer_tokens:>14}{seconds:>20}{rate:>20}"
             f"{r['speedup_vs_full']:>7.2f}x{r['max_abs_diff_vs_full']:>12.1e}"
         )
         if naive:

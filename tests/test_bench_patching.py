@@ -40,8 +40,7 @@ def test_bench_patching_runs_tiny_config(bench, tiny_dir, tmp_path, capsys):
     for r in rows:
         assert r["naive_forward_passes"] == r["cells"] + 2
         assert r["resume_forward_passes"] < r["naive_forward_passes"]
-        # tiny sweeps layer 0 only: resuming there runs every layer, as the full path does
-        assert r["resume_layer_rows"] == r["full_layer_rows"]
+        assert r["resume_layer_tokens"] <= r["full_layer_tokens"]
         assert r["max_abs_diff_vs_full"] <= 1e-5 and r["max_abs_diff_vs_naive"] <= 1e-5
         for method in ("resume", "full", "naive"):
             assert r[f"{method}_cells_per_s"] > 0

@@ -475,11 +475,13 @@ def test_patched_batches_encode_the_image_once(tiny_ckpt, pairs, arch, resume):
 # ----------------------------------------------------------------------------- resuming
 
 
-def _layer_rows(model: HookedVLM, starts: list[int], batch_sizes: list[int]) -> int:
-    """Decoder layers x rows of a resumed sweep: clean and corrupted runs in full, then each
-    batch from its first patched layer."""
+def _layer_tokens(model: HookedVLM, n_pos: int, batches: list[tuple[int, int, int]]) -> int:
+    """Decoder layers x rows x positions of a resumed sweep: the clean and corrupted runs in
+    full, then each batch (start layer, rows, first position) from where it starts."""
     n = model.cfg.n_layers
-    return 2 * n + sum(rows * (n - start) for start, rows in zip(starts, batch_sizes))
+    return 2 * n * n_pos + sum(
+        rows * (n - start) * (n_pos - first) for start, rows, first in batches
+    )
 
 
 RESUMED = [
@@ -492,12 +494,20 @@ RESUMED = [
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_resumed_sweep_equals_full_path_on_every_architecture(tiny_ckpt, pairs, arch):
-    """Batches started at their first patched layer from the corrupted run's residual stream
+    """Batches started at their first patched layer (and position) from the corrupted run
     give the values of batches run from the inputs (raw logit differences, float32), skip the
-    layers below, and `run_patched` agrees too."""
+    layers (and positions) below, and `run_patched` agrees too. Positions are skipped where
+    attention is causal: not inside Gemma3's image, whose tokens see each other both ways."""
     m = HookedVLM.from_pretrained(tiny_ckpt(arch))
     pair = counting_pair(m, pairs[0])
     n, batch = m.cfg.n_layers, 7
+    x = with_answer_prefix(pair.corrupted, pair.first_step.prefix)
+    n_pos = x.input_ids.shape[1]
+    point = record_resume_point(m, x, list(range(n)))
+    image = x.segments.samples[0].images[0]
+    inside = 0 if arch == "gemma3" else image.start + 1
+    assert point.first_position(0, image.start + 1) == inside
+    assert point.first_position(1, image.end) == image.end  # the first text token
     for family, positions in RESUMED:
         kw = dict(answer=pair.first_step, positions=positions, normalize=False, batch_size=batch)
         fast = patch_sweep(m, pair.clean, pair.corrupted, family, resume=True, **kw)
@@ -505,13 +515,17 @@ def test_resumed_sweep_equals_full_path_on_every_architecture(tiny_ckpt, pairs, 
         assert (fast.values - full.values).abs().max().item() <= 1e-5, (family, positions)
         assert abs(float(fast.corrupted_metric[0] - full.corrupted_metric[0])) <= 1e-5
         assert float(fast.clean_metric[0]) == float(full.clean_metric[0])
-        cells_per_layer = fast.n_cells // n
-        layer_of_cell = [layer for layer in range(n) for _ in range(cells_per_layer)]
-        chunks = range(0, fast.n_cells, batch)
-        starts = [layer_of_cell[i] for i in chunks]
-        sizes = [min(batch, fast.n_cells - i) for i in chunks]
-        assert fast.n_forward_passes == 2 + len(starts)
-        assert fast.n_layer_rows == _layer_rows(m, starts, sizes) < full.n_layer_rows
+        heads = fast.heads or [None]
+        cells = [
+            (layer, min(g.positions)) for layer in range(n) for _ in heads for g in fast.groups
+        ]
+        batches = []
+        for i in range(0, len(cells), batch):
+            chunk = cells[i : i + batch]
+            start, first = chunk[0][0], min(p for _, p in chunk)
+            batches.append((start, len(chunk), point.first_position(start, first)))
+        assert fast.n_forward_passes == 2 + len(batches)
+        assert fast.n_layer_tokens == _layer_tokens(m, n_pos, batches) < full.n_layer_tokens
     patches = [Patch("resid_pre", 2, "last"), Patch("z", -1, "all", heads=[0])]
     args = (m, pair.clean, pair.corrupted, pair.first_step, patches)
     fast_run = run_patched(*args, normalize=False, resume=True)
@@ -545,8 +559,10 @@ def test_resuming_respects_hooks_already_on_the_model(model, pairs):
     assert point.resumable(0) and not point.resumable(n_ds)
     # 16 image patches per layer, one batch per layer; layer n_ds's batch ran in full.
     n = model.cfg.n_layers
-    starts = [layer if layer != n_ds else 0 for layer in range(n)]
-    assert fast.n_layer_rows == _layer_rows(model, starts, [16] * n)
+    n_pos = pair.corrupted.input_ids.shape[1] + 1
+    first = pair.corrupted.segments.samples[0].images[0].start
+    batches = [(layer, 16, first) if layer != n_ds else (0, 16, 0) for layer in range(n)]
+    assert fast.n_layer_tokens == _layer_tokens(model, n_pos, batches)
 
 
 def test_an_unreproduced_step_between_layers_falls_back_to_the_full_path(model, pairs):
@@ -583,4 +599,5 @@ def test_an_unreproduced_step_between_layers_falls_back_to_the_full_path(model, 
     assert (fast.values - full.values).abs().max().item() <= 1e-5
     # Layer 0's batch ran from the inputs (the image encoded a third time), layer n_ds's resumed.
     assert n_encoded == 3 and fast.n_forward_passes == 4
-    assert fast.n_layer_rows == _layer_rows(model, [0, n_ds], [1, 1])
+    n_pos = pair.corrupted.input_ids.shape[1] + 1
+    assert fast.n_layer_tokens == _layer_tokens(model, n_pos, [(0, 1, 0), (n_ds, 1, 0)])

@@ -39,10 +39,12 @@ the corrupted run is run once in full (the baseline), and patched runs are batch
 patches a different cell, `batch_size` cells per pass). A patched batch starts at the first
 layer it patches, from the corrupted run's residual stream there: below that layer every row
 equals the corrupted run, so the vision tower, the embeddings and those layers are not run
-again and no pixel tensor is copied (`vlm_lens.patching.resume`; recording checks that this
-is exact and a batch where it is not runs from the inputs; `resume=False` runs every batch
-from the inputs). `PatchingResult.n_forward_passes` reports the passes and
-`PatchingResult.n_layer_rows` their cost (decoder layers run x batch rows).
+again and no pixel tensor is copied; with causal attention, the positions before the first
+one the batch patches are not run either (their keys and values come from the corrupted run).
+See `vlm_lens.patching.resume`: recording checks that this is exact, and a batch where it is
+not runs from the inputs; `resume=False` runs every batch from the inputs.
+`PatchingResult.n_forward_passes` reports the passes and `PatchingResult.n_layer_tokens`
+their cost (decoder layers run x batch rows x query positions).
 
 Architecture note: Qwen3-VL adds visual features ("deepstack") to the residual stream of the
 image positions after each of its first few language layers (as many as

@@ -46,8 +46,9 @@ class PatchingResult:
         hook_names: the hook points patched.
         image_grids: (h, w) token grid of each image of the input.
         n_cells: patched cells run (all steps), n_forward_passes: forward passes made (clean
-            caching included; a pass resumed at layer L counts as one), n_layer_rows: their
-            cost, decoder layers run times batch rows summed over passes, seconds: wall time.
+            caching included; a pass resumed at layer L counts as one), n_layer_tokens: their
+            cost, decoder layers run x batch rows x query positions summed over passes,
+            seconds: wall time.
     """
 
     values: Float[Tensor, "..."]
@@ -64,7 +65,7 @@ class PatchingResult:
     image_grids: list[tuple[int, int]]
     n_cells: int
     n_forward_passes: int
-    n_layer_rows: int = 0
+    n_layer_tokens: int = 0
     seconds: float = 0.0
 
     # ------------------------------------------------------------------ labels

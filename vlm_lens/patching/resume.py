@@ -14,6 +14,14 @@ calling the HF decoder layers themselves (so every hook point at or after L fire
 full pass), with the recorded residual stream and arguments broadcast to the batch. The
 vision tower, the embeddings and the layers below L are not run; no pixel tensor is copied.
 
+Positions too. With causal attention, a batch whose rows patch only positions >= p leaves
+every position before p as in the corrupted run, at every layer. Such a batch runs the query
+positions p.. only: the recorded keys and values of positions < p (after rotary, as HF's
+attention hands them to the attention function) go into a KV cache, and the recorded masks,
+position ids and rotary embeddings are cut to the rows from p. It is used only where no query
+before p may see a key at or after p in any layer run (Gemma3's image tokens see each other
+both ways: a patch inside the image starts at the image's first position or before).
+
 Exactness is checked, not assumed. While recording, each layer's input is compared with
 what resuming computes from the previous layer's output (the output itself, plus Qwen3-VL's
 deepstack features at the image positions after its first layers, added here by the same
@@ -37,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
+from transformers import DynamicCache
 
 from vlm_lens.adapters import get_module
 from vlm_lens.core.prepare import VLMInputs
@@ -48,6 +57,23 @@ if TYPE_CHECKING:
 
 def _tensor(output: Any) -> Tensor:
     return output if isinstance(output, Tensor) else output[0]
+
+
+# transformers hands the layers the KV cache as `past_key_values=` up to 5.1x and as `cache=`
+# after (PITFALLS 12); whichever the recorded call used is the one set.
+_CACHE_KEYS = ("cache", "past_key_values")
+# Per-position arguments and the axis of their query positions: masks [batch, 1, query, key],
+# position ids [batch, pos] (Qwen: [3, batch, pos]), rotary (cos, sin) [batch, pos, d] (older
+# Qwen: [3, batch, pos, d]).
+_CUT = {"attention_mask": 2, "position_ids": -1, "position_embeddings": -2}
+
+
+def _cut(value: Any, axis: int, first: int) -> Any:
+    if isinstance(value, Tensor):
+        return value.narrow(axis, first, value.shape[axis] - first)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_cut(v, axis, first) for v in value)
+    return value
 
 
 def _broadcast(value: Any, rows: int) -> Any:
@@ -66,13 +92,16 @@ class _Deepstack:
     positions: Int[Tensor, " image_token"]  # positions of the image tokens in the (one) row
     features: list[Float[Tensor, "image_token d_model"]]  # one per layer it follows
 
-    def after(self, layer: int, x: Float[Tensor, "batch pos d_model"]) -> Tensor:
+    def after(self, layer: int, x: Float[Tensor, "batch pos d_model"], first: int = 0) -> Tensor:
+        """`x` (positions `first`..) after `layer`, with its deepstack features added."""
         if layer >= len(self.features):
             return x
         # HF's operation (clone, add at the image positions); every row has the same layout.
+        kept = self.positions >= first
+        pos = (self.positions[kept] - first).to(x.device)
         x = x.clone()
-        pos = self.positions.to(x.device)
-        x[:, pos] = x[:, pos] + self.features[layer].to(device=x.device, dtype=x.dtype)
+        features = self.features[layer][kept.to(self.features[layer].device)]
+        x[:, pos] = x[:, pos] + features.to(device=x.device, dtype=x.dtype)
         return x
 
 
@@ -95,11 +124,28 @@ class ResumePoint:
     exact: list[bool]
     tail_exact: bool
     segments: Segments
+    keys: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)
+    """layer -> (key, value) `[1, kv_head, pos, d_head]` as the attention function got them."""
     deepstack: _Deepstack | None = None
     reasons: list[str] = field(default_factory=list)
     blocked: frozenset[int] = frozenset()
     """Layers not to start at: a hook on the previous layer's `hook_deepstack` edits the stream
     as it enters them, after the point where it is recorded."""
+
+    def first_position(self, start: int, first: int) -> int:
+        """The first query position a pass from layer `start` whose rows patch nothing before
+        position `first` may start at: `first` where that is exact (see the module), else 0."""
+        if first <= 0 or not all(i in self.keys for i in range(start, len(self.exact))):
+            return 0
+        for kwargs in self.layer_kwargs[start:]:
+            if not any(k in kwargs for k in _CACHE_KEYS):
+                return 0
+            if any(isinstance(v, Tensor) and k not in _CUT for k, v in kwargs.items()):
+                return 0  # an argument we would not know how to cut to the rows from `first`
+            mask = kwargs.get("attention_mask")
+            if mask is not None and (mask.dtype != torch.bool or mask[..., :first, first:].any()):
+                return 0
+        return first
 
     def resumable(self, layer: int) -> bool:
         """Whether a pass started at `layer` computes what the full pass computes."""
@@ -182,13 +228,27 @@ def record_resume_point(model: HookedVLM, inputs: VLMInputs, layers: list[int]) 
 
     # A layer's input is taken before any hook point's site edits it (prepend), its output
     # after every site has (appended last): resuming calls the layer, so its sites fire again.
+    keys: dict[int, list[Tensor]] = {}
+
+    def keep(i: int):
+        def fn(act: Float[Tensor, "batch pos kv_head d_head"], hook: Any) -> None:
+            keys.setdefault(i, []).append(act.detach().transpose(1, 2))
+
+        return fn
+
+    first_layer = min(layers, default=n)
+    kv_hooks = [
+        (f"blocks.{i}.attn.{name}", keep(i))
+        for i in range(first_layer, n)
+        for name in ("hook_k", "hook_v")
+    ]
     handles = [lm.register_forward_pre_hook(on_lm, with_kwargs=True)]
     handles.append(final.register_forward_pre_hook(into_final, with_kwargs=True, prepend=True))
     for i, block in enumerate(blocks):
         handles.append(block.register_forward_pre_hook(before(i), with_kwargs=True, prepend=True))
         handles.append(block.register_forward_hook(after(i)))
     try:
-        with torch.no_grad():
+        with torch.no_grad(), model.hooks(fwd_hooks=kv_hooks):
             logits = model(inputs, logits_to_keep=1)[:, -1]
             tail = _head(model, state["final_in"]) if "final_in" in state else None
     finally:
@@ -214,18 +274,21 @@ def record_resume_point(model: HookedVLM, inputs: VLMInputs, layers: list[int]) 
         tail_exact=tail_exact,
         segments=inputs.segments,
         deepstack=state["deepstack"],
+        keys={i: (kv[0], kv[1]) for i, kv in keys.items() if len(kv) == 2},
         reasons=reasons,
         blocked=blocked,
     )
 
 
 @contextmanager
-def _as_prefill(model: HookedVLM, segments: Segments, n_pos: int) -> Iterator[None]:
-    """What the language model's own pre-hook tells the hook points about a full prefill
-    (`HookedVLM._track_position`): the layers are called directly here, so it does not fire."""
+def _as_prefill(model: HookedVLM, segments: Segments, first: int, n_pos: int) -> Iterator[None]:
+    """What the language model's own pre-hook tells the hook points about a prefill of the
+    query positions `first`.. (`HookedVLM._track_position`): the layers are called directly
+    here, so it does not fire."""
     run = model.run_state
     saved = (run.segments, run.query_start, run.n_queries, run.step, run.rows)
-    run.segments, run.query_start, run.n_queries, run.step, run.rows = segments, 0, n_pos, 0, None
+    run.segments, run.query_start, run.n_queries = segments, first, n_pos - first
+    run.step, run.rows = 0, None
     try:
         yield
     finally:
@@ -233,25 +296,48 @@ def _as_prefill(model: HookedVLM, segments: Segments, n_pos: int) -> Iterator[No
 
 
 def resume(
-    model: HookedVLM, point: ResumePoint, start: int, rows: int, segments: Segments
+    model: HookedVLM,
+    point: ResumePoint,
+    start: int,
+    rows: int,
+    segments: Segments,
+    first: int = 0,
 ) -> Float[Tensor, "batch vocab"]:
-    """Last-position logits of `rows` copies of the recorded example, run from layer `start`.
+    """Last-position logits of `rows` copies of the recorded example, run from layer `start`
+    over the query positions `first`.. (`first` from `point.first_position`; 0 = all).
 
     Hooks attached to the model (e.g. with `model.hooks(...)`) fire at layers >= `start` and
-    at the final norm as in a full pass of the batch; `segments` is the batch's layout.
-    Raises if `point.resumable(start)` is False.
+    at the final norm as in a full pass of the batch, on the positions run (`hook.run.
+    query_start` is `first`); `segments` is the batch's layout. Raises if `point` does not
+    allow the start.
     """
     if not point.resumable(start):
         why = "; ".join(point.reasons) or f"layer {start}'s input was not recorded"
         raise ValueError(f"cannot resume at layer {start}: {why}")
+    if first and point.first_position(start, first) != first:
+        raise ValueError(f"cannot resume at position {first}: a query before it sees a key after")
     _, blocks = _language_parts(model)
-    x = point.resid[start]
+    x = point.resid[start][:, first:]
+    n_pos = point.resid[start].shape[1]
     # One materialised copy per row: the rows diverge at the first patched layer anyway.
     x = x.expand(rows, *x.shape[1:]).contiguous()
-    with torch.no_grad(), _as_prefill(model, segments, x.shape[1]):
+    with torch.no_grad(), _as_prefill(model, segments, first, n_pos):
         for i in range(start, len(blocks)):
-            kwargs = {k: _broadcast(v, rows) for k, v in point.layer_kwargs[i].items()}
+            cache = None
+            if first:
+                # A cache of this layer only, dropped after it: one layer's prefix keys and
+                # values per row are alive at a time, not every layer's.
+                cache = DynamicCache()
+                k, v = (t[:, :, :first].expand(rows, -1, -1, -1) for t in point.keys[i])
+                cache.update(k, v, i)
+            kwargs = {}
+            for name, value in point.layer_kwargs[i].items():
+                if name in _CACHE_KEYS:
+                    value = cache
+                elif first and name in _CUT:
+                    value = _cut(value, _CUT[name], first)
+                kwargs[name] = _broadcast(value, rows)
             x = _tensor(blocks[i](x, **kwargs))
             if point.deepstack is not None:
-                x = point.deepstack.after(i, x)
+                x = point.deepstack.after(i, x, first)
         return _head(model, x)

@@ -11,8 +11,9 @@ For every decoding step asked for, the sweep
    layer (1 forward pass; its logits are the corrupted baseline; `vlm_lens.patching.resume`);
 4. gives each row of a batch its own cell (row r copies the clean activation into the
    corrupted run at its cell only) and starts the batch at the first layer any of its rows
-   patches, from the corrupted residual stream there: no vision tower, no embeddings, no
-   layer below (ceil(cells / batch_size) passes, each over the layers from its start);
+   corrupted residual stream there: no vision tower, no embeddings, no
+   layer below, and (causal attention) no position before the first one it patches
+   (ceil(cells / batch_size) passes, each over the layers and positions from its start);
 5. reads the metric on the last row's logits (the row that predicts the step's answer
    token) and normalises it: 0 = the corrupted run, 1 = the clean run.
 
@@ -22,8 +23,8 @@ batch (the corrupted input replicated along the batch, the image encoded once pe
 the corrupted baseline as an extra row of the first batch), the reference path.
 
 A naive loop makes one forward pass per cell plus two; the batched sweep makes far fewer,
-and shorter ones (`PatchingResult.n_forward_passes`, and their cost in layers x rows,
-`PatchingResult.n_layer_rows`).
+and shorter ones (`PatchingResult.n_forward_passes`, and their cost in decoder layers x
+rows x positions, `PatchingResult.n_layer_tokens`).
 
 Not for: inputs with more than one example (patch one pair at a time and average results),
 or path patching.
@@ -218,15 +219,15 @@ class _Cell:
 
 
 class _Counter:
-    """Forward passes made, and their cost in decoder layers run times batch rows."""
+    """Forward passes made, and their cost: decoder layers x batch rows x query positions."""
 
     def __init__(self) -> None:
         self.n = 0
-        self.layer_rows = 0
+        self.layer_tokens = 0
 
-    def count(self, rows: int, layers: int) -> None:
+    def count(self, rows: int, layers: int, positions: int) -> None:
         self.n += 1
-        self.layer_rows += rows * layers
+        self.layer_tokens += rows * layers * positions
 
 
 def _first_copy(obj: Any, copies: int) -> Any:
@@ -294,7 +295,7 @@ def _last_logits(
     example (`repeat_inputs`), so the image is encoded once."""
     with torch.no_grad(), model.hooks(fwd_hooks=fwd_hooks), _one_vision_pass(model, copies):
         logits = model(inputs, logits_to_keep=1)[:, -1]
-    counter.count(inputs.batch_size, model.cfg.n_layers)
+    counter.count(inputs.batch_size, model.cfg.n_layers, inputs.input_ids.shape[1])
     return _as_float(logits)
 
 
@@ -308,7 +309,7 @@ def _record_corrupted(
     """The corrupted run in full, once: its logits are the baseline, and patched batches
     resume from its residual stream (`vlm_lens.patching.resume`)."""
     point = record_resume_point(model, corrupted, layers)
-    counter.count(1, model.cfg.n_layers)
+    counter.count(1, model.cfg.n_layers, corrupted.input_ids.shape[1])
     return point
 
 
@@ -321,16 +322,19 @@ def _patched_logits(
     counter: _Counter,
 ) -> Float[Tensor, "batch vocab"]:
     """Last-row logits of one patched batch (row r patched at `rows[r]`): resumed at its
-    first patched layer where `point` allows it, else a full pass of `len(rows)` copies."""
-    patched = [cell.layer for cells in rows for cell in cells]
-    start = min(patched, default=0)
+    first patched layer (and, where exact, its first patched position) where `point` allows
+    it, else a full pass of `len(rows)` copies."""
+    cells = [cell for row in rows for cell in row]
+    start = min((cell.layer for cell in cells), default=0)
     if point is None or not point.resumable(start):
         return _last_logits(model, repeat_inputs(corrupted, len(rows)), hooks, counter, len(rows))
+    first = min((min(cell.positions) for cell in cells if cell.positions), default=0)
+    first = point.first_position(start, first)
+    segments = repeat_segments(corrupted.segments, len(rows))
     with model.hooks(fwd_hooks=hooks):
-        logits = resume(
-            model, point, start, len(rows), repeat_segments(corrupted.segments, len(rows))
-        )
-    counter.count(len(rows), model.cfg.n_layers - start)
+        logits = resume(model, point, start, len(rows), segments, first)
+    n_pos = corrupted.input_ids.shape[1]
+    counter.count(len(rows), model.cfg.n_layers - start, n_pos - first)
     return _as_float(logits)
 
 
@@ -372,16 +376,22 @@ def _patch_hooks(
                     f"unknown activation layout {layout!r} of family {cell.family.name!r}"
                 )
 
-    def make(name: str, mask: Bool[Tensor, "batch ..."]) -> Callable:
+    def make(name: str, mask: Bool[Tensor, "batch ..."], axis: int) -> Callable:
         clean = cache[name]  # [1, ...]: broadcasts over the batch
 
         def patch(act: Tensor, hook: Any) -> Tensor:
-            m = mask.to(act.device).unsqueeze(-1)  # the last axis (features / keys) goes whole
-            return torch.where(m, clean.to(device=act.device, dtype=act.dtype), act)
+            # A pass resumed at a later position holds the positions (queries) from `first` on.
+            first = n_pos - act.shape[axis]
+            m = mask.narrow(axis, first, n_pos - first).to(act.device).unsqueeze(-1)
+            src = clean.narrow(axis, first, n_pos - first)  # the last axis (features / keys) whole
+            return torch.where(m, src.to(device=act.device, dtype=act.dtype), act)
 
         return patch
 
-    return [(name, make(name, mask)) for name, mask in masks.items()]
+    # The axis of positions (query rows for patterns) in the activation and in its mask.
+    axes = {"resid": 1, "z": 1, "pattern": 2}
+    layout = {cell.family.hook_name(cell.layer): cell.family.layout for row in rows for cell in row}
+    return [(name, make(name, mask, axes[layout[name]])) for name, mask in masks.items()]
 
 
 def _token_text(model: HookedVLM, ids: Tensor) -> Callable[[int], str]:
@@ -696,7 +706,7 @@ def patch_sweep(
         image_grids=steps_out[-1].grids,
         n_cells=sum(o.n_cells for o in steps_out),
         n_forward_passes=counter.n,
-        n_layer_rows=counter.layer_rows,
+        n_layer_tokens=counter.layer_tokens,
         seconds=time.perf_counter() - t0,
     )
 
