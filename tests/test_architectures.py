@@ -122,3 +122,38 @@ def test_newest_per_family_takes_one_of_each_family():
             for other in REGISTRY.values()
             if other.family == arch.family
         )
+
+
+def _drop_module(name: str) -> None:
+    import sys
+
+    sys.modules.pop(f"vlm_lens.architectures.{name}", None)
+
+
+def test_adding_an_architecture_is_adding_one_file(tmp_path, monkeypatch):
+    """A new module beside the others (here in a second directory of the package's path)
+    is discovered; one whose key differs from its file name is refused."""
+    (tmp_path / "newfamily.py").write_text(
+        "import dataclasses\n"
+        "from vlm_lens.architectures import REGISTRY\n"
+        "_base = REGISTRY['llava']\n"
+        "ARCHITECTURE = dataclasses.replace(\n"
+        "    _base, adapter=dataclasses.replace(_base.adapter, arch='newfamily')\n"
+        ")\n"
+    )
+    monkeypatch.setattr(architectures, "__path__", [*architectures.__path__, str(tmp_path)])
+    try:
+        found = architectures._discover()
+        assert list(found) == sorted([*ARCHITECTURES, "newfamily"])
+        assert found["newfamily"].adapter.arch == "newfamily"
+    finally:
+        _drop_module("newfamily")
+
+    (tmp_path / "newfamily.py").write_text(
+        "from vlm_lens.architectures import REGISTRY\nARCHITECTURE = REGISTRY['llava']\n"
+    )
+    try:
+        with pytest.raises(ValueError, match="newfamily.*declares the key 'llava'"):
+            architectures._discover()
+    finally:
+        _drop_module("newfamily")
