@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from jaxtyping import Bool, Float
+from scipy.spatial import ConvexHull, QhullError
 from torch import Tensor
 
 Array = Tensor | np.ndarray
@@ -238,6 +239,26 @@ def _cells(coords: np.ndarray, grid: tuple[int, int]) -> tuple[np.ndarray, np.nd
 
 
 def convex_hull(points: np.ndarray) -> np.ndarray:
+    """`[v, 2]` vertices of the convex hull of `[n, 2]` points, counter-clockwise.
+
+    Starts at the lowest point in `(x, y)` order. Points on an edge are not vertices, so
+    collinear points give their two end points and a single distinct point gives itself.
+    """
+    pts = np.unique(np.asarray(points, dtype=np.float64).reshape(-1, 2), axis=0)
+    if len(pts) <= 2:
+        return pts
+    try:
+        vertices = ConvexHull(pts).vertices  # counter-clockwise in 2-d
+    except QhullError:
+        # Qhull refuses a flat (collinear) set; its hull is the segment between the
+        # extreme points, which np.unique has sorted to both ends.
+        return pts[[0, -1]]
+    # Qhull starts anywhere on the loop; rotate to the lowest point so the output does not
+    # depend on Qhull's internals.
+    return np.roll(pts[vertices], -int(np.argmin(vertices)), axis=0)
+
+
+def _legacy_convex_hull(points: np.ndarray) -> np.ndarray:
     """`[v, 2]` vertices of the convex hull of `[n, 2]` points, counter-clockwise.
 
     Andrew's monotone chain; collinear points on edges are dropped, so a set of
