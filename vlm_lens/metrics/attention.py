@@ -258,34 +258,6 @@ def convex_hull(points: np.ndarray) -> np.ndarray:
     return np.roll(pts[vertices], -int(np.argmin(vertices)), axis=0)
 
 
-def _legacy_convex_hull(points: np.ndarray) -> np.ndarray:
-    """`[v, 2]` vertices of the convex hull of `[n, 2]` points, counter-clockwise.
-
-    Andrew's monotone chain; collinear points on edges are dropped, so a set of
-    collinear points gives its two end points and a single distinct point gives itself.
-    """
-    pts = np.unique(
-        np.asarray(points, dtype=np.float64).reshape(-1, 2), axis=0
-    )  # sorted by x, then y
-    if len(pts) <= 2:
-        return pts
-
-    def cross(o: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
-        return float((a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0]))
-
-    def half(seq: np.ndarray) -> list[np.ndarray]:
-        chain: list[np.ndarray] = []
-        for p in seq:
-            while len(chain) >= 2 and cross(chain[-2], chain[-1], p) <= 0:
-                chain.pop()
-            chain.append(p)
-        return chain
-
-    lower, upper = half(pts), half(pts[::-1])
-    # Each half ends where the other starts; drop the duplicated end points.
-    return np.array(lower[:-1] + upper[:-1])
-
-
 def _distance_to_boundary(cells: np.ndarray, hull: np.ndarray) -> np.ndarray:
     """Distance from each `[n, 2]` point to the polygon boundary through `hull` (closed)."""
     a = hull
