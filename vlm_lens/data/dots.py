@@ -43,7 +43,7 @@ import io
 import json
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -762,8 +762,10 @@ def content_free(
     out = []
     for sample in samples:
         meta: dict[str, Any] = {"family": kind, "source_seed": sample.seed}
-        if kind == "blank" or sample.count == 0:
-            centres, radii, intensities = np.zeros((0, 2)), np.zeros(0), np.zeros(0, dtype=int)
+        if kind == "blank":
+            layout: dict[str, tuple] = {"centres": (), "radii": (), "intensities": ()}
+        elif sample.count == 0:
+            layout = {}
         else:
             radii = np.asarray(sample.radii, dtype=np.float64)
             intensities = np.asarray(sample.intensities)
@@ -782,19 +784,10 @@ def content_free(
             )
             spec.check_feasible(spec.radius_bounds, sample.count)
             centres = spec.place(_rng(_FAMILY_SHUFFLED, seed, sample.index), radii)
-        out.append(
-            DotsSample(
-                index=sample.index,
-                seed=seed,
-                size=sample.size,
-                centres=tuple((float(x), float(y)) for x, y in centres),
-                radii=tuple(float(r) for r in radii),
-                intensities=tuple(int(v) for v in intensities),
-                background=sample.background,
-                meta=meta,
-                renderer=sample.renderer,
-            )
-        )
+            layout = {"centres": tuple((float(x), float(y)) for x, y in centres)}
+        # Everything else (index, size, background, radii and intensities when shuffled,
+        # renderer) is the source's; the pixels are drawn anew, never read from its file.
+        out.append(replace(sample, seed=seed, meta=meta, image_path=None, **layout))
     return out
 
 
