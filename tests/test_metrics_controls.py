@@ -81,6 +81,9 @@ def test_fixed_corner_mass_is_flagged_as_sinks_and_excluding_it_leaves_the_rest(
             assert out[f"ratio_{name}"] == pytest.approx(
                 out[name] / out[f"baseline_{name}"], rel=1e-12
             )
+        assert out["excess_centroid_hit_rate"] == pytest.approx(
+            out["centroid_hit_rate"] - out["baseline_centroid_hit_rate"]
+        )
 
 
 def test_uniform_baseline_has_no_sinks_and_ratio_one_for_the_baseline_itself(images):
@@ -257,6 +260,20 @@ def test_verdicts_follow_the_stated_rule(images):
     }
     assert claims.halo_verdict(perm["follow"]).verdict == "supported"
     assert claims.halo_verdict(perm["avoid"].as_dict()).verdict == "opposite"
+    # a map on the dots' own cells: the band test is not won, the centre test is lost
+    on_dots = np.stack(
+        [
+            0.2 * rng.random(GRID) + halo_masks(s.centres, s.size, GRID).centre.numpy()
+            for s in images
+        ]
+    )
+    centre = hull_permutation_test(
+        on_dots, centres, (SIZE, SIZE), region="centre", n_permutations=1000
+    )
+    assert claims.halo_verdict(perm["follow"], centre).parts[1].verdict == "opposite"
+    assert claims.halo_verdict(perm["follow"], centre).verdict == "not supported"
+    with pytest.raises(ValueError, match="permutation test of 'centre'"):
+        claims.halo_verdict(perm["follow"], perm["follow"])
 
     # Each test is oriented so that positive differences are what the paper claims:
     # wilcoxon(gini_1st, gini_2nd) for the drop, wilcoxon(entropy_2nd, entropy_1st) for the rise.
@@ -292,5 +309,5 @@ def test_verdicts_follow_the_stated_rule(images):
             decay={"gini": good},
         )
     )
-    assert lines[0].startswith("attention lies on the band") and "SUPPORTED" in lines[0]
+    assert lines[0].startswith("attention follows the hull") and "SUPPORTED" in lines[0]
     assert any("Wilcoxon p" in line for line in lines)

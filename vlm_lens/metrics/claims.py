@@ -5,8 +5,9 @@ behind it and the rule that decided, so a report's headline can state what the r
 about the paper without the reader redoing the statistics. One rule for every test: a
 two-sided p-value below `ALPHA` decides, and the sign of the effect says which way.
 
-- Halo Effect (§5.2): attention lies on the band around the dots' convex hull. Test:
-  `hull_permutation_test` (own hull against other images' hulls of the same count).
+- Halo Effect (§5.2): attention lies on the band around the dots' convex hull, not on
+  the dots. Test: `hull_permutation_test` (own dots against other images' dots of the
+  same count) on the hull band (more) and, optionally, on the dots' cells (less).
 - Language Takeover (§5.2, Fig. 3): the later digit's attention is more diffuse than the
   first's (sparsity drops, entropy rises) and, in the issue's reading, less of it is on
   the image. Tests: Wilcoxon signed-rank on the per-sample differences
@@ -90,29 +91,53 @@ def _get(obj: Any, key: str) -> Any:
     return obj[key] if isinstance(obj, Mapping) else getattr(obj, key)
 
 
-def halo_verdict(permutation: Any, alpha: float = ALPHA) -> Verdict:
-    """Halo Effect from a `HullPermutation` (or its `as_dict()`), scored on `hull_band`."""
+def _permutation_verdict(permutation: Any, claimed_sign: int, alpha: float) -> Verdict:
+    """One region's `HullPermutation`: own dots against other images' dots of the same count."""
+    region = _get(permutation, "region")
     excess = _get(permutation, "excess")
     p = _get(permutation, "p_two_sided")
-    region = _get(permutation, "region")
-    numbers = {
-        k: _get(permutation, k)
-        for k in ("region", "observed", "null_mean", "excess", "p_two_sided", "n")
-    }
+    more = "more" if claimed_sign > 0 else "less"
     return Verdict(
-        claim="halo",
-        statement="attention lies on the band around the dots' convex hull (Halo Effect)",
-        verdict=_direction(excess, p, alpha),
+        claim=f"halo_{region}",
+        statement=f"attention puts {more} on the image's own {region} cells than on another "
+        "image's of the same count",
+        verdict=_direction(claimed_sign * excess, p, alpha),
         evidence=(
             f"{region} share above its area: {_get(permutation, 'observed'):+.3f} with the image's "
             f"own dots vs {_get(permutation, 'null_mean'):+.3f} with other images' dots of the same "
             f"count (excess {excess:+.3f}, permutation p = {p:.2g}, n = {_get(permutation, 'n')})"
         ),
         rule=(
-            f"two-sided permutation p < {alpha} with a positive excess over other hulls: "
-            "supported; with a negative one: opposite; otherwise not supported"
+            f"two-sided permutation p < {alpha} with the excess over other images' dots on the "
+            "claimed side: supported; on the other side: opposite; otherwise not supported"
         ),
-        numbers=numbers,
+        numbers={
+            k: _get(permutation, k)
+            for k in ("region", "observed", "null_mean", "excess", "p_two_sided", "n")
+        },
+    )
+
+
+def halo_verdict(hull_band: Any, centre: Any | None = None, alpha: float = ALPHA) -> Verdict:
+    """Halo Effect from `HullPermutation`s (or their `as_dict()`).
+
+    Args:
+        hull_band: the test on `region="hull_band"`: the claim is MORE on the own hull band.
+        centre: optionally the test on `region="centre"`: the claim is LESS on the own dots'
+            cells ("fails to penetrate the geometric centres").
+    """
+    for test, region in ((hull_band, "hull_band"), (centre, "centre")):
+        if test is not None and _get(test, "region") != region:
+            raise ValueError(
+                f"expected a permutation test of {region!r}, got {_get(test, 'region')!r}"
+            )
+    parts = [_permutation_verdict(hull_band, +1, alpha)]
+    if centre is not None:
+        parts.append(_permutation_verdict(centre, -1, alpha))
+    return combine(
+        "halo",
+        "attention follows the hull of the dots rather than the dots themselves (Halo Effect)",
+        parts,
     )
 
 
@@ -305,7 +330,7 @@ def paper_claims(
     """Every claim the run has numbers for, in the paper's order.
 
     Args:
-        halo: a `HullPermutation` (or dict).
+        halo: a `HullPermutation` of the hull band, or `{"hull_band": ..., "centre": ...}`.
         takeover: `{"sparsity_drop": ..., "entropy_rise": ..., "image_mass_drop": ...}`
             (`PairedTest`s or dicts; the last is optional).
         decay: score name -> `Auroc` for the units digit.
@@ -313,7 +338,10 @@ def paper_claims(
     """
     out = []
     if halo is not None:
-        out.append(halo_verdict(halo, alpha))
+        if isinstance(halo, Mapping) and "hull_band" in halo:
+            out.append(halo_verdict(halo["hull_band"], halo.get("centre"), alpha))
+        else:
+            out.append(halo_verdict(halo, alpha=alpha))
     if takeover is not None:
         out.append(
             takeover_verdict(

@@ -120,8 +120,10 @@ def halo_controls(
       region's share of the non-sink cells. Without `sinks` nothing is excluded.
     - `baseline_<region>`, `baseline_centroid_hit_rate`: the same metrics of the baseline
       map for this image's dots (what a content-free run would score).
-    - `ratio_<region>`, `ratio_centroid_hit_rate`: raw / baseline (> 1: the image puts
-      more on the region than the content-free runs do; NaN for 0 / 0).
+    - `ratio_<region>`: raw share / baseline share (> 1: the image puts more on the
+      region than the content-free runs do). `excess_centroid_hit_rate`: raw minus
+      baseline hit rate; a difference, not a ratio, because the baseline often hits no
+      dot at all (take a ratio of means over samples if one is wanted).
 
     Args:
         a: the image's map `[..., h, w]`.
@@ -159,8 +161,11 @@ def halo_controls(
         out["nosink_centroid_hit_rate"] = np.where(empty, np.nan, out["nosink_centroid_hit_rate"])
     metrics("baseline_", b, None)
     with np.errstate(invalid="ignore", divide="ignore"):
-        for key in (*REGIONS, "centroid_hit_rate"):
+        for key in REGIONS:
             out[f"ratio_{key}"] = np.asarray(out[key]) / np.asarray(out[f"baseline_{key}"])
+    out["excess_centroid_hit_rate"] = np.asarray(out["centroid_hit_rate"]) - np.asarray(
+        out["baseline_centroid_hit_rate"]
+    )
     return out
 
 
