@@ -223,6 +223,15 @@ def test_decay_vs_error_on_a_simulated_decay():
     assert out["logistic"]["names"] == ("intercept", "score", "count")
 
 
+def test_decay_vs_error_does_not_report_a_separated_fit():
+    score = np.arange(50.0)
+    right = score > 0  # the one wrong digit has the lowest score: complete separation
+    out = decay_vs_error(score, right, np.full(50, 12), n_boot=0)
+    assert out["auroc"]["auroc"] == 1.0
+    assert out["logistic"]["converged"] is False
+    assert math.isnan(out["score_coef"]) and math.isnan(out["score_p"])
+
+
 def test_digit_correct_reads_digits_left_to_right():
     assert digit_correct(["1", "2"], 12, 1) is True
     assert digit_correct(["1", "3"], 12, 1) is False
@@ -311,3 +320,13 @@ def test_verdicts_follow_the_stated_rule(images):
     )
     assert lines[0].startswith("attention follows the hull") and "SUPPORTED" in lines[0]
     assert any("Wilcoxon p" in line for line in lines)
+
+
+def test_missing_numbers_give_not_measured():
+    empty = wilcoxon_signed_rank([1.0, 2.0], [1.0, 2.0])  # only zero differences: NaN p
+    assert claims.takeover_verdict(empty, empty).verdict == "not measured"
+    from_json = {"auroc": None, "ci_low": None, "ci_high": None, "level": 0.95}
+    from_json.update(n_pos=0, n_neg=0)
+    assert claims.decay_verdict({"gini": from_json}).verdict == "not measured"
+    one_class = auroc([0.1, 0.2, 0.3], [True, True, True])
+    assert claims.decay_verdict({"entropy": one_class}).parts[0].verdict == "not measured"

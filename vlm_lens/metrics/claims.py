@@ -73,7 +73,11 @@ class Verdict:
 
 
 def _finite(*values: Any) -> bool:
-    return all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+    """All values are finite numbers (None, a string or NaN is not measured)."""
+    try:
+        return all(math.isfinite(float(v)) for v in values)
+    except (TypeError, ValueError):
+        return False
 
 
 def _direction(effect: float, p: float, alpha: float) -> str:
@@ -85,6 +89,11 @@ def _direction(effect: float, p: float, alpha: float) -> str:
     if p < alpha and effect < 0:
         return "opposite"
     return "not supported"
+
+
+def _f(value: Any, spec: str) -> str:
+    """`format(value, spec)`, or "n/a" for a missing value (None from JSON, NaN)."""
+    return format(float(value), spec) if _finite(value) else "n/a"
 
 
 def _get(obj: Any, key: str) -> Any:
@@ -103,9 +112,9 @@ def _permutation_verdict(permutation: Any, claimed_sign: int, alpha: float) -> V
         "image's of the same count",
         verdict=_direction(claimed_sign * excess, p, alpha),
         evidence=(
-            f"{region} share above its area: {_get(permutation, 'observed'):+.3f} with the image's "
-            f"own dots vs {_get(permutation, 'null_mean'):+.3f} with other images' dots of the same "
-            f"count (excess {excess:+.3f}, permutation p = {p:.2g}, n = {_get(permutation, 'n')})"
+            f"{region} share above its area: {_f(_get(permutation, 'observed'), '+.3f')} with the image's "
+            f"own dots vs {_f(_get(permutation, 'null_mean'), '+.3f')} with other images' dots of the same "
+            f"count (excess {_f(excess, '+.3f')}, permutation p = {_f(p, '.2g')}, n = {_get(permutation, 'n')})"
         ),
         rule=(
             f"two-sided permutation p < {alpha} with the excess over other images' dots on the "
@@ -153,7 +162,7 @@ def _paired_verdict(claim: str, statement: str, what: str, test: Any, alpha: flo
         claim=claim,
         statement=statement,
         verdict=_direction(effect, p, alpha),
-        evidence=f"{what}: mean {mean:+.3f} over {n} pairs (Wilcoxon p = {p:.2g})",
+        evidence=f"{what}: mean {_f(mean, '+.3f')} over {n} pairs (Wilcoxon p = {_f(p, '.2g')})",
         rule=(
             f"two-sided Wilcoxon p < {alpha} with the differences ranked mostly as claimed "
             "(W+ above n(n+1)/4): supported; mostly the other way: opposite; otherwise "
@@ -249,7 +258,7 @@ def _auroc_verdict(name: str, result: Any, higher_when_correct: bool, level_note
         statement=f"the digit is right more often when its {name} is {side}",
         verdict=verdict,
         evidence=(
-            f"AUROC of {name} for a right digit {value:.3f} [{low:.3f}, {high:.3f}] "
+            f"AUROC of {name} for a right digit {_f(value, '.3f')} [{_f(low, '.3f')}, {_f(high, '.3f')}] "
             f"({_get(result, 'n_pos')} right, {_get(result, 'n_neg')} wrong)"
         ),
         rule=(
@@ -288,7 +297,7 @@ def decay_verdict(aurocs: Mapping[str, Any], digit: str = "units") -> Verdict:
                 f"no claimed direction for score {name!r}; known: {sorted(_HIGHER_WHEN_GROUNDED)}"
             )
         level = _get(result, "level")
-        parts.append(_auroc_verdict(name, result, _HIGHER_WHEN_GROUNDED[name], f"{level:.0%}"))
+        parts.append(_auroc_verdict(name, result, _HIGHER_WHEN_GROUNDED[name], _f(level, ".0%")))
     return combine(
         f"decay_predicts_error_{digit}",
         f"the {digit} digit is wrong more often when its attention decayed more",
@@ -308,8 +317,8 @@ def regrounding_verdict(test: Any, alpha: float = ALPHA) -> Verdict:
         statement="re-grounding the later digits on the first digit's attention fixes them",
         verdict=_direction(effect, p, alpha),
         evidence=(
-            f"units-digit accuracy {delta:+.3f}; of {n} changed digits "
-            f"{turned_right:.0f} turned right (McNemar exact p = {p:.2g})"
+            f"units-digit accuracy {_f(delta, '+.3f')}; of {n} changed digits "
+            f"{_f(turned_right, '.0f')} turned right (McNemar exact p = {_f(p, '.2g')})"
         ),
         rule=(
             f"McNemar exact p < {alpha} with more digits turned right than wrong: supported; "

@@ -237,7 +237,8 @@ def hull_permutation_test(
         seed: of the permutations.
 
     Raises:
-        ValueError: wrong shapes, an unknown region, or no two images sharing a count.
+        ValueError: wrong shapes, an unknown region, a map that sums to zero or holds NaN,
+            or no two images sharing a count.
     """
     if region not in REGIONS:
         raise ValueError(f"region must be one of {REGIONS}, got {region!r}")

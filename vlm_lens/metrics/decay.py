@@ -276,8 +276,9 @@ def decay_vs_error(
 
     Returns:
         `{"n", "accuracy", "auroc": Auroc.as_dict(), "logistic": LogisticFit.as_dict() | None,
-        "score_coef", "score_p"}`; the fit is None (and its two numbers NaN) when it cannot
-        be made (one class only, too few samples).
+        "score_coef", "score_p"}`; the fit is None when it cannot be made (one class only,
+        too few samples), and the two numbers are NaN then or when it did not converge
+        (separation: e.g. one wrong digit in 256 that has the lowest score).
     """
     s = np.asarray(score, dtype=np.float64).reshape(-1)
     raw = list(correct)
@@ -298,11 +299,12 @@ def decay_vs_error(
             fit = logistic_fit(np.stack(columns, axis=1), y, names)
         except ValueError:
             fit = None
+    usable = fit is not None and fit.converged
     return {
         "n": int(len(y)),
         "accuracy": float(y.mean()) if len(y) else math.nan,
         "auroc": result.as_dict(),
         "logistic": None if fit is None else fit.as_dict(),
-        "score_coef": math.nan if fit is None else fit["score"]["coef"],
-        "score_p": math.nan if fit is None else fit["score"]["p_value"],
+        "score_coef": fit["score"]["coef"] if usable else math.nan,
+        "score_p": fit["score"]["p_value"] if usable else math.nan,
     }
