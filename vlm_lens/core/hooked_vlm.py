@@ -106,7 +106,7 @@ def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str | None:
 
 
 class HookedVLM(HookedRootModule):
-    """A hooked vision-language model (Qwen3-VL, Qwen2.5-VL, Qwen2-VL, Gemma3, LLaVA-1.5)."""
+    """A hooked vision-language model of any architecture in `vlm_lens.architectures`."""
 
     def __init__(self, hf_model: torch.nn.Module, processor: Any, adapter: Adapter | None = None):
         super().__init__()
