@@ -59,12 +59,12 @@ def _tensor(output: Any) -> Tensor:
     return output if isinstance(output, Tensor) else output[0]
 
 
-# transformers hands the layers the KV cache as `past_key_values=` up to 5.1x and as `cache=`
-# after (PITFALLS 12); whichever the recorded call used is the one set.
+# transformers hands the layers the KV cache as `cache=` (5.24) or `past_key_values=` (5.4,
+# the oldest supported; PITFALLS 12); whichever the recorded call used is the one set.
 _CACHE_KEYS = ("cache", "past_key_values")
 # Per-position arguments and the axis of their query positions: masks [batch, 1, query, key],
-# position ids [batch, pos] (Qwen: [3, batch, pos]), rotary (cos, sin) [batch, pos, d] (older
-# Qwen: [3, batch, pos, d]).
+# position ids [batch, pos] (None on Qwen), rotary (cos, sin) [batch, pos, d] (Qwen2/2.5-VL
+# on transformers 5.4: [3, batch, pos, d]).
 _CUT = {"attention_mask": 2, "position_ids": -1, "position_embeddings": -2}
 
 
