@@ -460,20 +460,30 @@ def test_patched_batches_encode_the_image_once(tiny_ckpt, pairs, arch, resume):
         pixels = args[0] if args else kwargs["pixel_values"]
         seen.append(pixels.shape[0])
 
+    given: list[int] = []  # pixel rows handed to the HF model (copied per row or not)
+
+    def record_input(module, args, kwargs):
+        given.append(kwargs["pixel_values"].shape[0])
+
     single = pair.corrupted["pixel_values"].shape[0]
-    handle = tower.register_forward_hook(record, with_kwargs=True)
+    handles = [
+        tower.register_forward_hook(record, with_kwargs=True),
+        m.hf_model.register_forward_pre_hook(record_input, with_kwargs=True),
+    ]
     try:
         res = patch_sweep(
             m, pair.clean, pair.corrupted, "z", answer=pair.first_step, batch_size=5, resume=resume
         )
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
     if resume:
         assert res.n_forward_passes == 2 + math.ceil(res.n_cells / 5)
         assert len(seen) == 2
     else:
         assert res.n_forward_passes == 1 + math.ceil((res.n_cells + 1) / 5) == len(seen)
     assert seen == [single] * len(seen)
+    assert given == [single] * len(seen)  # the pixels are never repeated per row
 
 
 # ----------------------------------------------------------------------------- resuming

@@ -62,18 +62,25 @@ def with_answer_prefix(inputs: VLMInputs, prefix: Sequence[int] | Tensor) -> VLM
     return VLMInputs(out, inputs.segments.with_generated(k), texts)
 
 
-def repeat_inputs(inputs: VLMInputs, n: int) -> VLMInputs:
+def repeat_inputs(inputs: VLMInputs, n: int, *, share_pixels: bool = False) -> VLMInputs:
     """A batch of `n` copies of a one-example input (every tensor repeated along its first axis).
 
     Qwen's `pixel_values` are `[patches, dim]` for the whole batch and `image_grid_thw` is
     `[images, 3]`: repeating those along their first axis is exactly what the processor
     returns for `n` copies of the example, as it is for `[batch, ...]` tensors.
+
+    `share_pixels=True` keeps the pixel tensors (`pixel_*`) as the one copy: only for a run
+    whose vision tower encodes one copy and stacks its output per row (the patching sweep's
+    full path does); a plain forward of such a batch fails on the image-token count.
     """
     if inputs.batch_size != 1:
         raise ValueError(f"repeat_inputs takes one example, got a batch of {inputs.batch_size}")
     if n == 1:
         return inputs
-    tensors = {name: torch.cat([t] * n, dim=0) for name, t in inputs.tensors.items()}
+    tensors = {
+        name: t if share_pixels and name.startswith("pixel_") else torch.cat([t] * n, dim=0)
+        for name, t in inputs.tensors.items()
+    }
     return VLMInputs(tensors, repeat_segments(inputs.segments, n), list(inputs.texts) * n)
 
 

@@ -231,7 +231,10 @@ class _Counter:
 
 
 def _first_copy(obj: Any, copies: int) -> Any:
-    if isinstance(obj, Tensor) and obj.ndim and obj.shape[0] % copies == 0:
+    # Pixels arrive as one copy (`repeat_inputs(share_pixels=True)`); what arrives repeated is
+    # per-image metadata, integer (Qwen's `grid_thw`).
+    integer = isinstance(obj, Tensor) and not obj.is_floating_point() and obj.ndim
+    if integer and obj.shape[0] % copies == 0:
         return obj[: obj.shape[0] // copies]
     return obj
 
@@ -253,10 +256,11 @@ def _one_vision_pass(model: HookedVLM, copies: int):
     """Encode the image once for a batch of `copies` identical rows.
 
     Every row of a patched batch carries the same image, and the vision tower is not
-    patched: a forward pre-hook hands the tower one copy of its inputs (Qwen's
-    `[patches, dim]` and LLaVA/Gemma3's `[batch, 3, H, W]` pixel values alike are copies
-    stacked on the first axis) and a forward hook stacks its outputs back to `copies`. The
-    language model sees exactly what it would have; only the repeated work is gone.
+    patched: the batch holds the pixels once (`repeat_inputs(share_pixels=True)`, so they
+    are not copied, cast or moved per row), a forward pre-hook hands the tower one copy of
+    the per-image metadata that is repeated (Qwen's `grid_thw`), and a forward hook stacks
+    the tower's outputs back to `copies`. The language model sees exactly what it would
+    have; only the repeated work is gone.
     """
     if copies <= 1:
         yield
@@ -292,7 +296,7 @@ def _last_logits(
 ) -> Float[Tensor, "batch vocab"]:
     """One forward pass keeping only the last row's logits (a real vocabulary times the whole
     prompt times the batch would not fit). `copies`: the batch is that many copies of one
-    example (`repeat_inputs`), so the image is encoded once."""
+    example (`repeat_inputs(..., share_pixels=True)`), so the image is encoded once."""
     with torch.no_grad(), model.hooks(fwd_hooks=fwd_hooks), _one_vision_pass(model, copies):
         logits = model(inputs, logits_to_keep=1)[:, -1]
     counter.count(inputs.batch_size, model.cfg.n_layers, inputs.input_ids.shape[1])
@@ -327,7 +331,8 @@ def _patched_logits(
     cells = [cell for row in rows for cell in row]
     start = min((cell.layer for cell in cells), default=0)
     if point is None or not point.resumable(start):
-        return _last_logits(model, repeat_inputs(corrupted, len(rows)), hooks, counter, len(rows))
+        batch = repeat_inputs(corrupted, len(rows), share_pixels=True)
+        return _last_logits(model, batch, hooks, counter, len(rows))
     first = min((min(cell.positions) for cell in cells if cell.positions), default=0)
     first = point.first_position(start, first)
     segments = repeat_segments(corrupted.segments, len(rows))
