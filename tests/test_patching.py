@@ -529,15 +529,22 @@ def test_resumed_sweep_equals_full_path_on_every_architecture(tiny_ckpt, pairs, 
         assert (fast.values - full.values).abs().max().item() <= 1e-5, (family, positions)
         assert abs(float(fast.corrupted_metric[0] - full.corrupted_metric[0])) <= 1e-5
         assert float(fast.clean_metric[0]) == float(full.clean_metric[0])
-        heads = fast.heads or [None]
-        cells = [
-            (layer, min(g.positions)) for layer in range(n) for _ in heads for g in fast.groups
-        ]
-        batches = []
-        for i in range(0, len(cells), batch):
-            chunk = cells[i : i + batch]
-            start, first = chunk[0][0], min(p for _, p in chunk)
-            batches.append((start, len(chunk), point.first_position(start, first)))
+        # A layer with a batch's worth of cells (16 image patches) gets batches of its own;
+        # fewer cells per layer (4 segments, 4 heads) share batches across layers.
+        firsts = [min(g.positions) for _ in fast.heads or [None] for g in fast.groups]
+        if len(firsts) >= batch:
+            spans = [
+                (layer, firsts[i : i + batch])
+                for layer in range(n)
+                for i in range(0, len(firsts), batch)
+            ]
+        else:
+            cells = [(layer, f) for layer in range(n) for f in firsts]
+            spans = [
+                (cells[i][0], [f for _, f in cells[i : i + batch]])
+                for i in range(0, len(cells), batch)
+            ]
+        batches = [(start, len(fs), point.first_position(start, min(fs))) for start, fs in spans]
         assert fast.n_forward_passes == 2 + len(batches)
         assert fast.n_layer_tokens == _layer_tokens(m, n_pos, batches) < full.n_layer_tokens
     patches = [Patch("resid_pre", 2, "last"), Patch("z", -1, "all", heads=[0])]

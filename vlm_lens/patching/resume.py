@@ -22,6 +22,11 @@ position ids and rotary embeddings are cut to the rows from p. It is used only w
 before p may see a key at or after p in any layer run (Gemma3's image tokens see each other
 both ways: a patch inside the image starts at the image's first position or before).
 
+And the last layer's MLP (most of a layer's work) runs on the last position only: only the
+last position's logits are computed, and no later layer reads the other positions. They get a
+zero MLP output, so a hook on the last layer's MLP, `hook_mlp_out` or `hook_resid_post` sees
+those positions without it.
+
 Exactness is checked, not assumed. While recording, each layer's input is compared with
 what resuming computes from the previous layer's output (the output itself, plus Qwen3-VL's
 deepstack features at the image positions after its first layers, added here by the same
@@ -38,7 +43,7 @@ position's logits.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -295,6 +300,27 @@ def _as_prefill(model: HookedVLM, segments: Segments, first: int, n_pos: int) ->
         run.segments, run.query_start, run.n_queries, run.step, run.rows = saved
 
 
+@contextmanager
+def _last_position_only(mlp: torch.nn.Module) -> Iterator[None]:
+    """Run `mlp` on the last position of its input; the other positions get zeros."""
+    n_pos: list[int] = []
+
+    def last(module: torch.nn.Module, args: tuple) -> tuple:
+        n_pos.append(args[0].shape[1])
+        return (args[0][:, -1:], *args[1:])
+
+    def pad(module: torch.nn.Module, args: tuple, output: Tensor) -> Tensor:
+        zeros = output.new_zeros(output.shape[0], n_pos.pop() - 1, output.shape[-1])
+        return torch.cat([zeros, output], dim=1)
+
+    handles = [mlp.register_forward_pre_hook(last), mlp.register_forward_hook(pad)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def resume(
     model: HookedVLM,
     point: ResumePoint,
@@ -337,7 +363,10 @@ def resume(
                 elif first and name in _CUT:
                     value = _cut(value, _CUT[name], first)
                 kwargs[name] = _broadcast(value, rows)
-            x = _tensor(blocks[i](x, **kwargs))
+            last = i == len(blocks) - 1
+            mlp = get_module(blocks[i], model.adapter.mlp)
+            with _last_position_only(mlp) if last else nullcontext():
+                x = _tensor(blocks[i](x, **kwargs))
             if point.deepstack is not None:
                 x = point.deepstack.after(i, x, first)
         return _head(model, x)

@@ -32,6 +32,7 @@ or path patching.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -574,8 +575,7 @@ def _sweep_step(
         metric_rows.append(plan.metric(_as_float(point.logits), step).detach().cpu().double())
     else:
         rows.insert(0, [])  # the corrupted baseline rides in the first batch
-    for start in range(0, len(rows), plan.batch_size):
-        chunk = rows[start : start + plan.batch_size]
+    for chunk in _batches(rows, plan.batch_size, by_layer=plan.resume):
         hooks = _patch_hooks(model, chunk, cache, c.input_ids.shape[1])
         logits = _patched_logits(model, x, point, chunk, hooks, counter)
         metric_rows.append(plan.metric(logits, step).detach().cpu().double())
@@ -587,6 +587,25 @@ def _sweep_step(
         raw = _normalise(raw, m_clean, m_corrupted, step)
     grids = [s.grid for s in c.segments.samples[0].images]
     return _StepOut(groups, raw, m_clean, m_corrupted, grids, len(cells))
+
+
+def _batches(rows: list[list[_Cell]], size: int, by_layer: bool) -> list[list[list[_Cell]]]:
+    """Rows in batches of at most `size`, in order. `by_layer` (resumed batches start at their
+    first patched layer): a layer with at least `size` cells gets batches of its own, so no
+    row runs layers below its own; layers with fewer share batches (fewer, fuller passes)."""
+    if not by_layer:
+        return [rows[i : i + size] for i in range(0, len(rows), size)]
+    out: list[list[list[_Cell]]] = []
+    pending: list[list[_Cell]] = []
+    for _, group in itertools.groupby(rows, key=lambda row: min(c.layer for c in row)):
+        group = list(group)
+        if len(group) < size:
+            pending += group
+            continue
+        out += [pending[i : i + size] for i in range(0, len(pending), size)]
+        out += [group[i : i + size] for i in range(0, len(group), size)]
+        pending = []
+    return out + [pending[i : i + size] for i in range(0, len(pending), size)]
 
 
 def _align_steps(
