@@ -47,8 +47,9 @@ class PatchingResult:
         image_grids: (h, w) token grid of each image of the input.
         n_cells: patched cells run (all steps), n_forward_passes: forward passes made (clean
             caching included; a pass resumed at layer L counts as one), n_layer_tokens: their
-            cost, decoder layers run x batch rows x query positions summed over passes,
-            seconds: wall time.
+            cost, decoder layers run x batch rows x query positions summed over passes (a
+            proxy: the last layer's MLP, run on one position in resumed passes, counts in
+            full), seconds: wall time.
     """
 
     values: Float[Tensor, "..."]

@@ -11,9 +11,10 @@ For every decoding step asked for, the sweep
    layer (1 forward pass; its logits are the corrupted baseline; `vlm_lens.patching.resume`);
 4. gives each row of a batch its own cell (row r copies the clean activation into the
    corrupted run at its cell only) and starts the batch at the first layer any of its rows
-   corrupted residual stream there: no vision tower, no embeddings, no
-   layer below, and (causal attention) no position before the first one it patches
-   (ceil(cells / batch_size) passes, each over the layers and positions from its start);
+   patches, from the corrupted residual stream there: no vision tower, no embeddings, no
+   layer below, and (causal attention) no position before the first one it patches (about
+   ceil(cells / batch_size) passes, each over the layers and positions from its start; a
+   layer with at least `batch_size` cells gets batches of its own);
 5. reads the metric on the last row's logits (the row that predicts the step's answer
    token) and normalises it: 0 = the corrupted run, 1 = the clean run.
 
@@ -501,7 +502,8 @@ def run_patched(
     clean_logits, cache = _cache_clean(model, c, names, counter)
     n_pos = c.input_ids.shape[1]
     if resume:
-        point = _record_corrupted(model, x, [min((c.layer for c in cells), default=0)], counter)
+        first_layer = min((cell.layer for cell in cells), default=0)
+        point = _record_corrupted(model, x, [first_layer], counter)
         hooks = _patch_hooks(model, [cells], cache, n_pos)
         logits = torch.cat(
             [_as_float(point.logits), _patched_logits(model, x, point, [cells], hooks, counter)]
