@@ -21,8 +21,9 @@ Sharding across processes or GPUs: each process takes the samples with
 checks that nothing is missing) and writes the report. `--shard auto` reads `RANK` /
 `WORLD_SIZE` (set by torchrun and accelerate) and puts the model on `cuda:$LOCAL_RANK`::
 
-    # torchrun, 4 GPUs on one machine
-    torchrun --nproc_per_node 4 --no-python vlm-lens count --shard auto \\
+    # torchrun, 4 GPUs on one machine ("--" after the script: torchrun would take an
+    # option such as --n for an abbreviation of one of its own)
+    torchrun --nproc_per_node 4 --no-python vlm-lens -- count --shard auto --n 256 \\
         --model Qwen/Qwen3-VL-8B-Instruct --dtype bfloat16 --out runs/counting
     # or accelerate
     accelerate launch --num_processes 4 --no_python vlm-lens count --shard auto \\
