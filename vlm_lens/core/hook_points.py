@@ -158,6 +158,13 @@ class VLMHookPoint(HookPoint):
             bool(self._forward_hooks) or bool(self._backward_hooks) or self._force
         )
 
+    def add_hook(self, hook: Any, *args: Any, **kwargs: Any) -> None:
+        if not callable(hook):
+            raise TypeError(
+                f"the hook for {self.name!r} must be a function fn(tensor, hook), got {hook!r}"
+            )
+        super().add_hook(hook, *args, **kwargs)
+
     # Every way a hook arrives (TransformerLens's add_hook, plain torch) goes through these two.
     def register_forward_hook(self, *args: Any, **kwargs: Any):
         handle = super().register_forward_hook(*args, **kwargs)

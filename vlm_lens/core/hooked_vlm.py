@@ -398,6 +398,10 @@ class HookedVLM(HookedRootModule):
         `system`: an optional system prompt. `chat_template=False` takes `prompt` as
         the model's raw text (with the processor's own image placeholders).
         """
+        if not isinstance(prompt, str) and not (
+            isinstance(prompt, Sequence) and all(isinstance(t, str) for t in prompt)
+        ):
+            raise TypeError(f"prompt must be a string or a list of strings, got {prompt!r}")
         return prepare_inputs(
             self.processor,
             self.adapter,
