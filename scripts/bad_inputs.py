@@ -98,7 +98,7 @@ def cli(*argv: str) -> Callable[[Env], None]:
         from vlm_lens.cli import main
 
         out = env.root / "cli-out"
-        args = [str(env.checkpoint) if a == "<tiny>" else a for a in argv]
+        args = [str(env.checkpoint) if a == TINY else a for a in argv]
         err = io.StringIO()
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
             try:
@@ -115,6 +115,45 @@ def cli(*argv: str) -> Callable[[Env], None]:
 
 
 # ----------------------------------------------------------------------------- the cases
+
+TINY = "<tiny>"  # replaced by the tiny qwen3_vl checkpoint's folder
+
+# CLI arguments (without --out) and what the one line must say. Each is refused before a model
+# is loaded or --out is touched (tests/test_cli.py checks that too).
+CLI_BAD_ARGUMENTS = [
+    (["count", "--n", "0"], "argument --n: must be >= 1, got 0"),
+    (["count", "--n", "-3"], "argument --n: must be >= 1, got -3"),
+    (["count", "--limit", "-5"], "argument --limit: must be >= 1, got -5"),
+    (["count", "--batch-size", "0"], "argument --batch-size: must be >= 1"),
+    (["count", "--max-new-tokens", "0"], "argument --max-new-tokens: must be >= 1"),
+    (["count", "--radius", "nan"], "argument --radius: must be a finite number > 0"),
+    (["count", "--model", TINY, "--layers", "99"], "--layers: layer 99 out of range"),
+    (
+        ["count", "--model", TINY, "--regrounding-layers", "9", "--regrounding", "restore"],
+        "--regrounding-layers: layer 9",
+    ),
+    (["count", "--model", TINY, "--regrounding", "scale:x"], "--regrounding scale:x"),
+    (["count", "--model", TINY, "--size", "20"], "--size/--radius"),
+    (["count", "--model", "/no/such/model"], "'/no/such/model': no such folder"),
+    (["count", "--model", TINY, "--shard", "2/2"], "--shard 2/2: shard must satisfy"),
+    (["count", "--model", TINY, "--device", "gpu0"], "--device 'gpu0'"),
+    (["count", "--model", TINY, "--dtype", "int8"], "--dtype int8: not a floating-point"),
+    (["count", "--model", TINY, "--device", "cpu", "--device-map", "auto"], "not both"),
+    (["yesbias", "--fractions", "1.5"], "argument --fractions: must be a finite number in (0, 1]"),
+    (["yesbias", "--fractions", "0"], "argument --fractions"),
+    (["yesbias", "--max-new-tokens", "0"], "argument --max-new-tokens: must be >= 1"),
+    (["yesbias", "--batch-size", "0"], "argument --batch-size: must be >= 1"),
+    (["yesbias", "--limit", "-5"], "argument --limit: must be >= 1"),
+    (["yesbias", "--image-alpha", "-1"], "argument --image-alpha"),
+    (["yesbias", "--model", "./missing-model"], "'./missing-model': no such folder"),
+    (
+        ["yesbias", "--model", TINY, "--benchmark", "pope=/no/such/pope"],
+        "/no/such/pope does not exist",
+    ),
+    (["yesbias", "--model", TINY, "--benchmark", "nobench=/tmp"], "unknown benchmark 'nobench'"),
+    (["yesbias", "--model", TINY, "--benchmark", "pope"], "give a local path"),
+    (["yesbias", "--model", TINY, "--tag", "../up"], "--tag '../up': must be one folder name"),
+]
 
 
 def _write(path: Path, text: str) -> Path:
@@ -469,70 +508,13 @@ CASES: list[Case] = [
         _incomplete_unit,
         ("incomplete",),
     ),
-    # --- CLI (each: one line on stderr, exit 2, nothing loaded or written)
-    Case("CLI", "vlm-lens count --n 0", cli("count", "--n", "0"), ("--n", ">= 1")),
-    Case("CLI", "vlm-lens count --n -3", cli("count", "--n", "-3"), ("--n", "-3")),
-    Case("CLI", "vlm-lens count --limit -5", cli("count", "--limit", "-5"), ("--limit",)),
-    Case(
-        "CLI",
-        "vlm-lens count --batch-size 0",
-        cli("count", "--batch-size", "0"),
-        ("--batch-size",),
-    ),
-    Case(
-        "CLI",
-        "vlm-lens count --layers 99 (4-layer model)",
-        cli("count", "--model", "<tiny>", "--layers", "99"),
-        ("--layers", "99", "4 layers"),
-    ),
-    Case(
-        "CLI",
-        "vlm-lens count --model /no/such/model",
-        cli("count", "--model", "/no/such/model"),
-        ("/no/such/model",),
-    ),
-    Case(
-        "CLI",
-        "vlm-lens count --regrounding scale:x",
-        cli("count", "--model", "<tiny>", "--regrounding", "scale:x"),
-        ("--regrounding",),
-    ),
-    Case(
-        "CLI",
-        "vlm-lens count --dtype int8",
-        cli("count", "--model", "<tiny>", "--dtype", "int8"),
-        ("--dtype", "int8"),
-    ),
-    Case(
-        "CLI",
-        "vlm-lens yesbias --fractions 1.5",
-        cli("yesbias", "--fractions", "1.5"),
-        ("--fractions", "1.5"),
-    ),
-    Case(
-        "CLI",
-        "vlm-lens yesbias --max-new-tokens 0",
-        cli("yesbias", "--max-new-tokens", "0"),
-        ("--max-new-tokens",),
-    ),
-    Case(
-        "CLI",
-        "vlm-lens yesbias --benchmark pope=/no/such/pope",
-        cli("yesbias", "--model", "<tiny>", "--benchmark", "pope=/no/such/pope"),
-        ("/no/such/pope",),
-    ),
-    Case(
-        "CLI",
-        "vlm-lens yesbias --tag ../up",
-        cli("yesbias", "--model", "<tiny>", "--tag", "../up"),
-        ("--tag",),
-    ),
-    Case(
-        "CLI",
-        "vlm-lens yesbias --shard 5/4",
-        cli("yesbias", "--model", "<tiny>", "--shard", "5/4"),
-        ("--shard", "5/4"),
-    ),
+    # --- CLI: below, from CLI_BAD_ARGUMENTS
+]
+
+
+CASES += [
+    Case("CLI", f"vlm-lens {' '.join(argv)}", cli(*argv), (says,))
+    for argv, says in CLI_BAD_ARGUMENTS
 ]
 
 

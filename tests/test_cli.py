@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from scripts.bad_inputs import CLI_BAD_ARGUMENTS, TINY
 from vlm_lens.cli import COMMANDS, build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,45 +67,6 @@ def test_a_study_commands_help_imports_no_study(command):
 
 # ----------------------------------------------------------------------------- bad arguments
 
-_TINY = "<tiny>"  # replaced by the tiny qwen3_vl checkpoint's folder
-
-# (argv after the sub-command, what the one line must say). Each is refused before a model
-# is loaded or --out is touched.
-BAD_ARGUMENTS = [
-    (["count", "--n", "0"], "argument --n: must be >= 1, got 0"),
-    (["count", "--n", "-3"], "argument --n: must be >= 1, got -3"),
-    (["count", "--limit", "-5"], "argument --limit: must be >= 1, got -5"),
-    (["count", "--batch-size", "0"], "argument --batch-size: must be >= 1"),
-    (["count", "--max-new-tokens", "0"], "argument --max-new-tokens: must be >= 1"),
-    (["count", "--radius", "nan"], "argument --radius: must be a finite number > 0"),
-    (["count", "--model", _TINY, "--layers", "99"], "--layers: layer 99 out of range"),
-    (
-        ["count", "--model", _TINY, "--regrounding-layers", "9", "--regrounding", "restore"],
-        "--regrounding-layers: layer 9",
-    ),
-    (["count", "--model", _TINY, "--regrounding", "scale:x"], "--regrounding scale:x"),
-    (["count", "--model", _TINY, "--size", "20"], "--size/--radius"),
-    (["count", "--model", "/no/such/model"], "'/no/such/model': no such folder"),
-    (["count", "--model", _TINY, "--shard", "2/2"], "--shard 2/2: shard must satisfy"),
-    (["count", "--model", _TINY, "--device", "gpu0"], "--device 'gpu0'"),
-    (["count", "--model", _TINY, "--dtype", "int8"], "--dtype int8: not a floating-point"),
-    (["count", "--model", _TINY, "--device", "cpu", "--device-map", "auto"], "not both"),
-    (["yesbias", "--fractions", "1.5"], "argument --fractions: must be a finite number in (0, 1]"),
-    (["yesbias", "--fractions", "0"], "argument --fractions"),
-    (["yesbias", "--max-new-tokens", "0"], "argument --max-new-tokens: must be >= 1"),
-    (["yesbias", "--batch-size", "0"], "argument --batch-size: must be >= 1"),
-    (["yesbias", "--limit", "-5"], "argument --limit: must be >= 1"),
-    (["yesbias", "--image-alpha", "-1"], "argument --image-alpha"),
-    (["yesbias", "--model", "./missing-model"], "'./missing-model': no such folder"),
-    (
-        ["yesbias", "--model", _TINY, "--benchmark", "pope=/no/such/pope"],
-        "/no/such/pope does not exist",
-    ),
-    (["yesbias", "--model", _TINY, "--benchmark", "nobench=/tmp"], "unknown benchmark 'nobench'"),
-    (["yesbias", "--model", _TINY, "--benchmark", "pope"], "give a local path"),
-    (["yesbias", "--model", _TINY, "--tag", "../up"], "--tag '../up': must be one folder name"),
-]
-
 
 def _exit_code(argv: list[str]) -> int:
     from vlm_lens.cli import main
@@ -120,7 +82,7 @@ def _snapshot(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize(
-    ("argv", "says"), BAD_ARGUMENTS, ids=lambda v: " ".join(v) if isinstance(v, list) else None
+    ("argv", "says"), CLI_BAD_ARGUMENTS, ids=lambda v: " ".join(v) if isinstance(v, list) else None
 )
 def test_a_bad_argument_is_one_line_and_exit_2_before_loading_or_writing(
     argv, says, tiny_ckpt, tmp_path, capsys, monkeypatch
@@ -131,7 +93,7 @@ def test_a_bad_argument_is_one_line_and_exit_2_before_loading_or_writing(
         raise AssertionError("a model was loaded before the arguments were checked")
 
     monkeypatch.setattr(HookedVLM, "from_pretrained", no_loading)
-    argv = [str(tiny_ckpt("qwen3_vl")) if a == _TINY else a for a in argv]
+    argv = [str(tiny_ckpt("qwen3_vl")) if a == TINY else a for a in argv]
     capsys.readouterr()  # building the checkpoint (once a session) prints progress
     fresh, used = tmp_path / "fresh", tmp_path / "used"
     used.mkdir()
