@@ -120,3 +120,52 @@ def test_debug_shows_the_traceback_and_without_it_one_line(tmp_path):
     assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr
     assert "UsageError: --model: model" in debug.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_two_count_processes_into_one_out_give_one_error_and_a_correct_run(
+    tiny_ckpt, tmp_path, capsys, monkeypatch
+):
+    """A second `vlm-lens count` into the --out of a running one is refused at once with one
+    line (exit 1); the first finishes with every sample once."""
+    import json
+    import os
+    import time
+
+    from vlm_lens import HookedVLM
+    from vlm_lens.cli import main
+
+    # The second command (in this process) gets its model at once, so it reaches the run's
+    # lock while the first is still running.
+    loaded = HookedVLM.from_pretrained(tiny_ckpt("qwen3_vl"))
+    monkeypatch.setattr(HookedVLM, "from_pretrained", lambda *args, **kwargs: loaded)
+    n = 16
+    argv = ["count", "--model", str(tiny_ckpt("qwen3_vl")), "--n", str(n), "--size", "64"]
+    argv += ["--radius", "2", "--digits-only", "--no-png", "--no-progress", "--out", str(tmp_path)]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    first = subprocess.Popen(
+        [sys.executable, "-m", "vlm_lens.cli", *argv],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not list(tmp_path.rglob(".samples.jsonl.lock")):  # the first holds its log
+            assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+            time.sleep(0.1)
+        capsys.readouterr()
+        assert main(argv) == 1
+        errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+        assert len(errors) == 1 and errors[0].startswith("vlm-lens count: error: RunLockedError")
+        assert "in use by another process" in errors[0]
+        assert first.poll() is None, "the first run ended before the second was refused"
+    finally:
+        out, err = first.communicate(timeout=600)
+    assert first.returncode == 0, err[-3000:]
+    (log,) = tmp_path.rglob("samples.jsonl")
+    indices = [json.loads(line)["index"] for line in log.read_text().splitlines()]
+    assert sorted(indices) == list(range(n))
+    assert (tmp_path / "report.html").exists()
