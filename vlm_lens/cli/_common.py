@@ -116,6 +116,13 @@ def check_device_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--dtype {args.dtype}: not a floating-point type (e.g. bfloat16)")
 
 
+def check_run_args(args: argparse.Namespace) -> Shard | None:
+    """The flags every study run shares (`--out`, device flags, `--shard`); returns the shard."""
+    check_out(Path(args.out))
+    check_device_args(args)
+    return parse_shard(args.shard)
+
+
 def model_depth(ref: Any) -> int:
     """Number of decoder layers of the model `ref` names (a `HookedVLM`, hub id or checkpoint
     folder), read from its config.json without loading weights."""

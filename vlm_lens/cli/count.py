@@ -60,11 +60,9 @@ from vlm_lens.cli._common import (
     INDEX,
     UsageError,
     add_model_args,
-    check_device_args,
-    check_out,
+    check_run_args,
     load_model,
     model_depth,
-    parse_shard,
     real,
 )
 
@@ -223,9 +221,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     # Everything is checked before a model is loaded or anything is written.
-    check_out(out)
-    check_device_args(args)
-    shard = parse_shard(args.shard)
+    shard = check_run_args(args)
     layers = _layers(args.layers) or "last"
     if layers == "all":
         raise UsageError("--layers all is not supported (too many maps); name the layers")

@@ -64,11 +64,9 @@ from vlm_lens.cli._common import (
     INDEX,
     UsageError,
     add_model_args,
-    check_device_args,
-    check_out,
+    check_run_args,
     load_model,
     model_depth,
-    parse_shard,
     real,
 )
 from vlm_lens.studies import yesbias_options as options
@@ -233,9 +231,7 @@ def run(args: argparse.Namespace) -> int:
 
     # Everything is checked (and every benchmark read) before a model is loaded or anything
     # is written.
-    check_out(out)
-    check_device_args(args)
-    shard = parse_shard(args.shard)
+    shard = check_run_args(args)
     benchmarks = [parse_benchmark(s) for s in (args.benchmark or ["synthetic"])]
     conditions = yesbias.sweep_conditions(
         args.sweep,
