@@ -35,6 +35,7 @@ from plotly.subplots import make_subplots
 from vlm_lens.core.segments import SEGMENT_KINDS
 from vlm_lens.metrics.yesno import to_rows
 from vlm_lens.reports.html import Report
+from vlm_lens.studies import harness
 from vlm_lens.studies.checks import EmptyMeasurementError, require_finite
 from vlm_lens.studies.yesbias import analyze
 
@@ -395,6 +396,26 @@ def write_report(
                 text_columns=("item", "prompt", "label", "generated", "answer"),
             )
     return report.write(path)
+
+
+def write_outputs(
+    out_dir: str | Path, *, n_boot: int = 1000, notes: Sequence[str] = ()
+) -> list[Path]:
+    """`analyze` every run at or below `out_dir` and write one report per model folder (all
+    its benchmarks), `<out_dir>/<model>/report.html`; returns the pages written. The
+    study's report function (`harness.report(yesbias.STUDY, out_dir)`)."""
+    by_model: dict[Path, list[dict]] = {}
+    for run_dir in harness.run_dirs(out_dir):
+        by_model.setdefault(run_dir.parent, []).append(analyze(run_dir, n_boot=n_boot))
+    return [
+        write_report(
+            model_dir / "report.html",
+            results,
+            title=f"Yes-bias study: {model_dir.name}",
+            notes=notes,
+        )
+        for model_dir, results in by_model.items()
+    ]
 
 
 def report_run(
