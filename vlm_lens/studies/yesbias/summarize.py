@@ -93,7 +93,31 @@ def paired_delta(
     """
     codes: dict[Any, int] = {}
     u = np.array([codes.setdefault(x, len(codes)) for x in unit], dtype=np.int64)
-    n_units = len(codes)
+    cols = _unit_sums(u, len(codes), baseline, condition, label)
+    names = list(cols)
+    table = np.column_stack([cols[n] for n in names])  # [unit, column]
+    col = {n: i for i, n in enumerate(names)}
+    point = _deltas(table.sum(0), col)
+    boot = _deltas(bootstrap_unit_sums(table, n_boot, seed), col) if n_boot > 0 else {}
+    out: dict[str, float] = {}
+    for name, value in point.items():
+        lo, hi = percentile_interval(boot[name]) if boot else (math.nan, math.nan)
+        out[f"d_{name}"] = float(value)
+        out[f"d_{name}_lo"] = lo
+        out[f"d_{name}_hi"] = hi
+    return out
+
+
+def _unit_sums(
+    u: np.ndarray,
+    n_units: int,
+    baseline: Mapping[str, np.ndarray],
+    condition: Mapping[str, np.ndarray],
+    label: Sequence[bool] | None,
+) -> dict[str, np.ndarray]:
+    """Per pairing unit (`u[i]` is item i's unit), the sums every delta is a ratio of: items,
+    units, correct / all-correct / yes / score per arm ("b", "c") and, with `label`, the
+    units holding both labels ("mixed") and those whose yes items all outscore its no items."""
 
     def per_unit(values: np.ndarray) -> np.ndarray:
         return np.bincount(u, weights=np.asarray(values, dtype=np.float64), minlength=n_units)
@@ -117,31 +141,22 @@ def paired_delta(
             np.minimum.at(lo, u[lab], score[lab])
             np.maximum.at(hi, u[~lab], score[~lab])
             cols[f"ranked_{arm}"] = (mixed & (lo > hi)).astype(np.float64)
-    names = list(cols)
-    table = np.column_stack([cols[n] for n in names])
-    col = {n: i for i, n in enumerate(names)}
+    return cols
 
-    def deltas(sums: np.ndarray) -> dict[str, np.ndarray]:
-        s = {n: sums[..., col[n]] for n in names}
-        out = {
-            "paired_accuracy": (s["all_c"] - s["all_b"]) / s["units"],
-            "accuracy": (s["correct_c"] - s["correct_b"]) / s["items"],
-            "yes_rate": (s["yes_c"] - s["yes_b"]) / s["items"],
-            "mean_score": (s["score_c"] - s["score_b"]) / s["items"],
-        }
-        if "mixed" in s:
-            with np.errstate(invalid="ignore", divide="ignore"):
-                out["score_paired_accuracy"] = (s["ranked_c"] - s["ranked_b"]) / s["mixed"]
-        return out
 
-    point = deltas(table.sum(0))
-    boot = deltas(bootstrap_unit_sums(table, n_boot, seed)) if n_boot > 0 else {}
-    out: dict[str, float] = {}
-    for name, value in point.items():
-        lo, hi = percentile_interval(boot[name]) if boot else (math.nan, math.nan)
-        out[f"d_{name}"] = float(value)
-        out[f"d_{name}_lo"] = lo
-        out[f"d_{name}_hi"] = hi
+def _deltas(sums: np.ndarray, col: Mapping[str, int]) -> dict[str, np.ndarray]:
+    """Condition - baseline of each metric from column sums (`[..., column]`: the total, or
+    one row per bootstrap resample)."""
+    s = {n: sums[..., i] for n, i in col.items()}
+    out = {
+        "paired_accuracy": (s["all_c"] - s["all_b"]) / s["units"],
+        "accuracy": (s["correct_c"] - s["correct_b"]) / s["items"],
+        "yes_rate": (s["yes_c"] - s["yes_b"]) / s["items"],
+        "mean_score": (s["score_c"] - s["score_b"]) / s["items"],
+    }
+    if "mixed" in s:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out["score_paired_accuracy"] = (s["ranked_c"] - s["ranked_b"]) / s["mixed"]
     return out
 
 
@@ -226,13 +241,6 @@ def delta_table(
         labels = [it.label for it in common]
         delta = paired_delta(unit, b, c, label=labels, n_boot=n_boot, seed=seed)
         answers = [rows[it.item_id]["answer"] for it in common]
-        units = list(dict.fromkeys(unit))
-        unit_all = {x: True for x in units}
-        for it, ok in zip(common, c["correct"]):
-            unit_all[it.unit_id] &= bool(ok)
-        base_all = {x: True for x in units}
-        for it, ok in zip(common, b["correct"]):
-            base_all[it.unit_id] &= bool(ok)
         out.append(
             {
                 "benchmark": common[0].benchmark,
@@ -246,18 +254,26 @@ def delta_table(
                 "fraction": cond.fraction,
                 "alpha": cond.alpha,
                 "n_items": len(common),
-                "n_units": len(units),
-                "paired_accuracy": float(np.mean(list(unit_all.values()))),
+                "n_units": len(dict.fromkeys(unit)),
+                "paired_accuracy": _all_right(unit, c["correct"]),
                 "accuracy": float(np.mean(c["correct"])),
                 "yes_rate": float(np.mean(c["yes"])),
                 "other_rate": float(np.mean([a == "other" for a in answers])),
                 "mean_score": float(np.mean(c["score"])),
-                "baseline_paired_accuracy": float(np.mean(list(base_all.values()))),
+                "baseline_paired_accuracy": _all_right(unit, b["correct"]),
                 "baseline_yes_rate": float(np.mean(b["yes"])),
                 **delta,
             }
         )
     return out
+
+
+def _all_right(unit: Sequence[Any], correct: Sequence[bool]) -> float:
+    """Paired accuracy: the share of pairing units whose every item is right."""
+    unit_all = {x: True for x in dict.fromkeys(unit)}
+    for x, ok in zip(unit, correct):
+        unit_all[x] &= bool(ok)
+    return float(np.mean(list(unit_all.values())))
 
 
 def _write_table(rows: Sequence[Mapping[str, Any]], stem: Path) -> dict[str, Path]:
