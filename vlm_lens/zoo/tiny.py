@@ -25,6 +25,9 @@ gemma3        ``\\n\\n<start_of_image>`` + 4 x ``<image_soft_token>``    2 x 2 (
               + ``<end_of_image>\\n\\n``
 llava         16 x ``<image>``                                       4 x 4 (fixed)
 ============  =====================================================  ====================
+
+Not for: trained weights (`vlm_lens.zoo.organism`, scripts/organism) or numbers about a
+real model: these checkpoints only show that a code path runs.
 """
 
 from __future__ import annotations
