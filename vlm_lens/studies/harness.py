@@ -154,11 +154,15 @@ def _changed_entries(key: str, old: Mapping[str, Any], new: Mapping[str, Any]) -
 
 
 def _row(record: Any) -> dict[str, Any]:
-    """A record as its log line: `record.to_row()` if it has one (a record that leaves out
-    an empty optional field), else a dataclass's fields in order, else the mapping."""
-    if hasattr(record, "to_row"):
-        return record.to_row()
-    return asdict(record) if is_dataclass(record) else dict(record)
+    """A record as its log line: a dataclass's fields in order, leaving out the fields its
+    class names in `optional` while they are None; a mapping as it is."""
+    if not is_dataclass(record):
+        return dict(record)
+    row = asdict(record)
+    for name in getattr(record, "optional", ()):
+        if row[name] is None:
+            del row[name]
+    return row
 
 
 # ---------------------------------------------------------------------------- the contract

@@ -646,36 +646,34 @@ def _llava_processor(tok, config, image_kwargs: Mapping):
 _CLIP_MEAN_STD = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
 _HALF_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
+#: The special tokens every Qwen-VL recipe shares.
+_QWEN_SPECIAL: dict[str, Any] = {
+    "eos_tokens": ("<|im_end|>", "<|endoftext|>"),
+    "pad_token": "<|endoftext|>",
+    "bos_token": "<|endoftext|>",
+    "image_tokens": tuple(_QWEN_TOKEN_ATTRS.values()),
+}
 _RECIPES: dict[str, _Recipe] = {
     "qwen3_vl": _Recipe(
         model_class="Qwen3VLForConditionalGeneration",
         tokenizer=lambda: _qwen_tokenizer(_qwen_chat_template(None)),
         config=_qwen3_vl_config,
         processor=_qwen_processor("Qwen3VLProcessor", "Qwen3VLVideoProcessor", _HALF_MEAN_STD),
-        eos_tokens=("<|im_end|>", "<|endoftext|>"),
-        pad_token="<|endoftext|>",
-        bos_token="<|endoftext|>",
-        image_tokens=tuple(_QWEN_TOKEN_ATTRS.values()),
+        **_QWEN_SPECIAL,
     ),
     "qwen2_5_vl": _Recipe(
         model_class="Qwen2_5_VLForConditionalGeneration",
         tokenizer=lambda: _qwen_tokenizer(_qwen_chat_template("You are a helpful assistant.")),
         config=_qwen2_5_vl_config,
         processor=_qwen_processor("Qwen2_5_VLProcessor", "Qwen2VLVideoProcessor", _CLIP_MEAN_STD),
-        eos_tokens=("<|im_end|>", "<|endoftext|>"),
-        pad_token="<|endoftext|>",
-        bos_token="<|endoftext|>",
-        image_tokens=tuple(_QWEN_TOKEN_ATTRS.values()),
+        **_QWEN_SPECIAL,
     ),
     "qwen2_vl": _Recipe(
         model_class="Qwen2VLForConditionalGeneration",
         tokenizer=lambda: _qwen_tokenizer(_qwen_chat_template("You are a helpful assistant.")),
         config=_qwen2_vl_config,
         processor=_qwen_processor("Qwen2VLProcessor", "Qwen2VLVideoProcessor", _CLIP_MEAN_STD),
-        eos_tokens=("<|im_end|>", "<|endoftext|>"),
-        pad_token="<|endoftext|>",
-        bos_token="<|endoftext|>",
-        image_tokens=tuple(_QWEN_TOKEN_ATTRS.values()),
+        **_QWEN_SPECIAL,
     ),
     "gemma3": _Recipe(
         model_class="Gemma3ForConditionalGeneration",

@@ -6,9 +6,9 @@ Not for: making records (`vlm_lens.studies.counting.measure`) or summarising the
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
 from vlm_lens.studies import harness
 
@@ -52,12 +52,8 @@ class Record:
     attention: list[dict[str, Any]]
     regrounding: dict[str, Any] | None = None
     centres: list[list[float]] | None = None
-
-    def to_row(self) -> dict[str, Any]:
-        row = asdict(self)
-        if self.centres is None:
-            del row["centres"]
-        return row
+    #: Written only when set (`harness` leaves them out of the log line while None).
+    optional: ClassVar[tuple[str, ...]] = ("centres",)
 
 
 #: Records of a model directory (its samples.jsonl) or of one log file, each once.

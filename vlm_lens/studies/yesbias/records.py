@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from vlm_lens.data.yesno.items import YesNoItem
 from vlm_lens.studies import harness
@@ -51,12 +51,8 @@ class Record:
     answer: Literal["yes", "no", "other"]
     score: float
     shares: list[list[float]] | None = None
-
-    def to_row(self) -> dict[str, Any]:
-        row = asdict(self)
-        if self.shares is None:
-            del row["shares"]
-        return row
+    #: Written only when set (`harness` leaves them out of the log line while None).
+    optional: ClassVar[tuple[str, ...]] = ("shares",)
 
 
 def record_key(row: Mapping[str, Any]) -> tuple[str, str]:
