@@ -309,7 +309,7 @@ def analyze(
 ) -> dict[str, Any]:
     """Metrics, the delta table (table.csv / table.json) and metrics.json of a run.
 
-    Shard logs not merged yet are read too (use `merge_records` to fold them). Returns
+    Shard logs not merged yet are read too (use `merge` to fold them). Returns
     `{"items", "records", "metrics", "table", "shares", "paths"}`. A run without records
     raises `EmptyMeasurementError` and writes nothing.
     """
