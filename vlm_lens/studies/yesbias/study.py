@@ -113,6 +113,8 @@ def run_sweep(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if max_new_tokens < 1:  # before run.json is written (it would pin the folder to it)
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     config = SweepConfig(
         items=tuple(items),
         conditions=tuple(conditions),
