@@ -109,10 +109,10 @@ def test_killed_run_resumes_to_exactly_n_rows(model, full_run, tmp_path, monkeyp
         calls["n"] += 1
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(counting, "count_samples", dies_after_two)
+    monkeypatch.setattr(counting.measure, "count_samples", dies_after_two)
     with pytest.raises(KeyboardInterrupt):
         counting.run_counting(model, CONFIG, tmp_path, model_name=EVIL, progress=False)
-    monkeypatch.setattr(counting, "count_samples", real)
+    monkeypatch.setattr(counting.measure, "count_samples", real)
     log = tmp_path / counting.model_slug(EVIL) / "samples.jsonl"
     assert len(_rows(log)) == 2
     with log.open("a") as f:  # the process died while writing the third row
@@ -155,13 +155,14 @@ def test_shards_merge_to_the_unsharded_run(model, full_run, tmp_path):
     shutil.copy(model_dir / "run.json", partial)
     shutil.copy(model_dir / runlog.Shard(0, 2).filename, partial)
 
-    result = counting.merge(tmp_path)[EVIL]
+    result = counting.merge(tmp_path)[counting.model_slug(EVIL)]
     assert result["complete"] and result["rows"] == N
     merged = _rows(model_dir / "samples.jsonl")
     assert merged == _rows(full_run / counting.model_slug(EVIL) / "samples.jsonl")
-    assert counting.merge(tmp_path)[EVIL]["rows"] == N  # merging twice changes nothing
+    slug = counting.model_slug(EVIL)
+    assert counting.merge(tmp_path)[slug]["rows"] == N  # merging twice changes nothing
 
-    missing = counting.merge(tmp_path / "partial")[EVIL]
+    missing = counting.merge(tmp_path / "partial")[counting.model_slug(EVIL)]
     assert not missing["complete"] and missing["missing"] == [("baseline", 1), ("baseline", 3)]
 
 

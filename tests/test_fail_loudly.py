@@ -101,7 +101,7 @@ def test_cli_exits_nonzero_with_the_cause(study, tiny_ckpt, tmp_path, stuck_step
 def test_the_same_runs_pass_with_working_step_tracking(model, tmp_path):
     """The checks do not fire on a healthy run (the cases above differ only by the patch)."""
     rows = counting.count_samples(model, COUNT.dataset()[:1], COUNT)
-    assert rows[0]["attention"] and len(rows[0]["digit_steps"]) >= 1
+    assert rows[0].attention and len(rows[0].digit_steps) >= 1
     run_dir = tmp_path / "yes"
     items = synthetic.generate(1, seed=0)
     yb.run_sweep(
@@ -158,7 +158,7 @@ def _row(attention: list[dict], digit_steps=(0,)) -> dict:
 
 
 def _entry(value: float | None) -> dict:
-    names = counting._STEP_METRICS
+    names = counting.STEP_METRICS
     return {"digit": 0, "step": 0, "token": "12", "layer": 3, **dict.fromkeys(names, value)}
 
 

@@ -103,7 +103,7 @@ def test_loading_drops_duplicate_ids_and_says_so(tmp_path):
     rows = [{"condition": "baseline", "index": i, "text": str(i)} for i in (0, 1, 0)]
     (tmp_path / runlog.SAMPLES).write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.warns(UserWarning, match="1 duplicate records dropped"):
-        loaded = counting.load_samples(tmp_path)
+        loaded = counting.load_records(tmp_path)
     assert [(r["index"], r["text"]) for r in loaded] == [(0, "0"), (1, "1")]
 
 

@@ -201,7 +201,7 @@ def test_shards_merged_equal_the_unsharded_run(model, full_run, tmp_path):
         model, items, conditions, run_dir, model_name=EVIL, max_new_tokens=MAX_NEW, progress=False
     )
     assert not (run_dir / yb.RECORDS).exists() or not (run_dir / yb.RECORDS).read_text()
-    summary = yb.merge_records(run_dir)
+    summary = yb.merge(run_dir)["."]
     assert summary["complete"] and summary["rows"] == 8 and summary["duplicates"] == 0
 
     ids = {it.item_id for it in items}
@@ -253,7 +253,7 @@ def test_merge_tolerates_a_rerun_shard_and_reports_missing(full_run, tmp_path):
     lines = (run_dir / yb.RECORDS).read_text().splitlines(keepends=True)
     (run_dir / yb.RECORDS).write_text("".join(lines[:10]))
     (run_dir / "records.shard-0-of-2.jsonl").write_text("".join(lines[5:20]))
-    summary = yb.merge_records(run_dir)
+    summary = yb.merge(run_dir)["."]
     assert summary["rows"] == 20 and summary["duplicates"] == 5
     assert not summary["complete"] and len(summary["missing"]) == len(lines) - 20
 

@@ -272,10 +272,9 @@ _SUMMARY_COLUMNS = (
 
 def _report(out: Path, args: argparse.Namespace) -> None:
     """Write tables, figures and the report, and print the headline numbers."""
-    from vlm_lens.reports.counting import write_outputs
-    from vlm_lens.studies import counting
+    from vlm_lens.studies import counting, harness
 
-    written = write_outputs(out, png=not args.no_png)
+    written = harness.report(counting.STUDY, out, png=not args.no_png)
     rows = counting.summary_table(written["summaries"])
     cells = [[label for _, label, _ in _SUMMARY_COLUMNS]]
     for row in rows:

@@ -38,7 +38,7 @@ With no `--model`, the trained organism (`vlm_lens.zoo.organism()`) is used if i
 otherwise a tiny random-weight qwen3_vl zoo model, with a printed notice: its numbers only
 show that the pipeline runs.
 
-Every (condition, item) is appended to `<out>/<model tag>/<benchmark>/records.jsonl` as
+Every (condition, item) is appended to `<out>/<model slug>/<benchmark>/records.jsonl` as
 soon as it is done: running the same command again resumes. Sharding: `--shard K/N`
 (0-based K; `auto` reads RANK / WORLD_SIZE as torchrun and accelerate set them) takes the
 pairing units with index % N == K and writes `records.shard-K-of-N.jsonl`; `merge` folds
@@ -171,34 +171,6 @@ def load_items(name: str, path: str | None, limit: int | None, seed: int = 0) ->
     return load_benchmark(name, path, limit=limit)
 
 
-def run_dirs(out: Path) -> list[Path]:
-    """Every run folder (one holding run.json) under `out`, sorted."""
-    return sorted(p.parent for p in Path(out).rglob(options.RUN))
-
-
-def write_reports(out: Path, n_boot: int = 1000, notes: tuple[str, ...] = ()) -> list[Path]:
-    """Analyse every run under `out`; one report per model folder (all its benchmarks)."""
-    from vlm_lens.studies import yesbias
-
-    by_model: dict[Path, list[dict]] = {}
-    for run_dir in run_dirs(out):
-        result = yesbias.analyze(run_dir, n_boot=n_boot)
-        by_model.setdefault(run_dir.parent, []).append(result)
-    from vlm_lens.reports.yesbias import write_report
-
-    written = []
-    for model_dir, results in by_model.items():
-        written.append(
-            write_report(
-                model_dir / "report.html",
-                results,
-                title=f"Yes-bias study: {model_dir.name}",
-                notes=notes,
-            )
-        )
-    return written
-
-
 def _check_tag(tag: str) -> str:
     """`--tag` names one folder under `--out`."""
     if not tag.strip() or tag in (".", "..") or "/" in tag or "\\" in tag:
@@ -207,25 +179,22 @@ def _check_tag(tag: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vlm_lens.studies import yesbias
+    from vlm_lens.studies import harness, yesbias
 
     out = Path(args.out)
     if args.action in ("merge", "report"):
-        dirs = run_dirs(out)
-        if not dirs:
+        if not harness.run_dirs(out):
             print(f"nothing under {out} (no */*/run.json)")
             return 1
         complete = True
         if args.action == "merge":
-            for run_dir in dirs:
-                r = yesbias.merge_records(run_dir)
+            for name, r in yesbias.merge(out).items():
                 status = "complete" if r["complete"] else f"MISSING {len(r['missing'])} records"
                 print(
-                    f"{run_dir.relative_to(out)}: {r['rows']} records, "
-                    f"{r['duplicates']} duplicates dropped, {status}"
+                    f"{name}: {r['rows']} records, {r['duplicates']} duplicates dropped, {status}"
                 )
                 complete &= r["complete"]
-        for path in write_reports(out, args.n_boot):
+        for path in harness.report(yesbias.STUDY, out, n_boot=args.n_boot):
             print(f"report: {path}")
         return 0 if complete else 1
 
@@ -243,12 +212,10 @@ def run(args: argparse.Namespace) -> int:
     if args.model:
         ref, name, note = args.model, args.model, None
     else:
-        ref, name, note = yesbias.default_model()
-        print(note or f"no --model given: using {name}")
-    if args.tag:
-        tag = _check_tag(args.tag)
-    else:
-        tag = yesbias.model_tag(args.model) if args.model else name
+        ref, name, note = yesbias.default_model()  # prints the note of a stand-in model
+        if note is None:
+            print(f"no --model given: using {name}")
+    tag = _check_tag(args.tag) if args.tag else name
     model_depth(ref)  # its config.json is readable (no weights read yet)
     loaded = [(bench, load_items(bench, path, args.limit, args.seed)) for bench, path in benchmarks]
     model = load_model(ref, args)
@@ -256,7 +223,7 @@ def run(args: argparse.Namespace) -> int:
         if not items:
             print(f"{bench}: no items")
             continue
-        run_dir = out / tag / items[0].benchmark
+        run_dir = harness.run_dir(out, tag, items[0].benchmark)
         print(f"{bench}: {len(items)} items x {len(conditions)} conditions -> {run_dir}")
         yesbias.run_sweep(
             model,
@@ -281,6 +248,6 @@ def run(args: argparse.Namespace) -> int:
             f"shard {shard.k}/{shard.n} done; when all shards are: vlm-lens yesbias merge --out {out}"
         )
         return 0
-    for report in write_reports(out, args.n_boot):
+    for report in harness.report(yesbias.STUDY, out, n_boot=args.n_boot):
         print(f"report: {report}")
     return 0

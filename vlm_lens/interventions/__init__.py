@@ -16,6 +16,9 @@ Tensor level (no model needed): `redistribute_pattern`, `scale_pattern`, `knocko
 on `[batch, head, query, key]` patterns with `[batch, key]` segment codes.
 
 Layer specs ("Q1".."Q4", "all", "a:b", ints, lists): `resolve_layers`, `quarter`.
+
+Not for: recording attention (`vlm_lens.core.recording`) or the studies that use these
+edits (`vlm_lens.studies`).
 """
 
 from vlm_lens.interventions.hooks import (

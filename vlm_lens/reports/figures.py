@@ -162,6 +162,17 @@ def step_curves(summaries: Sequence[dict], layer: int | None = None) -> go.Figur
     return fig
 
 
+def _dot_marks(x: np.ndarray, y: np.ndarray) -> go.Scatter:
+    return go.Scatter(
+        x=x,
+        y=y,
+        mode="markers",
+        marker={"color": "red", "size": 5, "symbol": "x"},
+        showlegend=False,
+        hoverinfo="skip",
+    )
+
+
 def attention_heatmaps(row: dict, layers: Sequence[int] | None = None) -> go.Figure:
     """One sample's image attention maps, layers (rows) x digit steps (columns): Fig. 1."""
     entries = [e for e in row["attention"] if "map" in e]
@@ -193,19 +204,9 @@ def attention_heatmaps(row: dict, layers: Sequence[int] | None = None) -> go.Fig
             fig.add_trace(
                 go.Heatmap(z=z, colorscale="Viridis", showscale=False), row=i + 1, col=j + 1
             )
-            if len(centres):
-                fig.add_trace(
-                    go.Scatter(
-                        x=centres[:, 0] / width * w - 0.5,
-                        y=centres[:, 1] / height * h - 0.5,
-                        mode="markers",
-                        marker={"color": "red", "size": 5, "symbol": "x"},
-                        showlegend=False,
-                        hoverinfo="skip",
-                    ),
-                    row=i + 1,
-                    col=j + 1,
-                )
+            if len(centres):  # the dots, in grid-cell coordinates
+                xy = (centres[:, 0] / width * w - 0.5, centres[:, 1] / height * h - 0.5)
+                fig.add_trace(_dot_marks(*xy), row=i + 1, col=j + 1)
             k = i * max(len(digits), 1) + j + 1  # subplot number, row-major: axes x{k}, y{k}
             fig.update_xaxes(range=[-0.5, w - 0.5], constrain="domain", row=i + 1, col=j + 1)
             fig.update_yaxes(  # square cells, whatever size the figure is drawn at

@@ -35,6 +35,7 @@ from plotly.subplots import make_subplots
 from vlm_lens.core.segments import SEGMENT_KINDS
 from vlm_lens.metrics.yesno import to_rows
 from vlm_lens.reports.html import Report
+from vlm_lens.studies import harness
 from vlm_lens.studies.checks import EmptyMeasurementError, require_finite
 from vlm_lens.studies.yesbias import analyze
 
@@ -83,6 +84,33 @@ def _row_label(row: Mapping[str, Any]) -> str:
     return f"{row['kind']} {row['target']}"
 
 
+def _heatmap_cells(
+    labels: Sequence[str],
+    columns: Sequence[str],
+    cell: Mapping[tuple[str, str], Mapping[str, Any]],
+    metric: str,
+) -> tuple[list[list], list[list[str]], list[list[str]]]:
+    """The heatmap's values, cell texts and hover texts, row `labels` by `columns`."""
+    z, text, hover = [], [], []
+    for lab in labels:
+        zr, tr, hr = [], [], []
+        for col in columns:
+            r = cell.get((lab, col))
+            v = None if r is None else _num(r.get(metric))
+            zr.append(v)
+            tr.append("" if v is None else f"{v:+.2f}")
+            if r is None:
+                hr.append("not run")
+            else:
+                lo, hi = _num(r.get(f"{metric}_lo")), _num(r.get(f"{metric}_hi"))
+                ci = "" if lo is None or hi is None else f" [{lo:+.3f}, {hi:+.3f}]"
+                hr.append(_label(f"{r['condition']}: {v:+.3f}{ci} (n units {r['n_units']})"))
+        z.append(zr)
+        text.append(tr)
+        hover.append(hr)
+    return z, text, hover
+
+
 def quarter_heatmap(
     table: Sequence[Mapping[str, Any]],
     metric: str = "d_paired_accuracy",
@@ -103,23 +131,7 @@ def quarter_heatmap(
     columns = _layer_order([r["layers"] for r in rows])
     labels = list(dict.fromkeys(_row_label(r) for r in rows))
     cell = {(_row_label(r), r["layers"]): r for r in rows}
-    z, text, hover = [], [], []
-    for lab in labels:
-        zr, tr, hr = [], [], []
-        for col in columns:
-            r = cell.get((lab, col))
-            v = None if r is None else _num(r.get(metric))
-            zr.append(v)
-            tr.append("" if v is None else f"{v:+.2f}")
-            if r is None:
-                hr.append("not run")
-            else:
-                lo, hi = _num(r.get(f"{metric}_lo")), _num(r.get(f"{metric}_hi"))
-                ci = "" if lo is None or hi is None else f" [{lo:+.3f}, {hi:+.3f}]"
-                hr.append(_label(f"{r['condition']}: {v:+.3f}{ci} (n units {r['n_units']})"))
-        z.append(zr)
-        text.append(tr)
-        hover.append(hr)
+    z, text, hover = _heatmap_cells(labels, columns, cell, metric)
     finite = [abs(v) for zr in z for v in zr if v is not None]
     bound = max(finite) if finite and max(finite) > 0 else 1.0
     fig = go.Figure(
@@ -327,74 +339,111 @@ def write_report(
         "whose every prompt is answered right (first word yes/no; anything else is wrong)."
     )
     for result in results:
-        settings = result.get("settings", {})
-        table = result["table"]
-        metrics = result["metrics"]
-        bench = settings.get("benchmark") or (table[0]["benchmark"] if table else "?")
-        report.heading(f"{bench}")
-        if settings.get("note"):
-            report.paragraph(str(settings["note"]), note=True)
-        report.paragraph(
-            f"model: {settings.get('model')}; items: {len(result['items'])}; "
-            f"conditions: {len(metrics)}; records: {len(result['records'])}; "
-            f"max new tokens: {settings.get('max_new_tokens')}; "
-            f"system prompt: {_system_label(settings)}; "
-            f"edits: mode {settings.get('mode', 'proportional')}, "
-            f"rows {settings.get('rows', 'answer')}"
-        )
-        layout = settings.get("layout")
-        if layout:
-            report.paragraph(
-                f"first prompt: system span {layout['system']}, image spans "
-                f"{layout['images']} of {layout['prompt_len']} tokens"
-            )
-        if table:
-            report.heading("Conditions against the baseline", level=3)
-            report.table(table, _TABLE_VIEW, text_columns=("condition",))
-        heads = _headline_conditions(metrics)
-        if heads:
-            report.heading("Official metrics (baseline and the paper's arms)", level=3)
-            report.table(
-                _official_rows(metrics, heads),
-                ["metric", *heads, "baseline 95% CI"],
-                text_columns=("metric", "baseline 95% CI"),
-            )
-        if any(r["kind"] != "baseline" for r in table):
-            for metric in ("d_paired_accuracy", "d_yes_rate"):
-                report.figure(
-                    quarter_heatmap(table, metric, title=f"{bench}: {METRIC_TITLES[metric]}"),
-                    caption=f"{METRIC_TITLES[metric]} per intervention and layer selection.",
-                )
-        if any(r["kind"] == "redistribute" for r in table):
-            report.figure(
-                dose_response(table, title=f"{bench}: dose-response"),
-                caption="Δ paired accuracy against the fraction of the source's attention moved.",
-            )
-        shares = result.get("shares")
-        if shares is not None:
-            report.figure(
-                layer_shares_figure(shares, title=f"{bench}: attention share at the answer step"),
-                caption="Baseline run, mean over heads and items, first answer step.",
-            )
-        records = [r for r in result["records"] if r["condition"] == "baseline"][:n_examples]
-        if records:
-            by_id = {it.item_id: it for it in result["items"]}
-            report.heading("Example answers (baseline)", level=3)
-            report.table(
-                [
-                    {
-                        "item": r["item_id"],
-                        "prompt": by_id[r["item_id"]].prompt if r["item_id"] in by_id else "",
-                        "label": "yes" if r["label"] else "no",
-                        "generated": r["text"],
-                        "answer": r["answer"],
-                        "score": r["score"],
-                    }
-                    for r in records
-                ],
-                text_columns=("item", "prompt", "label", "generated", "answer"),
-            )
+        _benchmark_section(report, result, n_examples)
     return report.write(path)
+
+
+def _benchmark_section(report: Report, result: Mapping[str, Any], n_examples: int) -> None:
+    """One benchmark's part of the page: its run, tables, figures and example answers."""
+    settings = result.get("settings", {})
+    table = result["table"]
+    metrics = result["metrics"]
+    bench = settings.get("benchmark") or (table[0]["benchmark"] if table else "?")
+    report.heading(f"{bench}")
+    _run_paragraphs(report, result)
+    if table:
+        report.heading("Conditions against the baseline", level=3)
+        report.table(table, _TABLE_VIEW, text_columns=("condition",))
+    heads = _headline_conditions(metrics)
+    if heads:
+        report.heading("Official metrics (baseline and the paper's arms)", level=3)
+        report.table(
+            _official_rows(metrics, heads),
+            ["metric", *heads, "baseline 95% CI"],
+            text_columns=("metric", "baseline 95% CI"),
+        )
+    if any(r["kind"] != "baseline" for r in table):
+        for metric in ("d_paired_accuracy", "d_yes_rate"):
+            report.figure(
+                quarter_heatmap(table, metric, title=f"{bench}: {METRIC_TITLES[metric]}"),
+                caption=f"{METRIC_TITLES[metric]} per intervention and layer selection.",
+            )
+    if any(r["kind"] == "redistribute" for r in table):
+        report.figure(
+            dose_response(table, title=f"{bench}: dose-response"),
+            caption="Δ paired accuracy against the fraction of the source's attention moved.",
+        )
+    shares = result.get("shares")
+    if shares is not None:
+        report.figure(
+            layer_shares_figure(shares, title=f"{bench}: attention share at the answer step"),
+            caption="Baseline run, mean over heads and items, first answer step.",
+        )
+    _examples(report, result, n_examples)
+
+
+def _run_paragraphs(report: Report, result: Mapping[str, Any]) -> None:
+    """What was run: the run's note, model, sizes, edit semantics and prompt layout."""
+    settings = result.get("settings", {})
+    if settings.get("note"):
+        report.paragraph(str(settings["note"]), note=True)
+    report.paragraph(
+        f"model: {settings.get('model')}; items: {len(result['items'])}; "
+        f"conditions: {len(result['metrics'])}; records: {len(result['records'])}; "
+        f"max new tokens: {settings.get('max_new_tokens')}; "
+        f"system prompt: {_system_label(settings)}; "
+        f"edits: mode {settings.get('mode', 'proportional')}, "
+        f"rows {settings.get('rows', 'answer')}"
+    )
+    layout = settings.get("layout")
+    if layout:
+        report.paragraph(
+            f"first prompt: system span {layout['system']}, image spans "
+            f"{layout['images']} of {layout['prompt_len']} tokens"
+        )
+
+
+def _examples(report: Report, result: Mapping[str, Any], n_examples: int) -> None:
+    """The first baseline answers beside their prompts and labels."""
+    records = [r for r in result["records"] if r["condition"] == "baseline"][:n_examples]
+    if not records:
+        return
+    by_id = {it.item_id: it for it in result["items"]}
+    report.heading("Example answers (baseline)", level=3)
+    report.table(
+        [
+            {
+                "item": r["item_id"],
+                "prompt": by_id[r["item_id"]].prompt if r["item_id"] in by_id else "",
+                "label": "yes" if r["label"] else "no",
+                "generated": r["text"],
+                "answer": r["answer"],
+                "score": r["score"],
+            }
+            for r in records
+        ],
+        text_columns=("item", "prompt", "label", "generated", "answer"),
+    )
+
+
+def write_outputs(
+    out_dir: str | Path, *, n_boot: int = 1000, notes: Sequence[str] = ()
+) -> list[Path]:
+    """`analyze` every run at or below `out_dir` and write one report per model folder (all
+    its benchmarks), `<out_dir>/<model>/report.html`; returns the pages written. The
+    study's report function (`harness.report(yesbias.STUDY, out_dir)`)."""
+    by_model: dict[Path, list[dict]] = {}
+    for run_dir in harness.run_dirs(out_dir):
+        by_model.setdefault(run_dir.parent, []).append(analyze(run_dir, n_boot=n_boot))
+    return [
+        write_report(
+            model_dir / "report.html",
+            results,
+            title=f"Yes-bias study: {model_dir.name}",
+            notes=notes,
+        )
+        for model_dir, results in by_model.items()
+    ]
 
 
 def report_run(

@@ -12,10 +12,9 @@ Not for: validating user input (that raises ValueError where the input is read).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
-
-import numpy as np
 
 __all__ = ["EmptyMeasurementError", "require_decoding_steps", "require_finite"]
 
@@ -54,20 +53,22 @@ def require_decoding_steps(recording: Any, n_steps: int, what: str = "the record
 
 
 def require_finite(values: Iterable[Any] | Any, what: str, cause: str = "") -> None:
-    """Raise if `values` (numbers, None, nested lists or arrays) hold no finite number."""
-    flat = np.asarray(_floats(values), dtype=np.float64)
-    if not np.isfinite(flat).any():
-        detail = "empty" if flat.size == 0 else "all missing or NaN"
+    """Raise if `values` (numbers, None, nested lists, arrays or tensors) hold no finite number."""
+    flat = _floats(values)
+    if not any(math.isfinite(x) for x in flat):
+        detail = "empty" if not flat else "all missing or NaN"
         raise EmptyMeasurementError(f"{what}: {detail}" + (f"; {cause}" if cause else ""))
 
 
 def _floats(values: Any) -> list[float]:
+    # Plain Python on purpose: the CLI imports this module for its exception class while
+    # it parses arguments, and `vlm-lens count --help` should not wait for numpy.
     if values is None:
         return []
-    if isinstance(values, (int, float, np.number)):
-        return [float(values)]
     if hasattr(values, "detach"):  # a torch tensor
-        values = values.detach().cpu().numpy()
-    if isinstance(values, np.ndarray):
-        return values.astype(np.float64).ravel().tolist()
+        values = values.detach().cpu()
+    if hasattr(values, "tolist"):  # numpy / torch arrays and scalars -> Python numbers, lists
+        values = values.tolist()
+    if isinstance(values, (int, float)):
+        return [float(values)]
     return [x for v in values for x in _floats(v)]

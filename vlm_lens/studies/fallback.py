@@ -21,8 +21,9 @@ def default_model(
     untrained_note: str, cache_dir: str | os.PathLike | None = None, *, organism: str = "organism"
 ) -> tuple[Any, str, str | None]:
     """`(model_or_path, name, note)`: the organism with note None, or the tiny checkpoint's
-    path with `untrained_note`. `cache_dir` defaults to `$VLM_LENS_CACHE/zoo`, else
-    ~/.cache/vlm_lens/zoo; `organism` is how the printed notice names the organism."""
+    path with `untrained_note` (printed). `cache_dir` defaults to `$VLM_LENS_CACHE/zoo`,
+    else ~/.cache/vlm_lens/zoo; `organism` is how the printed notice names the organism.
+    Each study binds its own note (`functools.partial`): one function for both."""
     from vlm_lens import zoo
 
     build = getattr(zoo, "organism", None)
@@ -34,4 +35,5 @@ def default_model(
     if cache_dir is None:
         root = os.environ.get("VLM_LENS_CACHE", str(Path.home() / ".cache" / "vlm_lens"))
         cache_dir = Path(root) / "zoo"
+    print(untrained_note)
     return zoo.tiny_checkpoint("qwen3_vl", cache_dir), TINY_NAME, untrained_note

@@ -10,6 +10,9 @@ transformers 5), which every processor class of the zoo accepts and which saves/
 the ordinary ``save_pretrained`` / ``AutoTokenizer.from_pretrained`` path.
 
 The function is deliberately generic so it can be reused for a trained "organism" model.
+
+Not for: real vocabularies (`vlm_lens.zoo.real_vocab`) or anything a reported number
+depends on: it exists so tiny models can be built offline.
 """
 
 from __future__ import annotations

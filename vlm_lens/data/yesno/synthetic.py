@@ -25,6 +25,7 @@ this module does not depend on.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -114,68 +115,87 @@ def generate(
         raise ValueError("max_dots must be between 2 and 7")
     rng = np.random.default_rng(seed)
     items: list[YesNoItem] = []
-    for u in range(n_units):
-        unit = f"synthetic/{u}"
-        if u % 2 == 0:
-            q = int(rng.integers(4))
-            others = [k for k in range(4) if k != q]
-            n_other = int(rng.integers(0, max_dots))  # dots outside quarter q
-            outside = [int(k) for k in rng.permutation(others * 2)[:n_other]]
-            with_dot = _place(rng, [q, *outside], radius)
-            without_dot = _place(rng, outside, radius)
-            question = quadrant_question(q)
-            pair = [(with_dot, True), (without_dot, False)]
-            order = rng.permutation(2)
-            for image_index, k in enumerate(order):
-                dots, label = pair[int(k)]
-                items.append(
-                    YesNoItem(
-                        benchmark="synthetic",
-                        item_id=f"{unit}/i{image_index}",
-                        unit_id=unit,
-                        images=[DotImage(dots, size, radius)],
-                        question=question,
-                        prompt=make_prompt(question),
-                        label=label,
-                        meta={
-                            "unit_type": "quadrant",
-                            "image_index": image_index,
-                            "question_index": 0,
-                            "quadrant": QUADRANTS[q],
-                            "n_dots": len(dots),
-                            "dots": dots,
-                        },
-                    )
-                )
-        else:
-            n = int(rng.integers(1, max_dots + 1))
-            wrong = [m for m in range(max(1, n - 2), n + 3) if m != n]
-            m = wrong[int(rng.integers(len(wrong)))]
-            quads = [int(k) for k in rng.permutation(list(range(4)) * 2)[:n]]
-            dots = _place(rng, quads, radius)
-            image = DotImage(dots, size, radius)
-            pair = [(n, True), (m, False)]
-            order = rng.permutation(2)
-            for question_index, k in enumerate(order):
-                asked, label = pair[int(k)]
-                question = count_question(asked)
-                items.append(
-                    YesNoItem(
-                        benchmark="synthetic",
-                        item_id=f"{unit}/q{question_index}",
-                        unit_id=unit,
-                        images=[image],
-                        question=question,
-                        prompt=make_prompt(question),
-                        label=label,
-                        meta={
-                            "unit_type": "count",
-                            "image_index": 0,
-                            "question_index": question_index,
-                            "n_dots": n,
-                            "asked": asked,
-                            "dots": dots,
-                        },
-                    )
-                )
+    for u in range(n_units):  # one generator, drawn from in unit order: a pure function
+        make = _quadrant_unit if u % 2 == 0 else _count_unit
+        items += make(rng, f"synthetic/{u}", size, radius, max_dots)
+    return items
+
+
+def _item(
+    unit: str, item_id: str, image: DotImage, question: str, label: bool, **meta: Any
+) -> YesNoItem:
+    return YesNoItem(
+        benchmark="synthetic",
+        item_id=f"{unit}/{item_id}",
+        unit_id=unit,
+        images=[image],
+        question=question,
+        prompt=make_prompt(question),
+        label=label,
+        meta=meta,
+    )
+
+
+def _quadrant_unit(
+    rng: np.random.Generator, unit: str, size: int, radius: float, max_dots: int
+) -> list[YesNoItem]:
+    """Two images, one with a dot in quarter q and one without, asked about quarter q."""
+    q = int(rng.integers(4))
+    others = [k for k in range(4) if k != q]
+    n_other = int(rng.integers(0, max_dots))  # dots outside quarter q
+    outside = [int(k) for k in rng.permutation(others * 2)[:n_other]]
+    with_dot = _place(rng, [q, *outside], radius)
+    without_dot = _place(rng, outside, radius)
+    question = quadrant_question(q)
+    pair = [(with_dot, True), (without_dot, False)]
+    items = []
+    for image_index, k in enumerate(rng.permutation(2)):
+        dots, label = pair[int(k)]
+        items.append(
+            _item(
+                unit,
+                f"i{image_index}",
+                DotImage(dots, size, radius),
+                question,
+                label,
+                unit_type="quadrant",
+                image_index=image_index,
+                question_index=0,
+                quadrant=QUADRANTS[q],
+                n_dots=len(dots),
+                dots=dots,
+            )
+        )
+    return items
+
+
+def _count_unit(
+    rng: np.random.Generator, unit: str, size: int, radius: float, max_dots: int
+) -> list[YesNoItem]:
+    """One image of n dots, asked whether it holds n and whether it holds a wrong m."""
+    n = int(rng.integers(1, max_dots + 1))
+    wrong = [m for m in range(max(1, n - 2), n + 3) if m != n]
+    m = wrong[int(rng.integers(len(wrong)))]
+    quads = [int(k) for k in rng.permutation(list(range(4)) * 2)[:n]]
+    dots = _place(rng, quads, radius)
+    image = DotImage(dots, size, radius)
+    pair = [(n, True), (m, False)]
+    items = []
+    for question_index, k in enumerate(rng.permutation(2)):
+        asked, label = pair[int(k)]
+        items.append(
+            _item(
+                unit,
+                f"q{question_index}",
+                image,
+                count_question(asked),
+                label,
+                unit_type="count",
+                image_index=0,
+                question_index=question_index,
+                n_dots=n,
+                asked=asked,
+                dots=dots,
+            )
+        )
     return items
