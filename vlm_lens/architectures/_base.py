@@ -23,11 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vlm_lens.core.segments import ImageLayout, one_tile
+
 if TYPE_CHECKING:
     import torch
 
 #: (config, processor output, number of images) -> the (rows, columns) grid of each image.
 GridFn = Callable[[Any, dict, int], list[tuple[int, int]]]
+#: (config, processor output, number of images) -> each image's tiles and markers in token order.
+LayoutFn = Callable[[Any, dict, int], list[ImageLayout]]
 
 
 def no_deepstack(config: Any) -> int:
@@ -39,8 +43,12 @@ class Adapter:
     arch: str
     model_class: str
     """transformers class that holds the whole VLM (vision tower, projector, language model, head)."""
-    grids: GridFn
-    """How each image's visual tokens form a (rows, columns) grid."""
+    grids: GridFn | None = None
+    """How each image's visual tokens form a (rows, columns) grid (an untiled image: one
+    tile covering the whole image)."""
+    layout: LayoutFn | None = None
+    """Instead of `grids`, for tiling families: each image's tiles (grid, box in the image,
+    marker tokens after each row) and the marker tokens between them, in token order."""
     language_model: str = "model.language_model"
     layers: str = "layers"
     attention: str = "self_attn"
@@ -77,6 +85,20 @@ class Adapter:
     deepstack: Callable[[Any], int] = no_deepstack
     """How many of the first layers the language model adds visual features after (outside
     the layers, so neither attention nor MLP output: `hook_deepstack`)."""
+
+    def __post_init__(self) -> None:
+        if (self.grids is None) == (self.layout is None):
+            raise ValueError(f"{self.arch}: give the adapter either grids or layout")
+
+    def image_layouts(self, config: Any, processor_out: dict, n_images: int) -> list[ImageLayout]:
+        """Each image's layout (see `vlm_lens.core.segments.ImageLayout`)."""
+        if self.layout is not None:
+            layouts = self.layout(config, processor_out, n_images)
+        else:
+            layouts = [one_tile(g) for g in self.grids(config, processor_out, n_images)]
+        if len(layouts) != n_images:
+            raise ValueError(f"{self.arch}: {n_images} images but {len(layouts)} layouts")
+        return layouts
 
     @property
     def sandwich_norms(self) -> bool:
