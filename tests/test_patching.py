@@ -455,7 +455,9 @@ def test_patched_batches_encode_the_image_once(tiny_ckpt, pairs, arch):
         pixels = args[0] if args else kwargs["pixel_values"]
         seen.append(pixels.shape[0])
 
-    single = pair.corrupted["pixel_values"].shape[0]
+    pixels = pair.corrupted["pixel_values"]
+    # [images, crops, 3, H, W] (any-resolution: the tower sees every crop) or [images, ...]
+    single = pixels.flatten(0, 1).shape[0] if pixels.dim() == 5 else pixels.shape[0]
     handle = tower.register_forward_hook(record, with_kwargs=True)
     try:
         res = patch_sweep(m, pair.clean, pair.corrupted, "z", answer=pair.first_step, batch_size=5)
