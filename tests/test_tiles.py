@@ -154,3 +154,28 @@ def test_markers_move_only_where_named():
     # Named as the source, the marker's weight goes to the image (in proportion: 0.15 each).
     out = redistribute_pattern(pattern, kinds, source="marker", recipients="image", fraction=1.0)
     torch.testing.assert_close(out[0, 0, 0], torch.tensor([0.1, 0.35, 0.0, 0.35, 0.2]))
+
+
+def test_count_runs_end_to_end_on_a_tiled_family_with_maps_in_the_image_frame(tiny_ckpt, tmp_path):
+    """`vlm-lens count --model <tiny LLaVA-OneVision> --n 2`: 1024 x 1024 dots images on 3 x 3
+    crops of 4 x 4 tokens give a 12 x 12 frame (the 4 x 4 thumbnail left out), and the halo
+    metrics are taken on it."""
+    import json
+
+    from vlm_lens.cli import main
+
+    ckpt = tiny_ckpt("llava_onevision")
+    out = tmp_path / "run"
+    assert (
+        main(["count", "--model", str(ckpt), "--n", "2", "--digits-only", "--out", str(out)]) == 0
+    )
+    (samples,) = out.rglob("samples.jsonl")
+    rows = [json.loads(line) for line in samples.read_text().splitlines()]
+    assert len(rows) == 2
+    for row in rows:
+        assert row["grid"] == [12, 12]
+        for entry in row["attention"]:
+            shares = entry["centre"] + entry["hull_band"] + entry["background"]
+            assert shares == pytest.approx(1.0)
+            assert 0 < entry["image_mass"] < 1
+    assert len(rows[0]["attention"][0]["map"]) == 144
