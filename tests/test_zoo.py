@@ -49,14 +49,15 @@ def image_token_id(config) -> int:
     return config.image_token_id  # Gemma3/LLaVA map it to image_token_index
 
 
-def expected_image_tokens(arch: str, config, inputs) -> int:
+def expected_image_tokens(arch: str, config, inputs, processor=None) -> int:
     """How many image placeholder tokens the model will look for, from config + processor."""
     if arch in QWEN:
         merge = config.vision_config.spatial_merge_size
         return int(inputs["image_grid_thw"].prod(-1).sum()) // merge**2
     n_images = inputs["pixel_values"].shape[0]  # [images, 3, H, W]
     if arch == "llava_onevision":  # the adapter's layout: tiles and image-newlines
-        layouts = get(arch).adapter.image_layouts(config, inputs, n_images)
+        sizes = [tuple(hw) for hw in inputs["image_sizes"].tolist()]
+        layouts = get(arch).adapter.image_layouts(config, processor, inputs, sizes)
         return sum(p if isinstance(p, int) else p.length for lay in layouts for p in lay)
     if arch == "gemma3":
         return n_images * config.mm_tokens_per_image
@@ -227,7 +228,7 @@ def test_image_tokens_match_and_forward_runs(loaded):
     inputs = encode(processor, user_turn("<img>", "How many dots? Answer: "), [noise_image(0)])
     ids = inputs["input_ids"]
     n_image = int((ids == image_token_id(model.config)).sum())
-    assert n_image == expected_image_tokens(arch, model.config, inputs)
+    assert n_image == expected_image_tokens(arch, model.config, inputs, processor)
     # LLaVA-OneVision: a 4 x 4 thumbnail, then 2 x 2 crops of 4 x 4 with 8 image-newlines.
     assert n_image == {"gemma3": 4, "llava_onevision": 16 + 8 * 9}.get(arch, 16)
     if arch in QWEN:
@@ -265,7 +266,7 @@ def test_two_images_in_one_prompt(loaded):
     messages = user_turn("<img>", "Left? ", "<img>", "Right? ")
     inputs = encode(processor, messages, [noise_image(0), noise_image(1, 64, 96)])
     n_image = int((inputs["input_ids"] == image_token_id(model.config)).sum())
-    assert n_image == expected_image_tokens(arch, model.config, inputs)
+    assert n_image == expected_image_tokens(arch, model.config, inputs, processor)
     if arch in QWEN:
         assert inputs["image_grid_thw"].tolist() == [[1, 8, 8], [1, 8, 10]]
         assert n_image == 16 + 20

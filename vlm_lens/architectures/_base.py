@@ -30,8 +30,11 @@ if TYPE_CHECKING:
 
 #: (config, processor output, number of images) -> the (rows, columns) grid of each image.
 GridFn = Callable[[Any, dict, int], list[tuple[int, int]]]
-#: (config, processor output, number of images) -> each image's tiles and markers in token order.
-LayoutFn = Callable[[Any, dict, int], list[ImageLayout]]
+#: (config, processor, processor output, each image's original (height, width)) -> each
+#: image's tiles and markers in token order. Tiling processors drop what their layout needs
+#: (InternVL the tile count, Idefics3 the rows and columns); the original sizes and the
+#: processor's settings recover it.
+LayoutFn = Callable[[Any, Any, dict, list[tuple[int, int]]], list[ImageLayout]]
 
 
 def no_deepstack(config: Any) -> int:
@@ -90,10 +93,14 @@ class Adapter:
         if (self.grids is None) == (self.layout is None):
             raise ValueError(f"{self.arch}: give the adapter either grids or layout")
 
-    def image_layouts(self, config: Any, processor_out: dict, n_images: int) -> list[ImageLayout]:
-        """Each image's layout (see `vlm_lens.core.segments.ImageLayout`)."""
+    def image_layouts(
+        self, config: Any, processor: Any, processor_out: dict, sizes: list[tuple[int, int]]
+    ) -> list[ImageLayout]:
+        """Each image's layout (see `vlm_lens.core.segments.ImageLayout`), from the images'
+        original (height, width) `sizes` and the processor and its outputs."""
+        n_images = len(sizes)
         if self.layout is not None:
-            layouts = self.layout(config, processor_out, n_images)
+            layouts = self.layout(config, processor, processor_out, sizes)
         else:
             layouts = [one_tile(g) for g in self.grids(config, processor_out, n_images)]
         if len(layouts) != n_images:

@@ -67,19 +67,20 @@ def _detail_grid(config: Any, size: tuple[int, int]) -> tuple[int, int]:
     return rows, cols
 
 
-def _layout(config: Any, processor_out: dict, n_images: int) -> list[ImageLayout]:
+def _layout(
+    config: Any, processor: Any, processor_out: dict, sizes: list[tuple[int, int]]
+) -> list[ImageLayout]:
     vision = config.vision_config
     side = vision.image_size // vision.patch_size
-    sizes = processor_out["image_sizes"].tolist()
     per_prompt = processor_out.get("batch_num_images")
     if per_prompt is None:  # the model then tiles every image
-        alone = [True] * n_images
+        alone = [True] * len(sizes)
     else:
         alone = [int(n) == 1 for n in per_prompt.tolist() for _ in range(int(n))]
     layouts: list[ImageLayout] = []
     for size, single in zip(sizes, alone, strict=True):
         if single:
-            grid = _detail_grid(config, (int(size[0]), int(size[1])))
+            grid = _detail_grid(config, size)
             layouts.append(
                 (TileLayout((side, side), thumbnail=True), TileLayout(grid, row_markers=1))
             )

@@ -378,7 +378,8 @@ def prepare_inputs(
 
     tensors = {k: v for k, v in out.items() if isinstance(v, Tensor)}
     ids, attn = tensors["input_ids"], tensors["attention_mask"]
-    all_layouts = adapter.image_layouts(config, tensors, len(flat_images)) if flat_images else []
+    sizes = [(im.height, im.width) for im in flat_images]
+    all_layouts = adapter.image_layouts(config, processor, tensors, sizes) if flat_images else []
     image_token_id = adapter.image_token_id(config)
 
     samples, kinds, index = [], [], []
