@@ -28,11 +28,12 @@ from vlm_lens.architectures._base import Adapter, Architecture, RealVocab, TinyR
 from vlm_lens.architectures._qwen import PACKAGE as QWEN_PACKAGE
 from vlm_lens.architectures._recipe import (
     REAL_VOCAB_TINY_TEXT,
-    TINY_TEXT,
+    TINY_SIGLIP,
     check_tokens,
     derive_text,
     merge_overrides,
     text_token_ids,
+    tiny_text,
 )
 from vlm_lens.core.segments import ImageLayout, TileLayout
 
@@ -135,22 +136,8 @@ def _config(tok, overrides: Mapping):
     from transformers import LlavaOnevisionConfig
 
     cfg = {
-        "text_config": {
-            "model_type": "qwen2",
-            **TINY_TEXT,
-            "rms_norm_eps": 1e-6,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
-        },
-        "vision_config": {
-            "model_type": "siglip_vision_model",
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "image_size": 32,
-            "patch_size": 8,
-            "vision_use_head": False,
-        },
+        "text_config": tiny_text("qwen2", 1e-6),
+        "vision_config": dict(TINY_SIGLIP),
         "vision_feature_select_strategy": "full",
         "vision_feature_layer": -1,
         "vision_aspect_ratio": "anyres_max_9",
