@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from vlm_lens.adapters import TileLayout, one_tile
 from vlm_lens.core.image_frame import frame_grid, tile_maps, to_image_frame
 from vlm_lens.core.prepare import _row_segments
 from vlm_lens.core.segments import (
@@ -24,8 +25,6 @@ from vlm_lens.core.segments import (
     Segments,
     Span,
     Tile,
-    TileLayout,
-    one_tile,
 )
 from vlm_lens.interventions.patterns import redistribute_pattern
 
@@ -179,3 +178,11 @@ def test_count_runs_end_to_end_on_a_tiled_family_with_maps_in_the_image_frame(ti
             assert shares == pytest.approx(1.0)
             assert 0 < entry["image_mass"] < 1
     assert len(rows[0]["attention"][0]["map"]) == 144
+
+
+def test_one_tile_with_a_marker_has_no_single_grid():
+    # LLaVA-OneVision's image in a multi-image prompt: its thumbnail, then one image-newline.
+    sample, kinds, _ = _place([T, IMG, IMG, IMG, IMG, IMG, T], [(TileLayout((2, 2)), 1)])
+    (image,) = sample.images
+    assert (image.start, image.end, image.grid, image.n_tokens) == (1, 6, (0, 0), 4)
+    assert image.markers == (Span(5, 6),) and kinds[5].item() == KIND_MARKER

@@ -23,10 +23,39 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vlm_lens.core.segments import ImageLayout, one_tile
-
 if TYPE_CHECKING:
     import torch
+
+Box = tuple[float, float, float, float]
+"""(top, left, bottom, right) as fractions of the original image's height and width."""
+WHOLE: Box = (0.0, 0.0, 1.0, 1.0)
+
+
+@dataclass(frozen=True)
+class TileLayout:
+    """How a tile appears in the token sequence, before its position is known (what an
+    adapter's `layout` gives; `vlm_lens.core.prepare` places it)."""
+
+    grid: tuple[int, int]
+    box: Box = WHOLE
+    row_markers: int = 0
+    thumbnail: bool = False
+
+    @property
+    def length(self) -> int:
+        h, w = self.grid
+        return h * (w + self.row_markers)
+
+
+ImageLayout = tuple["TileLayout | int", ...]
+"""One image's tokens in order: tiles, and counts of marker tokens between them (a leading
+count is markers before the first tile, e.g. a tile label)."""
+
+
+def one_tile(grid: tuple[int, int]) -> ImageLayout:
+    """The layout of an untiled image: one tile covering the whole image."""
+    return (TileLayout(grid),)
+
 
 #: (config, processor output, number of images) -> the (rows, columns) grid of each image.
 GridFn = Callable[[Any, dict, int], list[tuple[int, int]]]
@@ -96,7 +125,7 @@ class Adapter:
     def image_layouts(
         self, config: Any, processor: Any, processor_out: dict, sizes: list[tuple[int, int]]
     ) -> list[ImageLayout]:
-        """Each image's layout (see `vlm_lens.core.segments.ImageLayout`), from the images'
+        """Each image's layout (see `ImageLayout`), from the images'
         original (height, width) `sizes` and the processor and its outputs."""
         n_images = len(sizes)
         if self.layout is not None:

@@ -24,7 +24,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from vlm_lens.architectures._base import Adapter, Architecture, RealVocab, TinyRecipe
+from vlm_lens.architectures._base import (
+    Adapter,
+    Architecture,
+    ImageLayout,
+    RealVocab,
+    TileLayout,
+    TinyRecipe,
+)
 from vlm_lens.architectures._qwen import PACKAGE as QWEN_PACKAGE
 from vlm_lens.architectures._recipe import (
     REAL_VOCAB_TINY_TEXT,
@@ -35,7 +42,6 @@ from vlm_lens.architectures._recipe import (
     text_token_ids,
     tiny_text,
 )
-from vlm_lens.core.segments import ImageLayout, TileLayout
 
 
 def _best_resolution(size: tuple[int, int], pinpoints: list) -> tuple[int, int]:

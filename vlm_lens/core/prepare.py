@@ -34,14 +34,13 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from vlm_lens.adapters import Adapter
+from vlm_lens.adapters import Adapter, ImageLayout
 from vlm_lens.core.segments import (
     KIND_IMAGE,
     KIND_MARKER,
     KIND_PAD,
     KIND_SYSTEM,
     KIND_TEXT,
-    ImageLayout,
     ImageSpan,
     SampleSegments,
     Segments,
@@ -226,7 +225,9 @@ def _place_image(
                 markers.append(Span(cursor, cursor + piece))
             cursor += piece
             continue
-        tile = piece.at(cursor)
+        tile = Tile(
+            cursor, cursor + piece.length, piece.grid, piece.box, piece.row_markers, piece.thumbnail
+        )
         cursor = tile.end
         if tile.end > ids.shape[0]:
             raise ValueError(f"row {row}: image {i}'s tiles run past the end of the prompt")
@@ -236,7 +237,7 @@ def _place_image(
             raise ValueError(f"row {row}: the {what} of image {i} are not contiguous")
         tiles.append(tile)
         markers += [Span(p, p + 1) for p in tile.marker_positions()]
-    grid = tiles[0].grid if len(tiles) == 1 else (0, 0)
+    grid = tiles[0].grid if len(tiles) == 1 and not markers else (0, 0)
     return ImageSpan(start, cursor, grid, tuple(tiles), tuple(_merge(markers)))
 
 

@@ -28,6 +28,8 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
+from vlm_lens.adapters import WHOLE, Box
+
 KIND_PAD = -1
 KIND_SYSTEM = 0
 KIND_IMAGE = 1
@@ -66,11 +68,6 @@ class Span:
         return slice(self.start, self.end)
 
 
-Box = tuple[float, float, float, float]
-"""(top, left, bottom, right) as fractions of the original image's height and width."""
-WHOLE: Box = (0.0, 0.0, 1.0, 1.0)
-
-
 @dataclass(frozen=True)
 class Tile(Span):
     """One tile of an image: `grid` (h, w) visual tokens in row-major order inside `[start, end)`.
@@ -103,43 +100,12 @@ class Tile(Span):
 
 
 @dataclass(frozen=True)
-class TileLayout:
-    """How a tile appears in the token sequence, before its position is known (what an
-    adapter's `layout` gives; `vlm_lens.core.prepare` places it)."""
-
-    grid: tuple[int, int]
-    box: Box = WHOLE
-    row_markers: int = 0
-    thumbnail: bool = False
-
-    @property
-    def length(self) -> int:
-        h, w = self.grid
-        return h * (w + self.row_markers)
-
-    def at(self, start: int) -> Tile:
-        return Tile(
-            start, start + self.length, self.grid, self.box, self.row_markers, self.thumbnail
-        )
-
-
-ImageLayout = tuple["TileLayout | int", ...]
-"""One image's tokens in order: tiles, and counts of marker tokens between them (a leading
-count is markers before the first tile, e.g. a tile label)."""
-
-
-def one_tile(grid: tuple[int, int]) -> ImageLayout:
-    """The layout of an untiled image: one tile covering the whole image."""
-    return (TileLayout(grid),)
-
-
-@dataclass(frozen=True)
 class ImageSpan(Span):
     """The tokens of one image: its tiles, and the marker spans between them.
 
     `[start, end)` runs from the image's first to its last tile or marker token. An image of
-    one tile and no markers (every non-tiling family) has that tile's span and grid; an image
-    of several tiles has no single grid (`grid == (0, 0)`): read `tiles`.
+    one tile and no markers (every non-tiling family) has that tile's span and grid; any other
+    image has no single grid (`grid == (0, 0)`): read `tiles`.
     """
 
     grid: tuple[int, int] = (0, 0)
