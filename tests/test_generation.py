@@ -15,6 +15,7 @@ from PIL import Image
 from vlm_lens import HookedVLM
 from vlm_lens.architectures import newest_per_family
 from vlm_lens.core.generation import AttentionRecord, generation_config
+from vlm_lens.core.image_frame import frame_grid, to_image_frame
 from vlm_lens.core.segments import KIND_NAMES, SEGMENT_KINDS
 from vlm_lens.zoo import ARCHITECTURES
 
@@ -172,8 +173,9 @@ def test_recording_equals_hf_output_attentions(hooked, eager, arch):
             assert full.shape == ref.shape
             torch.testing.assert_close(full, ref, atol=1e-5, rtol=0)
             torch.testing.assert_close(image, ref[:, image_pos], atol=1e-5, rtol=0)
+            # SEGMENT_KINDS, and "marker" where a tiled image has marker tokens
             ref_shares = torch.stack(
-                [ref[:, kinds == KIND_NAMES[k]].sum(-1) for k in SEGMENT_KINDS], dim=-1
+                [ref[:, kinds == KIND_NAMES[k]].sum(-1) for k in seg.share_kinds], dim=-1
             )
             torch.testing.assert_close(shares, ref_shares, atol=1e-5, rtol=0)
     # system prompt given: every kind gets some attention somewhere, and shares sum to 1
@@ -270,6 +272,9 @@ def split_device_map(model: HookedVLM) -> dict[str, str | torch.device]:
             path = f"{parent}.{name}" if parent else name
             if path != ".".join(parts[: depth + 1]):
                 device_map[path] = cpu
+        # parameters held directly by an ancestor (LLaVA-OneVision's image_newline)
+        for name, _ in model.hf_model.get_submodule(parent).named_parameters(recurse=False):
+            device_map[f"{parent}.{name}" if parent else name] = cpu
     for name, _ in model.hf_model.get_submodule(lm_path).named_children():
         if name == model.adapter.layers:
             for i in range(model.cfg.n_layers):
@@ -326,20 +331,26 @@ def test_trace_generation_grids_shares_and_tokens(hooked, arch):
     flat = out.recording.stacked("image")[:, 0, :, :, 0]  # [step, layer, head, image tokens]
     start = 0
     for grid_map, span in zip(trace.images, spans):
+        block = flat[..., start : start + span.n_tokens]
+        start += span.n_tokens
+        if span.grid == (0, 0):  # tiles stitched into the image's frame (tests/test_tiles.py)
+            assert grid_map.shape == (N_NEW, 2, model.cfg.n_heads, *frame_grid(span))
+            torch.testing.assert_close(grid_map, to_image_frame(block, span))
+            continue
         h, w = span.grid
         assert grid_map.shape == (N_NEW, 2, model.cfg.n_heads, h, w)
         # row-major: grid cell (i, j) is image token i * w + j of that image
-        block = flat[..., start : start + h * w]
         torch.testing.assert_close(grid_map[..., 1, 0], block[..., w])
         torch.testing.assert_close(grid_map.flatten(-2), block)
-        start += h * w
 
-    assert trace.shares.shape == (N_NEW, 2, model.cfg.n_heads, 4)
+    kinds = inputs.segments.share_kinds
+    assert trace.share_kinds == kinds and kinds[:4] == SEGMENT_KINDS
+    assert trace.shares.shape == (N_NEW, 2, model.cfg.n_heads, len(kinds))
     torch.testing.assert_close(trace.shares.sum(-1), torch.ones(N_NEW, 2, model.cfg.n_heads))
-    image_mass = sum(m.sum((-1, -2)) for m in trace.images)
+    image_mass = flat.sum(-1)
     torch.testing.assert_close(trace.share("image"), image_mass, atol=1e-5, rtol=0)
     assert (trace.share("generated")[0] == 0).all() and (trace.share("generated")[1:] > 0).all()
-    assert trace.image_map(1, -1).shape == spans[0].grid
+    assert trace.image_map(1, -1).shape == frame_grid(spans[0])
     top = trace.top_tokens(0, k=3)
     assert len(top) == 3 and top[0][1] == pytest.approx(float(trace.probs[0].max()))
 

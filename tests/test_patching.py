@@ -465,7 +465,9 @@ def test_patched_batches_encode_the_image_once(tiny_ckpt, pairs, arch, resume):
     def record_input(module, args, kwargs):
         given.append(kwargs["pixel_values"].shape[0])
 
-    single = pair.corrupted["pixel_values"].shape[0]
+    pixels = pair.corrupted["pixel_values"]
+    # [images, crops, 3, H, W] (any-resolution: the tower sees every crop) or [images, ...]
+    single = pixels.flatten(0, 1).shape[0] if pixels.dim() == 5 else pixels.shape[0]
     handles = [
         tower.register_forward_hook(record, with_kwargs=True),
         m.hf_model.register_forward_pre_hook(record_input, with_kwargs=True),
@@ -483,7 +485,7 @@ def test_patched_batches_encode_the_image_once(tiny_ckpt, pairs, arch, resume):
     else:
         assert res.n_forward_passes == 1 + math.ceil((res.n_cells + 1) / 5) == len(seen)
     assert seen == [single] * len(seen)
-    assert given == [single] * len(seen)  # the pixels are never repeated per row
+    assert given == [pixels.shape[0]] * len(seen)  # the pixels are never repeated per row
 
 
 # ----------------------------------------------------------------------------- resuming

@@ -1,7 +1,8 @@
 """Real vocabularies, chat templates and processor settings: `prepare` sees what users see.
 
 The checkpoints are tiny (random weights, two layers) but tokenize, render prompts and count
-image tokens like Qwen3-VL, Qwen2.5-VL, Qwen2-VL, gemma-3-it and llava-1.5-7b-hf
+image tokens like Qwen3-VL, Qwen2.5-VL, Qwen2-VL, gemma-3-it, llava-1.5-7b-hf and
+llava-onevision-qwen2-*-hf
 (`vlm_lens.zoo.real_vocab`). Each test compares `from_pretrained` + `prepare` (+ `generate`)
 with the Hugging Face processor called the way a user calls it, or with facts of the real
 vocabularies stated here (token ids, image-token grids).
@@ -18,7 +19,7 @@ from PIL import Image
 
 from vlm_lens import HookedVLM
 from vlm_lens.core.prepare import _system_length
-from vlm_lens.core.segments import KIND_IMAGE, KIND_PAD, KIND_SYSTEM, KIND_TEXT
+from vlm_lens.core.segments import KIND_IMAGE, KIND_MARKER, KIND_PAD, KIND_SYSTEM, KIND_TEXT
 from vlm_lens.zoo import ARCHITECTURES, tiny_checkpoint
 from vlm_lens.zoo.real_vocab import (
     PACKAGES,
@@ -63,6 +64,9 @@ def header(arch: str, system: str | None) -> str:
         return f"<|im_start|>system\n{system or 'You are a helpful assistant.'}<|im_end|>\n<|im_start|>user\n"
     if arch == "gemma3":  # the system text opens the first user turn
         return "<bos><start_of_turn>user\n" + (f"{system}\n\n" if system else "")
+    if arch == "llava_onevision":  # "role " then images, then "\n" + each text
+        turn = f"<|im_start|>system \n{system}<|im_end|>" if system else ""
+        return turn + "<|im_start|>user "
     return (f"{system} " if system else "") + "USER: "  # llava-1.5: no role name for system
 
 
@@ -128,6 +132,14 @@ KNOWN_IDS = {
     "gemma3": {"<start_of_image>": [255999], "<image_soft_token>": [262144], "\n\n\n": [109]},
     # llava-1.5-7b-hf: "USER:" is ▁US ER :, the two added tokens follow LLaMA's 32,000.
     "llava": {"USER:": [3148, 1001, 29901], "<image>": [32000], "<pad>": [32001]},
+    # llava-onevision-qwen2-*-hf: Qwen2's specials, then <image> and <video>.
+    "llava_onevision": {
+        "<|endoftext|>": [151643],
+        "<|im_start|>": [151644],
+        "<|im_end|>": [151645],
+        "<image>": [151646],
+        "<video>": [151647],
+    },
 }
 KNOWN_IDS["qwen2_5_vl"] = KNOWN_IDS["qwen2_vl"] = KNOWN_IDS["qwen3_vl"]
 
@@ -166,14 +178,39 @@ def test_text_and_inputs_equal_the_real_processor(hooked, arch, case):
         assert torch.equal(inputs[name], out[name]), name
 
 
-def expected_kinds(tokenizer, ids, attention, text: str, head: str, image_id: int):
+def onevision_detail_grid(processor, height: int, width: int) -> tuple[int, int]:
+    """(rows, columns) of a LLaVA-OneVision image's detail grid, by the HF processor's own
+    token count (rows = its image-newline count)."""
+    from transformers.image_processing_utils import select_best_resolution
+
+    crop = processor.image_processor.size["height"]
+    best_h, best_w = select_best_resolution(
+        (height, width), processor.image_processor.image_grid_pinpoints
+    )
+    side = int(processor.num_image_tokens**0.5)
+    cells, rows = processor._get_unpadded_features(
+        height, width, side, side, best_h // crop, best_w // crop
+    )
+    return rows, cells // rows
+
+
+def expected_kinds(
+    tokenizer, ids, attention, text: str, head: str, image_id: int, detail=None, thumbnail=0
+):
     """Kinds derived from the ids alone: padding where masked, image where the image token is,
-    system for the leading tokens whose text lies wholly in the header, text elsewhere."""
+    system for the leading tokens whose text lies wholly in the header, text elsewhere. With
+    `detail` = (rows, columns) (LLaVA-OneVision, one image), the image tokens are `thumbnail`
+    of them, then the rows of the detail grid, each followed by an image-newline: a marker."""
     assert text.startswith(head), (text, head)
     kinds = torch.full_like(ids, KIND_TEXT)
     n_pad = int((attention == 0).sum())
     kinds[:n_pad] = KIND_PAD
     kinds[ids == image_id] = KIND_IMAGE
+    if detail is not None:
+        rows, cols = detail
+        image = (ids == image_id).nonzero().flatten()
+        assert len(image) == thumbnail + rows * (cols + 1)
+        kinds[image[thumbnail + cols :: cols + 1]] = KIND_MARKER
     start = n_pad
     bos = tokenizer.bos_token
     if bos and not text.startswith(bos) and int(ids[n_pad]) == tokenizer.bos_token_id:
@@ -183,6 +220,15 @@ def expected_kinds(tokenizer, ids, attention, text: str, head: str, image_id: in
         end += 1
     kinds[n_pad:end] = KIND_SYSTEM
     return kinds
+
+
+def layout_of(model, width: int, height: int) -> dict:
+    """`expected_kinds`'s layout arguments for one image of this size."""
+    if model.adapter.arch != "llava_onevision":
+        return {}
+    processor = model.processor
+    detail = onevision_detail_grid(processor, height, width)
+    return {"detail": detail, "thumbnail": processor.num_image_tokens}
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -198,6 +244,7 @@ def test_segment_kinds_follow_from_the_ids(hooked, arch, case):
         inputs.texts[0],
         header(arch, c.system),
         image_id,
+        **layout_of(model, 448, 448),
     )
     assert torch.equal(inputs.segments.kinds[0], want)
     seg = inputs.segments.samples[0]
@@ -249,6 +296,13 @@ REAL_PROCESSOR = {
     "qwen2_vl": {"patch_size": 14, "merge_size": 2, "size": (3_136, 12_845_056)},
     "gemma3": {"size": (896, 896), "image_seq_length": 256},
     "llava": {"size": (336, 336), "patch_size": 14, "num_additional_image_tokens": 1},
+    # SigLIP-so400m/14 at 384 (27 x 27 thumbnail), crops on 1..6 x 1..6 pinpoints of 384.
+    "llava_onevision": {
+        "size": (384, 384),
+        "num_image_tokens": 729,
+        "vision_aspect_ratio": "anyres_max_9",
+        "pinpoints": [[384 * a, 384 * b] for a in range(1, 7) for b in range(1, 7)],
+    },
 }
 
 
@@ -263,6 +317,11 @@ def test_processor_settings_are_the_real_ones(hooked, arch):
     elif arch == "gemma3":
         got["size"] = (images.size["height"], images.size["width"])
         got["image_seq_length"] = processor.image_seq_length
+    elif arch == "llava_onevision":
+        got["size"] = (images.size["height"], images.size["width"])
+        got["num_image_tokens"] = processor.num_image_tokens
+        got["vision_aspect_ratio"] = processor.vision_aspect_ratio
+        got["pinpoints"] = images.image_grid_pinpoints
     else:
         assert images.size["shortest_edge"] == 336 and images.do_center_crop
         got["size"] = (images.crop_size["height"], images.crop_size["width"])
@@ -281,6 +340,15 @@ GRIDS = {
     "gemma3": {(1024, 1024): (16, 16), (1024, 640): (16, 16)},
     "llava": {(1024, 1024): (24, 24), (1024, 640): (24, 24)},
 }
+# LLaVA-OneVision: a 27 x 27 thumbnail, then the image on the best pinpoint's crops of 27 x 27
+# tokens. 1024 x 1024 -> 1152 x 1152, 3 x 3 crops: 81 x 81. 1024 x 640 -> 1152 x 768, 3 x 2
+# crops: 81 x 54, of which round(640 * 81 / 1024) = 50 rows are image, the rest padding.
+TILES = {
+    "llava_onevision": {
+        (1024, 1024): [(27, 27), (81, 81)],
+        (1024, 640): [(27, 27), (50, 81)],
+    },
+}
 
 
 @pytest.mark.parametrize("size", [(1024, 1024), (1024, 640)])
@@ -289,6 +357,18 @@ def test_image_grid_matches_the_real_processor(hooked, arch, size):
     model = hooked(arch)
     inputs = model.prepare(images=picture(*size), prompt=QUESTION)
     span = inputs.segments.samples[0].images[0]
+    if arch in TILES:
+        thumb, detail = span.tiles
+        assert [thumb.grid, detail.grid] == TILES[arch][size]
+        assert (thumb.thumbnail, detail.row_markers) == (True, 1)
+        rows, cols = detail.grid
+        assert onevision_detail_grid(model.processor, size[1], size[0]) == (rows, cols)
+        image_id = model.adapter.image_token_id(model.hf_model.config)
+        assert (
+            len(span) == 27 * 27 + rows * (cols + 1) == int((inputs.input_ids[0] == image_id).sum())
+        )
+        assert len(span.markers) == rows and span.n_tokens == 27 * 27 + rows * cols
+        return
     assert span.grid == GRIDS[arch][size]
     h, w = span.grid
     config = model.hf_model.config
@@ -328,6 +408,7 @@ def test_left_padded_batch_equals_single_rows_shifted(hooked, arch):
             batch.texts[row],
             header(arch, None),
             image_id,
+            **layout_of(model, 448, 448),
         )
         assert torch.equal(batch.segments.kinds[row], want)
         for name in batch.tensors:

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from vlm_lens import HookedVLM
-from vlm_lens.core.segments import KIND_IMAGE, KIND_PAD, KIND_SYSTEM, KIND_TEXT
+from vlm_lens.core.segments import KIND_IMAGE, KIND_MARKER, KIND_PAD, KIND_SYSTEM, KIND_TEXT
 from vlm_lens.data.images import load_image
 from vlm_lens.zoo import ARCHITECTURES
 
@@ -20,6 +20,7 @@ USER_HEADER = {
     "qwen2_vl": "<|im_start|>user\n",
     "gemma3": "<start_of_turn>user\n",
     "llava": "USER: ",
+    "llava_onevision": "<|im_start|>user ",
 }
 
 
@@ -36,7 +37,9 @@ def decode(model, ids) -> str:
     return model.processor.tokenizer.decode(ids, skip_special_tokens=False)
 
 
-def check_row(model, inputs, row: int, n_images: int, system_text: str | None = None):
+def check_row(
+    model, inputs, row: int, n_images: int, system_text: str | None = None, header: str = ""
+):
     seg = inputs.segments.samples[row]
     ids = inputs.input_ids[row]
     kinds = inputs.segments.kinds[row]
@@ -49,20 +52,28 @@ def check_row(model, inputs, row: int, n_images: int, system_text: str | None = 
     assert seg.system.start == n_pad
     system = decode(model, ids[seg.system.as_slice()])
     if system_text is None:
-        assert system.endswith(USER_HEADER[model.adapter.arch]), system
+        assert system.endswith(header or USER_HEADER[model.adapter.arch]), system
     else:  # Gemma3 merges the system prompt into the user turn, after its header
         assert USER_HEADER[model.adapter.arch] in system and system_text in system, system
     bos = model.processor.tokenizer.bos_token
     if bos:
         assert system.count(bos) <= 1, f"BOS doubled: {system!r}"
     assert (kinds[seg.system.as_slice()] == KIND_SYSTEM).all()
-    # Image spans: exactly the placeholder tokens, with h*w tokens each.
+    # Image spans: exactly the placeholder tokens, with h*w tokens per tile; the rest of the
+    # span (image-newline after each row, for LLaVA-OneVision) is markers.
     assert len(seg.images) == n_images
     assert int((ids == image_id).sum()) == sum(len(s) for s in seg.images)
     for span in seg.images:
         assert (ids[span.as_slice()] == image_id).all()
-        assert len(span) == span.grid[0] * span.grid[1]
-        assert (kinds[span.as_slice()] == KIND_IMAGE).all()
+        if len(span.tiles) == 1 and not span.markers:
+            assert len(span) == span.grid[0] * span.grid[1]
+            assert (kinds[span.as_slice()] == KIND_IMAGE).all()
+        visual = span.positions()
+        assert len(visual) == sum(t.grid[0] * t.grid[1] for t in span.tiles)
+        assert (kinds[visual] == KIND_IMAGE).all()
+        markers = [p for m in span.markers for p in range(m.start, m.end)]
+        assert sorted(visual + markers) == list(range(span.start, span.end))
+        assert (kinds[markers] == KIND_MARKER).all()
     # Everything else is text, and the text spans cover it.
     covered = sum(len(s) for s in seg.text)
     assert covered == int((kinds == KIND_TEXT).sum())
@@ -86,16 +97,27 @@ def test_one_image(model):
     elif arch == "gemma3":
         side = int(model.hf_model.config.mm_tokens_per_image**0.5)
         assert seg.images[0].grid == (side, side)
+    elif arch == "llava_onevision":
+        # A thumbnail of the tower's side, then the 64x64 image on 2 x 2 crops: 8 x 8 tokens
+        # with an image-newline after each row.
+        vc = model.hf_model.config.vision_config
+        side = vc.image_size // vc.patch_size
+        thumb, detail = seg.images[0].tiles
+        assert (thumb.grid, thumb.thumbnail, thumb.row_markers) == ((side, side), True, 0)
+        assert (detail.grid, detail.thumbnail, detail.row_markers) == ((8, 8), False, 1)
+        assert seg.images[0].grid == (0, 0) and len(seg.images[0].markers) == 8
+        assert thumb.end == detail.start and detail.end == seg.images[0].end
     else:
         vc = model.hf_model.config.vision_config
         assert seg.images[0].grid == (vc.image_size // vc.patch_size,) * 2
 
 
-def test_non_square_image_gives_non_square_grid_on_qwen(model):
-    if not model.adapter.arch.startswith("qwen"):
+def test_non_square_image_gives_non_square_grid(model):
+    if model.adapter.arch in ("gemma3", "llava"):
         pytest.skip("Gemma3 and LLaVA-1.5 resize every image to a fixed square grid")
     inputs = model.prepare(images=img(w=128, h=64), prompt=PROMPT)
-    (h, w) = check_row(model, inputs, 0, 1).images[0].grid
+    image = check_row(model, inputs, 0, 1).images[0]
+    (h, w) = image.tiles[-1].grid  # LLaVA-OneVision: the detail grid after its thumbnail
     assert w > h
 
 
@@ -107,12 +129,15 @@ def test_two_images_and_system_prompt(model):
     )
     seg = check_row(model, inputs, 0, 2, system_text="Be brief.")
     # The first content item starts right where the system span ends: the text "Left:", or the
-    # image where the template moves images first (LLaVA-1.5).
-    if model.adapter.arch == "llava":
+    # image where the template moves images first (LLaVA-1.5, LLaVA-OneVision).
+    if model.adapter.arch in ("llava", "llava_onevision"):
         assert seg.images[0].start == seg.system.end
     else:
         assert decode(model, inputs.input_ids[0, seg.system.end : seg.system.end + 5]) == "Left:"
-    assert seg.images[0].end < seg.images[1].start
+    if model.adapter.arch == "llava_onevision":  # its template writes "<image><image>"
+        assert seg.images[0].end == seg.images[1].start
+    else:
+        assert seg.images[0].end < seg.images[1].start
     assert (inputs.segments.image_index[0][seg.images[1].as_slice()] == 1).all()
     assert [int(i) for i in inputs.segments.image_index[0].unique()] == [-1, 0, 1]
 
@@ -183,5 +208,7 @@ def test_grayscale_rgba_and_16bit_are_converted(tmp_path):
 def test_batch_with_a_text_only_prompt(model):
     batch = model.prepare(images=[img(value=30), None], prompt=["Count.", "Say hello to me."])
     check_row(model, batch, 0, 1)
-    check_row(model, batch, 1, 0)
+    # LLaVA-OneVision's template writes "\n" before each text item: part of the header here.
+    newline = "\n" if model.adapter.arch == "llava_onevision" else ""
+    check_row(model, batch, 1, 0, header=USER_HEADER[model.adapter.arch] + newline)
     assert batch.segments.samples[1].images == []

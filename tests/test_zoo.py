@@ -11,6 +11,7 @@ import transformers
 from PIL import Image
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
+from vlm_lens.architectures import get
 from vlm_lens.zoo import ARCHITECTURES, CHARSET, build_char_tokenizer, tiny_checkpoint
 from vlm_lens.zoo.tiny import MARKER_FILE
 
@@ -20,6 +21,7 @@ MODEL_CLASS = {
     "qwen2_vl": "Qwen2VLForConditionalGeneration",
     "gemma3": "Gemma3ForConditionalGeneration",
     "llava": "LlavaForConditionalGeneration",
+    "llava_onevision": "LlavaOnevisionForConditionalGeneration",
 }
 PROCESSOR_CLASS = {
     "qwen3_vl": "Qwen3VLProcessor",
@@ -27,6 +29,7 @@ PROCESSOR_CLASS = {
     "qwen2_vl": "Qwen2VLProcessor",
     "gemma3": "Gemma3Processor",
     "llava": "LlavaProcessor",
+    "llava_onevision": "LlavaOnevisionProcessor",
 }
 QWEN = ("qwen3_vl", "qwen2_5_vl", "qwen2_vl")
 
@@ -46,12 +49,16 @@ def image_token_id(config) -> int:
     return config.image_token_id  # Gemma3/LLaVA map it to image_token_index
 
 
-def expected_image_tokens(arch: str, config, inputs) -> int:
+def expected_image_tokens(arch: str, config, inputs, processor=None) -> int:
     """How many image placeholder tokens the model will look for, from config + processor."""
     if arch in QWEN:
         merge = config.vision_config.spatial_merge_size
         return int(inputs["image_grid_thw"].prod(-1).sum()) // merge**2
     n_images = inputs["pixel_values"].shape[0]  # [images, 3, H, W]
+    if arch == "llava_onevision":  # the adapter's layout: tiles and image-newlines
+        sizes = [tuple(hw) for hw in inputs["image_sizes"].tolist()]
+        layouts = get(arch).adapter.image_layouts(config, processor, inputs, sizes)
+        return sum(p if isinstance(p, int) else p.length for lay in layouts for p in lay)
     if arch == "gemma3":
         return n_images * config.mm_tokens_per_image
     return n_images * config.image_seq_length
@@ -114,6 +121,16 @@ def test_special_token_ids_match_tokenizer(loaded):
         assert config.eoi_token_id == ids("<end_of_image>") == tok.eoi_token_id
         assert (text.pad_token_id, text.eos_token_id, text.bos_token_id) == (0, 1, 2)
         assert processor.image_seq_length == config.mm_tokens_per_image == 4
+    elif arch == "llava_onevision":
+        assert config.image_token_id == ids("<image>") == processor.image_token_id
+        assert config.video_token_id == ids("<video>") == processor.video_token_id
+        assert text.eos_token_id == ids("<|im_end|>") == tok.eos_token_id
+        assert text.pad_token_id == ids("<|endoftext|>") == tok.pad_token_id
+        # The thumbnail's token count, and the detail grid's limit, as the model reads them.
+        side = config.vision_config.image_size // config.vision_config.patch_size
+        assert processor.num_image_tokens == side * side == 16
+        assert processor.vision_aspect_ratio == config.vision_aspect_ratio == "anyres_max_9"
+        assert processor.image_processor.image_grid_pinpoints == config.image_grid_pinpoints
     else:
         assert config.image_token_index == ids("<image>") == processor.image_token_id
         assert (text.bos_token_id, text.eos_token_id) == (ids("<s>"), ids("</s>"))
@@ -140,6 +157,7 @@ RENDERED = {
     "<|im_start|>assistant\n",
     "gemma3": "<bos><start_of_turn>user\n<start_of_image>How many?<end_of_turn>\n<start_of_turn>model\n",
     "llava": "USER: <image>\nHow many? ASSISTANT:",
+    "llava_onevision": "<|im_start|>user <image>\nHow many?<|im_end|><|im_start|>assistant\n",
 }
 RENDERED["qwen2_vl"] = RENDERED["qwen2_5_vl"]
 
@@ -149,6 +167,8 @@ RENDERED_WITH_SYSTEM = {
     "gemma3": "<bos><start_of_turn>user\nBe brief.\n\n<start_of_image>How many?<end_of_turn>\n"
     "<start_of_turn>model\n",
     "llava": "Be brief. USER: <image>\nHow many? ASSISTANT:",
+    "llava_onevision": "<|im_start|>system \nBe brief.<|im_end|><|im_start|>user <image>\n"
+    "How many?<|im_end|><|im_start|>assistant\n",
 }
 RENDERED_WITH_SYSTEM["qwen2_5_vl"] = RENDERED_WITH_SYSTEM["qwen2_vl"] = RENDERED_WITH_SYSTEM[
     "qwen3_vl"
@@ -189,6 +209,11 @@ def test_chat_template_multi_turn(loaded):
             "<start_of_turn>model\nYes<end_of_turn>\n<start_of_turn>user\nSure?<end_of_turn>\n"
             "<start_of_turn>model\n"
         )
+    elif arch == "llava_onevision":
+        assert render == (
+            "<|im_start|>user <image>\nRed?<|im_end|><|im_start|>assistant \nYes<|im_end|>"
+            "<|im_start|>user \nSure?<|im_end|><|im_start|>assistant\n"
+        )
     else:
         assert render == "USER: <image>\nRed? ASSISTANT: Yes USER: Sure? ASSISTANT:"
 
@@ -203,8 +228,9 @@ def test_image_tokens_match_and_forward_runs(loaded):
     inputs = encode(processor, user_turn("<img>", "How many dots? Answer: "), [noise_image(0)])
     ids = inputs["input_ids"]
     n_image = int((ids == image_token_id(model.config)).sum())
-    assert n_image == expected_image_tokens(arch, model.config, inputs)
-    assert n_image == {"gemma3": 4}.get(arch, 16)
+    assert n_image == expected_image_tokens(arch, model.config, inputs, processor)
+    # LLaVA-OneVision: a 4 x 4 thumbnail, then 2 x 2 crops of 4 x 4 with 8 image-newlines.
+    assert n_image == {"gemma3": 4, "llava_onevision": 16 + 8 * 9}.get(arch, 16)
     if arch in QWEN:
         assert inputs["image_grid_thw"].tolist() == [[1, 8, 8]]  # 8x8 patches -> 4x4 merged
         assert "mm_token_type_ids" in inputs
@@ -240,10 +266,12 @@ def test_two_images_in_one_prompt(loaded):
     messages = user_turn("<img>", "Left? ", "<img>", "Right? ")
     inputs = encode(processor, messages, [noise_image(0), noise_image(1, 64, 96)])
     n_image = int((inputs["input_ids"] == image_token_id(model.config)).sum())
-    assert n_image == expected_image_tokens(arch, model.config, inputs)
+    assert n_image == expected_image_tokens(arch, model.config, inputs, processor)
     if arch in QWEN:
         assert inputs["image_grid_thw"].tolist() == [[1, 8, 8], [1, 8, 10]]
         assert n_image == 16 + 20
+    if arch == "llava_onevision":  # 64 x 96: 2 x 3 crops, 8 x 12 tokens plus 8 newlines
+        assert n_image == (16 + 8 * 9) + (16 + 8 * 13)
     with torch.no_grad():
         logits = model(**inputs).logits
     assert torch.isfinite(logits).all()

@@ -21,24 +21,33 @@ import pkgutil
 from typing import Any
 
 from vlm_lens.architectures._base import (
+    WHOLE,
     Adapter,
     Architecture,
+    Box,
+    ImageLayout,
     NpmPackage,
     RealVocab,
     RealVocabUnavailable,
+    TileLayout,
     TinyRecipe,
     get_module,
     no_deepstack,
+    one_tile,
 )
 
 __all__ = [
     "ARCHITECTURES",
     "REGISTRY",
+    "WHOLE",
     "Adapter",
     "Architecture",
+    "Box",
+    "ImageLayout",
     "NpmPackage",
     "RealVocab",
     "RealVocabUnavailable",
+    "TileLayout",
     "TinyRecipe",
     "adapter_for",
     "get",
@@ -46,6 +55,7 @@ __all__ = [
     "module_names",
     "newest_per_family",
     "no_deepstack",
+    "one_tile",
 ]
 
 

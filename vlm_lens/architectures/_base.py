@@ -26,8 +26,44 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
+Box = tuple[float, float, float, float]
+"""(top, left, bottom, right) as fractions of the original image's height and width."""
+WHOLE: Box = (0.0, 0.0, 1.0, 1.0)
+
+
+@dataclass(frozen=True)
+class TileLayout:
+    """How a tile appears in the token sequence, before its position is known (what an
+    adapter's `layout` gives; `vlm_lens.core.prepare` places it)."""
+
+    grid: tuple[int, int]
+    box: Box = WHOLE
+    row_markers: int = 0
+    thumbnail: bool = False
+
+    @property
+    def length(self) -> int:
+        h, w = self.grid
+        return h * (w + self.row_markers)
+
+
+ImageLayout = tuple["TileLayout | int", ...]
+"""One image's tokens in order: tiles, and counts of marker tokens between them (a leading
+count is markers before the first tile, e.g. a tile label)."""
+
+
+def one_tile(grid: tuple[int, int]) -> ImageLayout:
+    """The layout of an untiled image: one tile covering the whole image."""
+    return (TileLayout(grid),)
+
+
 #: (config, processor output, number of images) -> the (rows, columns) grid of each image.
 GridFn = Callable[[Any, dict, int], list[tuple[int, int]]]
+#: (config, processor, processor output, each image's original (height, width)) -> each
+#: image's tiles and markers in token order. Tiling processors drop what their layout needs
+#: (InternVL the tile count, Idefics3 the rows and columns); the original sizes and the
+#: processor's settings recover it.
+LayoutFn = Callable[[Any, Any, dict, list[tuple[int, int]]], list[ImageLayout]]
 
 
 def no_deepstack(config: Any) -> int:
@@ -39,8 +75,12 @@ class Adapter:
     arch: str
     model_class: str
     """transformers class that holds the whole VLM (vision tower, projector, language model, head)."""
-    grids: GridFn
-    """How each image's visual tokens form a (rows, columns) grid."""
+    grids: GridFn | None = None
+    """How each image's visual tokens form a (rows, columns) grid (an untiled image: one
+    tile covering the whole image)."""
+    layout: LayoutFn | None = None
+    """Instead of `grids`, for tiling families: each image's tiles (grid, box in the image,
+    marker tokens after each row) and the marker tokens between them, in token order."""
     language_model: str = "model.language_model"
     layers: str = "layers"
     attention: str = "self_attn"
@@ -77,6 +117,24 @@ class Adapter:
     deepstack: Callable[[Any], int] = no_deepstack
     """How many of the first layers the language model adds visual features after (outside
     the layers, so neither attention nor MLP output: `hook_deepstack`)."""
+
+    def __post_init__(self) -> None:
+        if (self.grids is None) == (self.layout is None):
+            raise ValueError(f"{self.arch}: give the adapter either grids or layout")
+
+    def image_layouts(
+        self, config: Any, processor: Any, processor_out: dict, sizes: list[tuple[int, int]]
+    ) -> list[ImageLayout]:
+        """Each image's layout (see `ImageLayout`), from the images'
+        original (height, width) `sizes` and the processor and its outputs."""
+        n_images = len(sizes)
+        if self.layout is not None:
+            layouts = self.layout(config, processor, processor_out, sizes)
+        else:
+            layouts = [one_tile(g) for g in self.grids(config, processor_out, n_images)]
+        if len(layouts) != n_images:
+            raise ValueError(f"{self.arch}: {n_images} images but {len(layouts)} layouts")
+        return layouts
 
     @property
     def sandwich_norms(self) -> bool:

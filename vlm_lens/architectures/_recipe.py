@@ -22,6 +22,29 @@ TINY_TEXT = {
     "max_position_embeddings": 4096,
 }
 
+#: A tiny SigLIP vision tower (no pooling head): 32 px images of 8 px patches, 4 x 4 patches.
+TINY_SIGLIP = {
+    "model_type": "siglip_vision_model",
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "image_size": 32,
+    "patch_size": 8,
+    "vision_use_head": False,
+}
+
+
+def tiny_text(model_type: str, rms_norm_eps: float) -> dict:
+    """A tiny text config with default rotary embeddings (theta 10,000)."""
+    return {
+        "model_type": model_type,
+        **TINY_TEXT,
+        "rms_norm_eps": rms_norm_eps,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+    }
+
+
 #: Small widths and depths for the real-vocabulary checkpoints; the vocabulary (150k-262k rows)
 #: dominates the size either way.
 REAL_VOCAB_TINY_TEXT = {

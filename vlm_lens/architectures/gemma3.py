@@ -18,6 +18,7 @@ from typing import Any
 from vlm_lens.architectures._base import Adapter, Architecture, NpmPackage, RealVocab, TinyRecipe
 from vlm_lens.architectures._recipe import (
     REAL_VOCAB_TINY_TEXT,
+    TINY_SIGLIP,
     TINY_TEXT,
     check_tokens,
     derive_text,
@@ -100,16 +101,7 @@ def _config(tok, overrides: Mapping):
                 "full_attention": {"rope_type": "default", "rope_theta": 1000000.0},
             },
         },
-        "vision_config": {
-            "model_type": "siglip_vision_model",
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "image_size": 32,
-            "patch_size": 8,
-            "vision_use_head": False,
-        },
+        "vision_config": dict(TINY_SIGLIP),
         "mm_tokens_per_image": 4,  # 4 x 4 patches avg-pooled to 2 x 2
         "tie_word_embeddings": True,
     }

@@ -27,11 +27,11 @@ from vlm_lens.architectures._base import (
 )
 from vlm_lens.architectures._recipe import (
     REAL_VOCAB_TINY_TEXT,
-    TINY_TEXT,
     check_tokens,
     derive_text,
     merge_overrides,
     text_token_ids,
+    tiny_text,
 )
 
 
@@ -72,12 +72,7 @@ def _config(tok, overrides: Mapping):
     from transformers import LlavaConfig
 
     cfg = {
-        "text_config": {
-            "model_type": "llama",
-            **TINY_TEXT,
-            "rms_norm_eps": 1e-5,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
-        },
+        "text_config": tiny_text("llama", 1e-5),
         "vision_config": {
             "model_type": "clip_vision_model",
             "hidden_size": 32,

@@ -627,10 +627,13 @@ class HookedVLM(HookedRootModule):
         labels = [self._token_text(t) for t in ids]
         kinds = inputs.segments.kinds[row]
         for i, span in enumerate(inputs.segments.samples[row].images):
-            h, w = span.grid
-            for k, pos in enumerate(range(span.start, span.end)):
-                if kinds[pos] == KIND_IMAGE:
-                    labels[pos] = f"<img{i} r{k // w}c{k % w}>"
+            several = len(span.tiles) > 1
+            for t, tile in enumerate(span.tiles):
+                w = tile.grid[1]
+                name = f"img{i} t{t}" if several else f"img{i}"
+                for k, pos in enumerate(tile.positions()):
+                    if kinds[pos] == KIND_IMAGE:
+                        labels[pos] = f"<{name} r{k // w}c{k % w}>"
         return labels
 
     def to_string(self, tokens: Tensor | Sequence[int] | int) -> str | list[str]:

@@ -6,7 +6,9 @@ real processor (every tensor it returns is kept: dropping `token_type_ids` or
 
 - system: tokens before the user's first content item (BOS, chat header, system prompt);
 - image: exactly the placeholder positions that carry visual features, one span per image,
-  with the image's token grid (h, w) after merging;
+  made of tiles (each a token span with its (h, w) grid after merging and its box in the
+  image), as the adapter's layout of the image says;
+- marker: tokens between an image's tiles or rows (image-newline, tile labels);
 - text: every other prompt token (user words, delimiters such as vision_start, the
   assistant header);
 - generated: appended by generation.
@@ -32,9 +34,10 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from vlm_lens.adapters import Adapter
+from vlm_lens.adapters import Adapter, ImageLayout
 from vlm_lens.core.segments import (
     KIND_IMAGE,
+    KIND_MARKER,
     KIND_PAD,
     KIND_SYSTEM,
     KIND_TEXT,
@@ -42,6 +45,7 @@ from vlm_lens.core.segments import (
     SampleSegments,
     Segments,
     Span,
+    Tile,
 )
 from vlm_lens.data.images import ImageLike, load_image
 
@@ -207,15 +211,60 @@ def _system_length(
     )
 
 
+def _place_image(
+    ids: Tensor, anchor: int, layout: ImageLayout, image_token_id: int, row: int, i: int
+) -> ImageSpan:
+    """Image `i`'s tiles and markers, its first visual token at `anchor`."""
+    lead = layout[0] if isinstance(layout[0], int) else 0
+    cursor = start = anchor - lead
+    tiles: list[Tile] = []
+    markers: list[Span] = []
+    for piece in layout:
+        if isinstance(piece, int):
+            if piece:
+                markers.append(Span(cursor, cursor + piece))
+            cursor += piece
+            continue
+        tile = Tile(
+            cursor, cursor + piece.length, piece.grid, piece.box, piece.row_markers, piece.thumbnail
+        )
+        cursor = tile.end
+        if tile.end > ids.shape[0]:
+            raise ValueError(f"row {row}: image {i}'s tiles run past the end of the prompt")
+        visual = torch.tensor(tile.positions(), dtype=torch.long)
+        if not bool((ids[visual] == image_token_id).all()):
+            what = "visual tokens" if len(layout) == 1 else f"tile {len(tiles)}'s visual tokens"
+            raise ValueError(f"row {row}: the {what} of image {i} are not contiguous")
+        tiles.append(tile)
+        markers += [Span(p, p + 1) for p in tile.marker_positions()]
+    grid = tiles[0].grid if len(tiles) == 1 and not markers else (0, 0)
+    return ImageSpan(start, cursor, grid, tuple(tiles), tuple(_merge(markers)))
+
+
+def _merge(spans: list[Span]) -> list[Span]:
+    merged: list[Span] = []
+    for s in sorted(spans, key=lambda s: s.start):
+        if merged and merged[-1].end == s.start:
+            merged[-1] = Span(merged[-1].start, s.end)
+        else:
+            merged.append(s)
+    return merged
+
+
 def _row_segments(
     ids: Tensor,
     attn: Tensor,
     n_system: int,
     image_token_id: int,
-    grids: list[tuple[int, int]],
+    layouts: list[ImageLayout],
     row: int,
 ) -> tuple[SampleSegments, Tensor, Tensor]:
-    """Kinds and image indices of one row; `n_system` counts system tokens after padding."""
+    """Kinds and image indices of one row; `n_system` counts system tokens after padding.
+
+    Image `i` is placed where the first image-token id after image `i - 1` stands; its
+    layout then says which positions are tiles and which are markers (a marker may carry
+    the image-token id too: LLaVA-OneVision's image-newline does).
+    """
     length = ids.shape[0]
     n_pad = int((attn == 0).sum())
     if bool(attn[:n_pad].any()) or not bool(attn[n_pad:].all()):
@@ -226,24 +275,36 @@ def _row_segments(
     image_index = torch.full((length,), -1, dtype=torch.long)
 
     positions = (ids == image_token_id).nonzero().flatten().tolist()
-    expected = sum(h * w for h, w in grids)
-    if len(positions) != expected:
+    expected = sum(p.grid[0] * p.grid[1] for lay in layouts for p in lay if not isinstance(p, int))
+    if len(positions) < expected:
+        grids = [[p.grid for p in lay if not isinstance(p, int)] for lay in layouts]
+        grids = [g[0] if len(g) == 1 else g for g in grids]
         raise ValueError(
             f"row {row}: {len(positions)} image tokens in the input ids but the images' grids "
             f"{grids} need {expected}"
         )
     spans: list[ImageSpan] = []
-    cursor = 0
-    for i, (h, w) in enumerate(grids):
-        block = positions[cursor : cursor + h * w]
-        cursor += h * w
-        if block[-1] - block[0] + 1 != h * w:
-            raise ValueError(f"row {row}: the visual tokens of image {i} are not contiguous")
-        if block[0] < n_pad + n_system:
+    used = 0
+    for i, layout in enumerate(layouts):
+        if used >= len(positions):
+            raise ValueError(f"row {row}: no image tokens left for image {i}")
+        span = _place_image(ids, positions[used], layout, image_token_id, row, i)
+        if span.start < n_pad + n_system:
             raise ValueError(f"row {row}: image {i} starts inside the system span")
-        spans.append(ImageSpan(block[0], block[-1] + 1, grid=(h, w)))
-        kinds[block[0] : block[-1] + 1] = KIND_IMAGE
-        image_index[block[0] : block[-1] + 1] = i
+        if spans and span.start < spans[-1].end:
+            raise ValueError(f"row {row}: image {i} overlaps image {i - 1}")
+        while used < len(positions) and positions[used] < span.end:
+            used += 1
+        image_index[span.start : span.end] = i
+        kinds[span.start : span.end] = KIND_MARKER
+        for tile in span.tiles:
+            kinds[tile.positions()] = KIND_IMAGE
+        spans.append(span)
+    if used != len(positions):
+        raise ValueError(
+            f"row {row}: {len(positions)} image tokens in the input ids but the images' "
+            f"layouts place {used}"
+        )
 
     text_spans: list[Span] = []
     cursor = n_pad + n_system
@@ -318,7 +379,8 @@ def prepare_inputs(
 
     tensors = {k: v for k, v in out.items() if isinstance(v, Tensor)}
     ids, attn = tensors["input_ids"], tensors["attention_mask"]
-    all_grids = adapter.grids(config, tensors, len(flat_images)) if flat_images else []
+    sizes = [(im.height, im.width) for im in flat_images]
+    all_layouts = adapter.image_layouts(config, processor, tensors, sizes) if flat_images else []
     image_token_id = adapter.image_token_id(config)
 
     samples, kinds, index = [], [], []
@@ -329,9 +391,9 @@ def prepare_inputs(
         n_sys = 0
         if prefix is not None and prefix.shape[0]:
             n_sys = _system_length(ids[row, n_pad:], prefix, tokenizer, row)
-        grids = all_grids[cursor : cursor + len(rgb_rows[row])]
+        layouts = all_layouts[cursor : cursor + len(rgb_rows[row])]
         cursor += len(rgb_rows[row])
-        sample, k, i = _row_segments(ids[row], attn[row], n_sys, image_token_id, grids, row)
+        sample, k, i = _row_segments(ids[row], attn[row], n_sys, image_token_id, layouts, row)
         samples.append(sample)
         kinds.append(k)
         index.append(i)

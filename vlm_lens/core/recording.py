@@ -27,7 +27,7 @@ from torch import Tensor
 
 from vlm_lens.core.attention import select
 from vlm_lens.core.layers import LayerSpec, resolve_layers
-from vlm_lens.core.segments import KIND_IMAGE, KIND_NAMES, SEGMENT_KINDS, Segments
+from vlm_lens.core.segments import KIND_IMAGE, KIND_NAMES, Segments
 
 
 @dataclass
@@ -79,8 +79,8 @@ class Recording:
 
     `image[step]`: `[batch, layer, head, query, image_tokens]` (image tokens of all images of a
     row in prompt order; rows with fewer image tokens are NaN-padded).
-    `shares[step]`: `[batch, layer, head, query, 4]` over `SEGMENT_KINDS` (padding keys count
-    in none of them).
+    `shares[step]`: `[batch, layer, head, query, kind]` over `Segments.share_kinds`
+    (`SEGMENT_KINDS`, plus "marker" for a batch with marker tokens; padding keys count in none).
     `full[step]`: `[batch, layer, head, query, keys]` (keys: every position in the KV cache
     at that step, left padding included).
     `query` is 1 for `query="last"`; `head` is 1 for `heads="mean"`; `layer` follows `layers`.
@@ -158,7 +158,9 @@ class AttentionRecorder:
         if onehot is None or onehot.shape[1] < n_keys or onehot.dtype != dtype:
             length = max(n_keys, 2 * segments.prompt_len)
             kinds = segments.key_kinds(length)
-            onehot = torch.stack([kinds == KIND_NAMES[kind] for kind in SEGMENT_KINDS], dim=-1)
+            onehot = torch.stack(
+                [kinds == KIND_NAMES[kind] for kind in segments.share_kinds], dim=-1
+            )
             onehot = self._kind_onehot[device] = onehot.to(device=device, dtype=dtype)
         return onehot[:, :n_keys]
 

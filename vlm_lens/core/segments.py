@@ -1,7 +1,13 @@
-"""Token segments: which positions of a prompt are system, image, text or generated.
+"""Token segments: which positions of a prompt are system, image, marker, text or generated.
 
 A `Segments` object is the one place that knows the layout of a (batched) prompt.
 Hook functions, interventions and metrics read it instead of assuming offsets.
+
+An image is a list of tiles (`Tile`): each a token span, the (h, w) grid its tokens form and
+its box in the original image. Most families give one tile covering the whole image; tiling
+families (LLaVA-OneVision, InternVL, Idefics3) give several, the global thumbnail being a tile
+whose box is the whole image. Tokens the processor puts between tiles or rows (image-newline,
+row breaks, tile labels) are "marker" positions: neither image nor text.
 
 Layout of one row (left padding, as HF generation needs it)::
 
@@ -22,11 +28,14 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
+from vlm_lens.adapters import WHOLE, Box
+
 KIND_PAD = -1
 KIND_SYSTEM = 0
 KIND_IMAGE = 1
 KIND_TEXT = 2
 KIND_GENERATED = 3
+KIND_MARKER = 4
 
 KIND_NAMES: dict[str, int] = {
     "pad": KIND_PAD,
@@ -34,10 +43,14 @@ KIND_NAMES: dict[str, int] = {
     "image": KIND_IMAGE,
     "text": KIND_TEXT,
     "generated": KIND_GENERATED,
+    "marker": KIND_MARKER,
 }
-# The kinds a position of a prompt or its continuation can have (padding is none of them), in
-# code order: the one list every share, modality argument and position grouping uses.
-SEGMENT_KINDS: tuple[str, ...] = tuple(name for name in KIND_NAMES if name != "pad")
+# The kinds every family's positions have (padding is none of them), in code order: the one
+# list every share, modality argument and position grouping uses. "marker" is apart: only
+# tiling families have marker positions, so shares grow a marker column only for a batch that
+# has some (`Segments.share_kinds`), and a marker is a modality only where named.
+SEGMENT_KINDS: tuple[str, ...] = ("system", "image", "text", "generated")
+MARKER = "marker"
 KIND_OF_CODE: dict[int, str] = {code: name for name, code in KIND_NAMES.items()}
 
 
@@ -56,10 +69,61 @@ class Span:
 
 
 @dataclass(frozen=True)
-class ImageSpan(Span):
-    """The visual tokens of one image and the (h, w) grid they form after merging."""
+class Tile(Span):
+    """One tile of an image: `grid` (h, w) visual tokens in row-major order inside `[start, end)`.
+
+    `row_markers` marker tokens follow each row (LLaVA-OneVision's image-newline), so a row
+    starts every `w + row_markers` positions. `box` is where the tile's grid lies in the
+    original image; `thumbnail` marks a downscaled view of the whole image kept beside tiles
+    that cover it at a finer scale.
+    """
 
     grid: tuple[int, int] = (0, 0)
+    box: Box = WHOLE
+    row_markers: int = 0
+    thumbnail: bool = False
+
+    def positions(self) -> list[int]:
+        """The visual token positions, row-major (row markers skipped)."""
+        h, w = self.grid
+        stride = w + self.row_markers
+        return [self.start + r * stride + c for r in range(h) for c in range(w)]
+
+    def marker_positions(self) -> list[int]:
+        h, w = self.grid
+        stride = w + self.row_markers
+        return [self.start + r * stride + w + m for r in range(h) for m in range(self.row_markers)]
+
+    @property
+    def n_tokens(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+
+@dataclass(frozen=True)
+class ImageSpan(Span):
+    """The tokens of one image: its tiles, and the marker spans between them.
+
+    `[start, end)` runs from the image's first to its last tile or marker token. An image of
+    one tile and no markers (every non-tiling family) has that tile's span and grid; any other
+    image has no single grid (`grid == (0, 0)`): read `tiles`.
+    """
+
+    grid: tuple[int, int] = (0, 0)
+    tiles: tuple[Tile, ...] = ()
+    markers: tuple[Span, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.tiles and self.grid != (0, 0):  # ImageSpan(start, end, grid=...): one tile
+            object.__setattr__(self, "tiles", (Tile(self.start, self.end, self.grid),))
+
+    @property
+    def n_tokens(self) -> int:
+        """How many visual (image-kind) tokens the image has, over all tiles."""
+        return sum(t.n_tokens for t in self.tiles)
+
+    def positions(self) -> list[int]:
+        """The visual token positions, tile by tile (prompt order)."""
+        return [p for t in self.tiles for p in t.positions()]
 
 
 @dataclass
@@ -74,7 +138,9 @@ class SampleSegments:
 
     def describe(self) -> str:
         imgs = ", ".join(
-            f"image{i}[{s.start}:{s.end}] grid={s.grid}" for i, s in enumerate(self.images)
+            f"image{i}[{s.start}:{s.end}] "
+            + (f"grid={s.grid}" if len(s.tiles) <= 1 else f"tiles={[t.grid for t in s.tiles]}")
+            for i, s in enumerate(self.images)
         )
         return f"pad[0:{self.padding.end}] system[{self.system.start}:{self.system.end}] {imgs}".strip()
 
@@ -84,8 +150,10 @@ class Segments:
     """Per-position token kinds of a batch of prompts.
 
     Attributes:
-        kinds: `[batch, prompt_len]` codes (`KIND_PAD`, `KIND_SYSTEM`, `KIND_IMAGE`, `KIND_TEXT`).
-        image_index: `[batch, prompt_len]` which image of the row a visual token belongs to, -1 elsewhere.
+        kinds: `[batch, prompt_len]` codes (`KIND_PAD`, `KIND_SYSTEM`, `KIND_IMAGE`, `KIND_TEXT`,
+            `KIND_MARKER`).
+        image_index: `[batch, prompt_len]` which image of the row a visual or marker token
+            belongs to, -1 elsewhere.
         samples: one `SampleSegments` per row, with image grids.
     """
 
@@ -117,11 +185,20 @@ class Segments:
     def mask(
         self, kind: str, n_keys: int | None = None, device: torch.device | None = None
     ) -> Bool[Tensor, "batch key"]:
-        """Boolean mask of the positions of one kind ("system", "image", "text", "generated", "pad")."""
+        """Boolean mask of the positions of one kind ("system", "image", "text", "generated",
+        "marker", "pad")."""
         if kind not in KIND_NAMES:
             raise ValueError(f"unknown segment kind {kind!r}; expected one of {sorted(KIND_NAMES)}")
         kinds = self.key_kinds(self.prompt_len if n_keys is None else n_keys, device)
         return kinds == KIND_NAMES[kind]
+
+    @property
+    def share_kinds(self) -> tuple[str, ...]:
+        """The kinds attention shares are taken over: `SEGMENT_KINDS`, plus "marker" when a
+        row of this batch has marker positions."""
+        if bool((self.kinds == KIND_MARKER).any()):
+            return (*SEGMENT_KINDS, MARKER)
+        return SEGMENT_KINDS
 
     def image_positions(self, row: int, image: int = 0) -> ImageSpan:
         """The span of image `image` of batch row `row` (raises a clear error if there is none)."""

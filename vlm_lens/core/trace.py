@@ -5,9 +5,12 @@ and returns a `GenerationTrace`: the generated tokens and their text, per step t
 and probabilities, and per step x layer x head
 
 - the attention of the predicting query row to each image, as a map over that image's
-  token grid (`images[i]`: `[step, layer, head, h, w]`, grids from the segments' `ImageSpan`s);
+  token grid (`images[i]`: `[step, layer, head, h, w]`, grids from the segments' `ImageSpan`s;
+  a tiled image's tiles stitched into the original image's frame, thumbnail left out:
+  `vlm_lens.core.image_frame`);
 - the share of that row's attention on system / image / text / generated keys
-  (`shares`: `[step, layer, head, 4]`, kinds in `SEGMENT_KINDS` order).
+  (`shares`: `[step, layer, head, 4]`, kinds in `SEGMENT_KINDS` order; a fifth, "marker",
+  for an image with marker tokens).
 
 Step k is the forward pass whose last query row predicts generated token k (0 = prefill).
 Only those rows' reductions are kept (`AttentionRecord(query="last", keep=("image", "shares"))`),
@@ -25,11 +28,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from einops import rearrange
 from jaxtyping import Float, Int
 from torch import Tensor
 
 from vlm_lens.core.generation import generate
+from vlm_lens.core.image_frame import to_image_frame
 from vlm_lens.core.layers import LayerSpec
 from vlm_lens.core.recording import AttentionRecord, Recording
 from vlm_lens.core.segments import SEGMENT_KINDS, ImageSpan, Segments
@@ -90,10 +93,11 @@ class GenerationTrace:
         return self.probs.gather(-1, self.tokens[:, None])[:, 0]
 
     def share(self, kind: str) -> Float[Tensor, "step layer head"]:
-        """Attention mass on one kind of key: "system", "image", "text" or "generated"."""
-        if kind not in SEGMENT_KINDS:
-            raise ValueError(f"unknown kind {kind!r}; expected one of {SEGMENT_KINDS}")
-        return self.shares[..., SEGMENT_KINDS.index(kind)]
+        """Attention mass on one kind of key: "system", "image", "text", "generated" (or
+        "marker" where the image has marker tokens)."""
+        if kind not in self.share_kinds:
+            raise ValueError(f"unknown kind {kind!r}; expected one of {self.share_kinds}")
+        return self.shares[..., self.share_kinds.index(kind)]
 
     def layer_index(self, layer: int) -> int:
         """Position of a model layer (negative: counted from the model's last) on the `layer` axis."""
@@ -126,10 +130,9 @@ def _split_images(
     """Cut the image columns (all images of the row, in prompt order) into per-image grids."""
     maps, start = [], 0
     for span in spans:
-        h, w = span.grid
-        block = per_token[..., start : start + len(span)]
-        maps.append(rearrange(block, "... (h w) -> ... h w", h=h, w=w))
-        start += len(span)
+        block = per_token[..., start : start + span.n_tokens]
+        maps.append(to_image_frame(block, span))
+        start += span.n_tokens
     return maps
 
 
@@ -192,6 +195,7 @@ def trace_generation(
         segments=out.segments,
         recording=rec,
         n_layers=model.cfg.n_layers,
+        share_kinds=inputs.segments.share_kinds,
         tokenizer=tokenizer,
     )
 

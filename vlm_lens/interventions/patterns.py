@@ -25,6 +25,9 @@ Modalities are "system", "image", "text" and "generated". Generated tokens count
 text unless "generated" is named explicitly in the same edit: ``source="system",
 recipients="text"`` gives system weight to prompt text *and* generated tokens, while
 ``source="generated", recipients="text"`` moves weight from generated tokens to prompt text.
+Marker tokens of tiled images (image-newline, tile labels) are neither image nor text: they
+take part only where "marker" is named as a source or recipient (`recipients=None` leaves
+them as they are, and so does a knockout).
 
 Visibility. Only keys a query may see take part. `visible` (`[batch, query, key]` or
 `[batch, head, query, key]`, bool) says which; without it a key is visible when it is
@@ -60,13 +63,18 @@ from torch import Tensor
 from vlm_lens.core.segments import (
     KIND_GENERATED,
     KIND_IMAGE,
+    KIND_MARKER,
     KIND_PAD,
     KIND_SYSTEM,
     KIND_TEXT,
+    MARKER,
     SEGMENT_KINDS,
 )
 
 MODALITIES = SEGMENT_KINDS
+# Marker tokens (image-newline, tile labels) are a modality only where named: never a default
+# recipient, so families without them and families with them redistribute alike.
+NAMEABLE = (*MODALITIES, MARKER)
 Mode = Literal["proportional", "uniform"]
 Modalities = str | Iterable[str] | None
 
@@ -76,10 +84,8 @@ def _names(spec: Modalities, what: str) -> list[str]:
         return []
     names = [spec] if isinstance(spec, str) else list(spec)
     for name in names:
-        if name not in MODALITIES:
-            raise ValueError(
-                f"unknown {what} modality {name!r}; expected one of {list(MODALITIES)}"
-            )
+        if name not in NAMEABLE:
+            raise ValueError(f"unknown {what} modality {name!r}; expected one of {list(NAMEABLE)}")
     return names
 
 
@@ -109,6 +115,7 @@ def _resolve(
         "image": frozenset({KIND_IMAGE}),
         "text": frozenset({KIND_TEXT} if split_generated else {KIND_TEXT, KIND_GENERATED}),
         "generated": frozenset({KIND_GENERATED}),
+        MARKER: frozenset({KIND_MARKER}),
     }
     src = frozenset().union(*(codes[n] for n in src_names))
     if recipients is None:

@@ -16,6 +16,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from vlm_lens.core.generation import GenerationResult
+from vlm_lens.core.image_frame import frame_grid
 from vlm_lens.core.recording import AttentionRecord
 from vlm_lens.data import dots
 from vlm_lens.data.count_prompt import parse_count
@@ -157,7 +158,8 @@ def _sample_row(
     text = out.texts[r]
     prediction = parse_count(text, config.answer)
     steps, digits = digit_steps(tokens, model.tokens_to_text, config.answer)
-    grid = tuple(inputs.segments.samples[r].images[0].grid)
+    image_span = inputs.segments.samples[r].images[0]
+    grid = frame_grid(image_span)
     attention = recording_metrics(
         out.recording,
         steps,
@@ -168,6 +170,7 @@ def _sample_row(
         row=r,
         band_width=config.band_width,
         keep_map=sample.index < config.example_maps,
+        image_span=image_span,
     )
     keep = sample.index < config.example_maps
     return Record(

@@ -15,7 +15,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from vlm_lens.core.image_frame import to_image_frame
 from vlm_lens.core.recording import Recording
+from vlm_lens.core.segments import ImageSpan
 from vlm_lens.data import dots
 from vlm_lens.metrics.attention import (
     centroid_hit_rate,
@@ -95,8 +97,13 @@ def recording_metrics(
     row: int = 0,
     band_width: float = 1.0,
     keep_map: bool = False,
+    image_span: ImageSpan | None = None,
 ) -> list[dict[str, Any]]:
     """`digit_step_metrics` for every (digit step, layer) of batch row `row` of a recording.
+
+    With `image_span` of a tiled image (several tiles), each head's attention on the image's
+    tokens is first stitched into the original image's frame (`to_image_frame`: detail tiles
+    only, the thumbnail left out), and `grid` must be that frame's (`frame_grid`).
 
     `steps[k]` is the step that predicted digit string `digits[k]`; the recording must
     keep the image columns of all heads (`keep=("image",)`, `heads="all"`) at every one of
@@ -111,6 +118,9 @@ def recording_metrics(
             )
         for layer in layers:
             image = recording.image[step][row, recording.layers.index(layer), :, -1, :]
+            if image_span is not None and len(image_span.tiles) > 1:
+                n = image_span.n_tokens  # the first image's tokens come first
+                image = to_image_frame(image[:, :n], image_span).flatten(-2)
             entry: dict[str, Any] = {"digit": k, "step": step, "token": digit, "layer": layer}
             try:
                 entry.update(digit_step_metrics(image, sample, grid, band_width, keep_map))
