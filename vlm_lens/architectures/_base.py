@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 #: (config, processor output, number of images) -> the (rows, columns) grid of each image.
 GridFn = Callable[[Any, dict, int], list[tuple[int, int]]]
 #: (config, processor output, number of images) -> each image's tiles and markers in token order.
+#: `vlm_lens.core.prepare` adds ``image_sizes`` ([images, 2]: original height, width) to the
+#: processor output when the processor gives none.
 LayoutFn = Callable[[Any, dict, int], list[ImageLayout]]
 
 

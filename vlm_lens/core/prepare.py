@@ -378,7 +378,13 @@ def prepare_inputs(
 
     tensors = {k: v for k, v in out.items() if isinstance(v, Tensor)}
     ids, attn = tensors["input_ids"], tensors["attention_mask"]
-    all_layouts = adapter.image_layouts(config, tensors, len(flat_images)) if flat_images else []
+    # Layouts may need each image's original (height, width): tiling processors that keep no
+    # record of it (InternVL's) get it here, beside the model's inputs, not in them.
+    sizes = torch.tensor([[im.height, im.width] for im in flat_images]).reshape(-1, 2)
+    layout_inputs = {"image_sizes": sizes, **tensors}
+    all_layouts = (
+        adapter.image_layouts(config, layout_inputs, len(flat_images)) if flat_images else []
+    )
     image_token_id = adapter.image_token_id(config)
 
     samples, kinds, index = [], [], []
