@@ -25,13 +25,13 @@ model (same class, untested here).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from vlm_lens.architectures._base import Adapter, Architecture, RealVocab, TinyRecipe
 from vlm_lens.architectures._qwen import PACKAGE as QWEN_PACKAGE
+from vlm_lens.architectures._qwen import write_qwen2_tokenizer
 from vlm_lens.architectures._recipe import (
     REAL_VOCAB_TINY_TEXT,
     TINY_TEXT,
@@ -230,49 +230,16 @@ _INTERNVL_ADDED = (
 
 
 def _compose_tokenizer(files: Path, out: Path, chat_template: str | None) -> None:
-    """InternVL3-*-hf's tokenizer files: Qwen's byte-level BPE (the Qwen3 package's ordinary
-    vocabulary and merges, which Qwen2.5 shares), Qwen2.5's 22 special tokens, then InternVL's
-    image and grounding tokens from 151665, and ``<video>`` after them."""
-    source = json.loads((files / "package/models/tokenizer.json").read_text(encoding="utf-8"))
-    first = sorted(
-        (t for t in source["added_tokens"] if t["id"] < 151643 + _QWEN2_SPECIALS),
-        key=lambda t: t["id"],
+    """InternVL3-*-hf's tokenizer files: Qwen2.5's 22 special tokens, then InternVL's image
+    and grounding tokens from 151665, and ``<video>`` after them."""
+    write_qwen2_tokenizer(
+        files,
+        out,
+        chat_template,
+        n_specials=_QWEN2_SPECIALS,
+        added=_INTERNVL_ADDED,
+        named={"extra_special_tokens": _NAMED, "model_max_length": 8192},
     )
-    ids = [t["id"] for t in first]
-    if ids != list(range(151643, 151643 + _QWEN2_SPECIALS)) or first[2]["content"] != "<|im_end|>":
-        raise AssertionError(f"Qwen special token ids {ids}, expected 151643..151664")
-    added = first + [
-        {**first[0], "id": 151643 + _QWEN2_SPECIALS + i, "content": t}
-        for i, t in enumerate(_INTERNVL_ADDED)
-    ]
-    (out / "tokenizer.json").write_text(
-        json.dumps({**source, "added_tokens": added}, ensure_ascii=False), encoding="utf-8"
-    )
-    decoder = {
-        str(t["id"]): {
-            k: t[k] for k in ("content", "lstrip", "normalized", "rstrip", "single_word")
-        }
-        | {"special": True}
-        for t in added
-    }
-    config = {
-        "add_bos_token": False,
-        "add_prefix_space": False,
-        "added_tokens_decoder": decoder,
-        "bos_token": None,
-        "clean_up_tokenization_spaces": False,
-        "eos_token": "<|im_end|>",
-        "errors": "replace",
-        "extra_special_tokens": _NAMED,
-        "model_max_length": 8192,
-        "pad_token": "<|endoftext|>",
-        "padding_side": "left",
-        "split_special_tokens": False,
-        "tokenizer_class": "Qwen2Tokenizer",
-        "unk_token": None,
-        "chat_template": chat_template,
-    }
-    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
 ARCHITECTURE = Architecture(
