@@ -1,8 +1,8 @@
 """Real vocabularies, chat templates and processor settings: `prepare` sees what users see.
 
 The checkpoints are tiny (random weights, two layers) but tokenize, render prompts and count
-image tokens like Qwen3-VL, Qwen2.5-VL, Qwen2-VL, gemma-3-it, llava-1.5-7b-hf and
-llava-onevision-qwen2-*-hf
+image tokens like Qwen3-VL, Qwen2.5-VL, Qwen2-VL, gemma-3-it, llava-1.5-7b-hf,
+llava-onevision-qwen2-*-hf and InternVL3-*-hf
 (`vlm_lens.zoo.real_vocab`). Each test compares `from_pretrained` + `prepare` (+ `generate`)
 with the Hugging Face processor called the way a user calls it, or with facts of the real
 vocabularies stated here (token ids, image-token grids).
@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from vlm_lens import HookedVLM
+from vlm_lens.core.image_frame import frame_grid
 from vlm_lens.core.prepare import _system_length
 from vlm_lens.core.segments import KIND_IMAGE, KIND_MARKER, KIND_PAD, KIND_SYSTEM, KIND_TEXT
 from vlm_lens.zoo import ARCHITECTURES, tiny_checkpoint
@@ -57,7 +58,7 @@ CASES = {
 
 def header(arch: str, system: str | None) -> str:
     """What each real template writes before the user's first content item."""
-    if arch == "qwen3_vl":
+    if arch in ("qwen3_vl", "internvl"):
         turn = f"<|im_start|>system\n{system}<|im_end|>\n" if system else ""
         return turn + "<|im_start|>user\n"
     if arch in QWEN:  # Qwen2-VL / 2.5-VL add a default system turn
@@ -140,6 +141,17 @@ KNOWN_IDS = {
         "<image>": [151646],
         "<video>": [151647],
     },
+    # InternVL3-*-hf: Qwen2.5's 22 specials, then <img>, </img>, <IMG_CONTEXT> (the config's
+    # image_token_id 151667).
+    "internvl": {
+        "<|endoftext|>": [151643],
+        "<|im_start|>": [151644],
+        "<|im_end|>": [151645],
+        "<|vision_start|>": [151652],
+        "<img>": [151665],
+        "</img>": [151666],
+        "<IMG_CONTEXT>": [151667],
+    },
 }
 KNOWN_IDS["qwen2_5_vl"] = KNOWN_IDS["qwen2_vl"] = KNOWN_IDS["qwen3_vl"]
 
@@ -195,17 +207,28 @@ def onevision_detail_grid(processor, height: int, width: int) -> tuple[int, int]
 
 
 def expected_kinds(
-    tokenizer, ids, attention, text: str, head: str, image_id: int, detail=None, thumbnail=0
+    tokenizer,
+    ids,
+    attention,
+    text: str,
+    head: str,
+    image_id: int,
+    detail=None,
+    thumbnail=0,
+    marker_ids=(),
 ):
     """Kinds derived from the ids alone: padding where masked, image where the image token is,
     system for the leading tokens whose text lies wholly in the header, text elsewhere. With
     `detail` = (rows, columns) (LLaVA-OneVision, one image), the image tokens are `thumbnail`
-    of them, then the rows of the detail grid, each followed by an image-newline: a marker."""
+    of them, then the rows of the detail grid, each followed by an image-newline: a marker.
+    Tokens of `marker_ids` (InternVL's <img> and </img>) are markers too."""
     assert text.startswith(head), (text, head)
     kinds = torch.full_like(ids, KIND_TEXT)
     n_pad = int((attention == 0).sum())
     kinds[:n_pad] = KIND_PAD
     kinds[ids == image_id] = KIND_IMAGE
+    for marker in marker_ids:
+        kinds[ids == marker] = KIND_MARKER
     if detail is not None:
         rows, cols = detail
         image = (ids == image_id).nonzero().flatten()
@@ -224,6 +247,9 @@ def expected_kinds(
 
 def layout_of(model, width: int, height: int) -> dict:
     """`expected_kinds`'s layout arguments for one image of this size."""
+    if model.adapter.arch == "internvl":
+        tokenizer = model.processor.tokenizer
+        return {"marker_ids": tokenizer.convert_tokens_to_ids(["<img>", "</img>"])}
     if model.adapter.arch != "llava_onevision":
         return {}
     processor = model.processor
@@ -303,6 +329,15 @@ REAL_PROCESSOR = {
         "vision_aspect_ratio": "anyres_max_9",
         "pinpoints": [[384 * a, 384 * b] for a in range(1, 7) for b in range(1, 7)],
     },
+    # InternViT-300M/14 at 448 pixel-shuffled to 16 x 16 tokens per tile, 1..12 tiles and a
+    # thumbnail, ImageNet mean and std, bicubic.
+    "internvl": {
+        "size": (448, 448),
+        "image_seq_length": 256,
+        "patches": (True, 1, 12),
+        "mean_std": ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+        "resample": 3,
+    },
 }
 
 
@@ -317,6 +352,12 @@ def test_processor_settings_are_the_real_ones(hooked, arch):
     elif arch == "gemma3":
         got["size"] = (images.size["height"], images.size["width"])
         got["image_seq_length"] = processor.image_seq_length
+    elif arch == "internvl":
+        got["size"] = (images.size["height"], images.size["width"])
+        got["image_seq_length"] = processor.image_seq_length
+        got["patches"] = (images.crop_to_patches, images.min_patches, images.max_patches)
+        got["mean_std"] = (list(images.image_mean), list(images.image_std))
+        got["resample"] = int(images.resample)
     elif arch == "llava_onevision":
         got["size"] = (images.size["height"], images.size["width"])
         got["num_image_tokens"] = processor.num_image_tokens
@@ -351,12 +392,31 @@ TILES = {
 }
 
 
+# InternVL3: tiles of 448 px, 16 x 16 tokens each; (rows, columns) of the detail tiles.
+# 1024 x 1024: 1 x 1, 2 x 2 and 3 x 3 tie on the aspect ratio, the most tiles below twice the
+# image's area win (3 x 3; 4 x 4 exceeds 12). 1024 x 640 (1.6): 3 columns x 2 rows (1.5;
+# 5 x 3 would be 15 tiles).
+INTERNVL_TILES = {(1024, 1024): (3, 3), (1024, 640): (2, 3)}
+
+
 @pytest.mark.parametrize("size", [(1024, 1024), (1024, 640)])
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_image_grid_matches_the_real_processor(hooked, arch, size):
     model = hooked(arch)
     inputs = model.prepare(images=picture(*size), prompt=QUESTION)
     span = inputs.segments.samples[0].images[0]
+    if arch == "internvl":
+        rows, cols = INTERNVL_TILES[size]
+        *detail, thumb = span.tiles
+        assert len(detail) == rows * cols and thumb.thumbnail
+        assert all(t.grid == (16, 16) for t in span.tiles)
+        assert frame_grid(span) == (16 * rows, 16 * cols)
+        n_tiles = model.processor.image_processor.get_number_of_image_patches(size[1], size[0])
+        assert n_tiles == rows * cols + 1 == inputs["pixel_values"].shape[0]
+        image_id = model.adapter.image_token_id(model.hf_model.config)
+        assert span.n_tokens == 256 * n_tiles == int((inputs.input_ids[0] == image_id).sum())
+        assert len(span) == span.n_tokens + 2 and len(span.markers) == 2  # <img>, </img>
+        return
     if arch in TILES:
         thumb, detail = span.tiles
         assert [thumb.grid, detail.grid] == TILES[arch][size]

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from vlm_lens import HookedVLM
+from vlm_lens.core.image_frame import frame_grid
 from vlm_lens.core.segments import KIND_IMAGE, KIND_MARKER, KIND_PAD, KIND_SYSTEM, KIND_TEXT
 from vlm_lens.data.images import load_image
 from vlm_lens.zoo import ARCHITECTURES
@@ -21,6 +22,7 @@ USER_HEADER = {
     "gemma3": "<start_of_turn>user\n",
     "llava": "USER: ",
     "llava_onevision": "<|im_start|>user ",
+    "internvl": "<|im_start|>user\n",
 }
 
 
@@ -60,11 +62,13 @@ def check_row(
         assert system.count(bos) <= 1, f"BOS doubled: {system!r}"
     assert (kinds[seg.system.as_slice()] == KIND_SYSTEM).all()
     # Image spans: exactly the placeholder tokens, with h*w tokens per tile; the rest of the
-    # span (image-newline after each row, for LLaVA-OneVision) is markers.
+    # span (image-newline after each row, for LLaVA-OneVision; <img> and </img> around the
+    # tiles, for InternVL) is markers. No image-token id outside the spans.
     assert len(seg.images) == n_images
-    assert int((ids == image_id).sum()) == sum(len(s) for s in seg.images)
+    inside = sum(int((ids[s.as_slice()] == image_id).sum()) for s in seg.images)
+    assert int((ids == image_id).sum()) == inside
     for span in seg.images:
-        assert (ids[span.as_slice()] == image_id).all()
+        assert (ids[span.positions()] == image_id).all()
         if len(span.tiles) == 1 and not span.markers:
             assert len(span) == span.grid[0] * span.grid[1]
             assert (kinds[span.as_slice()] == KIND_IMAGE).all()
@@ -107,6 +111,25 @@ def test_one_image(model):
         assert (detail.grid, detail.thumbnail, detail.row_markers) == ((8, 8), False, 1)
         assert seg.images[0].grid == (0, 0) and len(seg.images[0].markers) == 8
         assert thumb.end == detail.start and detail.end == seg.images[0].end
+    elif arch == "internvl":
+        # <img>, the 64x64 image on 2 x 2 tiles (row-major, a quarter of the image each) and
+        # the thumbnail, each 4 x 4 tokens, </img>.
+        image = seg.images[0]
+        *detail, thumb = image.tiles
+        assert [t.grid for t in image.tiles] == [(4, 4)] * 5 and thumb.thumbnail
+        assert [t.box for t in detail] == [
+            (0.0, 0.0, 0.5, 0.5),
+            (0.0, 0.5, 0.5, 1.0),
+            (0.5, 0.0, 1.0, 0.5),
+            (0.5, 0.5, 1.0, 1.0),
+        ]
+        assert [decode(model, inputs.input_ids[0, m.as_slice()]) for m in image.markers] == [
+            "<img>",
+            "</img>",
+        ]
+        assert (image.markers[0].start, image.markers[1].end) == (image.start, image.end)
+        assert all(a.end == b.start for a, b in zip(image.tiles, image.tiles[1:]))
+        assert frame_grid(image) == (8, 8)
     else:
         vc = model.hf_model.config.vision_config
         assert seg.images[0].grid == (vc.image_size // vc.patch_size,) * 2
@@ -117,8 +140,12 @@ def test_non_square_image_gives_non_square_grid(model):
         pytest.skip("Gemma3 and LLaVA-1.5 resize every image to a fixed square grid")
     inputs = model.prepare(images=img(w=128, h=64), prompt=PROMPT)
     image = check_row(model, inputs, 0, 1).images[0]
-    (h, w) = image.tiles[-1].grid  # LLaVA-OneVision: the detail grid after its thumbnail
+    # Tiled images: the frame of the detail tiles (LLaVA-OneVision's detail grid after its
+    # thumbnail; InternVL's 128 x 64 image on 2 x 4 tiles of 4 x 4).
+    (h, w) = frame_grid(image)
     assert w > h
+    if model.adapter.arch == "internvl":
+        assert (h, w) == (8, 16) and len(image.tiles) == 9
 
 
 def test_two_images_and_system_prompt(model):

@@ -22,6 +22,7 @@ MODEL_CLASS = {
     "gemma3": "Gemma3ForConditionalGeneration",
     "llava": "LlavaForConditionalGeneration",
     "llava_onevision": "LlavaOnevisionForConditionalGeneration",
+    "internvl": "InternVLForConditionalGeneration",
 }
 PROCESSOR_CLASS = {
     "qwen3_vl": "Qwen3VLProcessor",
@@ -30,6 +31,7 @@ PROCESSOR_CLASS = {
     "gemma3": "Gemma3Processor",
     "llava": "LlavaProcessor",
     "llava_onevision": "LlavaOnevisionProcessor",
+    "internvl": "InternVLProcessor",
 }
 QWEN = ("qwen3_vl", "qwen2_5_vl", "qwen2_vl")
 
@@ -61,6 +63,8 @@ def expected_image_tokens(arch: str, config, inputs, processor=None) -> int:
         return sum(p if isinstance(p, int) else p.length for lay in layouts for p in lay)
     if arch == "gemma3":
         return n_images * config.mm_tokens_per_image
+    if arch == "internvl":  # one pixel_values entry per tile (thumbnails included)
+        return n_images * config.image_seq_length
     return n_images * config.image_seq_length
 
 
@@ -131,6 +135,18 @@ def test_special_token_ids_match_tokenizer(loaded):
         assert processor.num_image_tokens == side * side == 16
         assert processor.vision_aspect_ratio == config.vision_aspect_ratio == "anyres_max_9"
         assert processor.image_processor.image_grid_pinpoints == config.image_grid_pinpoints
+    elif arch == "internvl":
+        assert config.image_token_id == ids("<IMG_CONTEXT>") == processor.image_token_id
+        assert processor.start_image_token_id == ids("<img>")
+        assert processor.end_image_token_id == ids("</img>")
+        assert text.eos_token_id == ids("<|im_end|>") == tok.eos_token_id
+        assert text.pad_token_id == ids("<|endoftext|>") == tok.pad_token_id
+        # 32 px tiles of 8 x 8 patches, pixel-shuffled to 4 x 4 tokens, as the model reads them.
+        assert processor.image_seq_length == config.image_seq_length == 16
+        assert config.vision_config.image_size == [32, 32]
+        image_processor = processor.image_processor
+        assert image_processor.crop_to_patches is True
+        assert (image_processor.size.height, image_processor.size.width) == (32, 32)
     else:
         assert config.image_token_index == ids("<image>") == processor.image_token_id
         assert (text.bos_token_id, text.eos_token_id) == (ids("<s>"), ids("</s>"))
@@ -158,6 +174,7 @@ RENDERED = {
     "gemma3": "<bos><start_of_turn>user\n<start_of_image>How many?<end_of_turn>\n<start_of_turn>model\n",
     "llava": "USER: <image>\nHow many? ASSISTANT:",
     "llava_onevision": "<|im_start|>user <image>\nHow many?<|im_end|><|im_start|>assistant\n",
+    "internvl": "<|im_start|>user\n<IMG_CONTEXT>\nHow many?<|im_end|>\n<|im_start|>assistant\n",
 }
 RENDERED["qwen2_vl"] = RENDERED["qwen2_5_vl"]
 
@@ -169,6 +186,8 @@ RENDERED_WITH_SYSTEM = {
     "llava": "Be brief. USER: <image>\nHow many? ASSISTANT:",
     "llava_onevision": "<|im_start|>system \nBe brief.<|im_end|><|im_start|>user <image>\n"
     "How many?<|im_end|><|im_start|>assistant\n",
+    "internvl": "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n<IMG_CONTEXT>\n"
+    "How many?<|im_end|>\n<|im_start|>assistant\n",
 }
 RENDERED_WITH_SYSTEM["qwen2_5_vl"] = RENDERED_WITH_SYSTEM["qwen2_vl"] = RENDERED_WITH_SYSTEM[
     "qwen3_vl"
@@ -200,7 +219,7 @@ def test_chat_template_multi_turn(loaded):
         *user_turn("Sure?"),
     ]
     render = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    if arch in QWEN:
+    if arch in (*QWEN, "internvl"):
         assert render.endswith(
             "<|im_start|>assistant\nYes<|im_end|>\n<|im_start|>user\nSure?<|im_end|>\n<|im_start|>assistant\n"
         )
@@ -230,7 +249,8 @@ def test_image_tokens_match_and_forward_runs(loaded):
     n_image = int((ids == image_token_id(model.config)).sum())
     assert n_image == expected_image_tokens(arch, model.config, inputs, processor)
     # LLaVA-OneVision: a 4 x 4 thumbnail, then 2 x 2 crops of 4 x 4 with 8 image-newlines.
-    assert n_image == {"gemma3": 4, "llava_onevision": 16 + 8 * 9}.get(arch, 16)
+    # InternVL: 2 x 2 tiles of 4 x 4 and a 4 x 4 thumbnail.
+    assert n_image == {"gemma3": 4, "llava_onevision": 16 + 8 * 9, "internvl": 5 * 16}.get(arch, 16)
     if arch in QWEN:
         assert inputs["image_grid_thw"].tolist() == [[1, 8, 8]]  # 8x8 patches -> 4x4 merged
         assert "mm_token_type_ids" in inputs
@@ -272,6 +292,8 @@ def test_two_images_in_one_prompt(loaded):
         assert n_image == 16 + 20
     if arch == "llava_onevision":  # 64 x 96: 2 x 3 crops, 8 x 12 tokens plus 8 newlines
         assert n_image == (16 + 8 * 9) + (16 + 8 * 13)
+    if arch == "internvl":  # 64 x 96: 2 x 3 tiles and the thumbnail
+        assert n_image == 5 * 16 + 7 * 16
     with torch.no_grad():
         logits = model(**inputs).logits
     assert torch.isfinite(logits).all()
@@ -427,3 +449,37 @@ def test_adapter_module_paths_exist_and_the_vision_tower_holds_no_language_layer
     get_module(model, adapter.image_embeds_module)
     assert not any(m is lm for m in tower.modules())
     assert any(p.requires_grad for p in tower.parameters())
+
+
+def test_internvl_tile_arrangement_is_the_processors(tiny_ckpt):
+    """The layout recovers each image's tile count from its run of image tokens and the
+    arrangement from the processor's rule restricted to that count; both agree with the
+    processor's own choice over every allowed count (ties included: a square image of 64 px
+    takes 2 x 2 tiles of 32, one of 32 px a single tile and no thumbnail)."""
+    from transformers.models.got_ocr2.image_processing_got_ocr2 import get_optimal_tiled_canvas
+
+    arch = get("internvl")
+    path = tiny_ckpt("internvl")
+    processor, config = AutoProcessor.from_pretrained(path), AutoConfig.from_pretrained(path)
+    sizes = [(64, 64), (32, 32), (64, 96), (96, 64), (40, 300), (300, 40), (500, 300)]
+    images = [noise_image(i, h, w) for i, (h, w) in enumerate(sizes)]
+    text = "".join(f"<IMG_CONTEXT>{i}" for i in range(len(images)))
+    inputs = dict(processor(text=[text], images=images, return_tensors="pt"))
+    layouts = arch.adapter.image_layouts(config, processor, inputs, sizes)
+    n_tiles = 0
+    for (h, w), layout in zip(sizes, layouts, strict=True):
+        cols, rows = get_optimal_tiled_canvas((h, w), (32, 32), 1, 12)
+        tiles = [p for p in layout if not isinstance(p, int)]
+        assert (layout[0], layout[-1]) == (1, 1)  # <img> ... </img>
+        detail = [t for t in tiles if not t.thumbnail]
+        assert len(detail) == rows * cols
+        assert [t.thumbnail for t in tiles] == [False] * len(detail) + [True] * (len(detail) > 1)
+        assert detail[-1].box == ((rows - 1) / rows, (cols - 1) / cols, 1.0, 1.0)
+        assert detail[0].box == (0.0, 0.0, 1 / rows, 1 / cols)
+        n_tiles += len(tiles)
+    # 40 x 300 (7.5): 7 x 1 and 8 x 1 tie, the larger wins (its area stays under twice the
+    # image's); 500 x 300 (0.6): 2 columns x 3 rows (3 x 5 would be 15 > 12 tiles).
+    assert [len(lay) - 2 for lay in layouts] == [5, 1, 7, 7, 9, 9, 7]
+    assert n_tiles == inputs["pixel_values"].shape[0]
+    with pytest.raises(ValueError, match="8 images but 7 runs"):
+        arch.adapter.image_layouts(config, processor, inputs, sizes + [(64, 64)])

@@ -8,7 +8,9 @@ deepstack, default system turn).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import json
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from vlm_lens.architectures._base import NpmPackage
@@ -255,6 +257,68 @@ PACKAGE = NpmPackage(
     },
     key="qwen3",
 )
+
+
+def write_qwen2_tokenizer(
+    files: Path,
+    out: Path,
+    chat_template: str | None,
+    *,
+    n_specials: int,
+    added: Sequence[str],
+    named: Mapping[str, Any],
+) -> None:
+    """Tokenizer files of a VLM built on Qwen2's vocabulary: the package's byte-level BPE (its
+    ordinary vocabulary and merges, which Qwen2 and Qwen2.5 share), its first `n_specials`
+    special tokens (from <|endoftext|> 151643), then the VLM's `added` tokens. `named` goes
+    into tokenizer_config.json over the defaults (how processors find their image tokens)."""
+    source = json.loads((files / "package/models/tokenizer.json").read_text(encoding="utf-8"))
+    first = sorted(
+        (t for t in source["added_tokens"] if t["id"] < QWEN_FIRST_SPECIAL + n_specials),
+        key=lambda t: t["id"],
+    )
+    ids = [t["id"] for t in first]
+    expected = list(range(QWEN_FIRST_SPECIAL, QWEN_FIRST_SPECIAL + n_specials))
+    if ids != expected or [t["content"] for t in first[:3]] != list(_CHATML_SPECIALS):
+        raise AssertionError(
+            f"Qwen special token ids {ids}, expected {expected[0]}..{expected[-1]}"
+        )
+    tokens = first + [
+        {**first[0], "id": QWEN_FIRST_SPECIAL + n_specials + i, "content": t}
+        for i, t in enumerate(added)
+    ]
+    (out / "tokenizer.json").write_text(
+        json.dumps({**source, "added_tokens": tokens}, ensure_ascii=False), encoding="utf-8"
+    )
+    decoder = {
+        str(t["id"]): {
+            k: t[k] for k in ("content", "lstrip", "normalized", "rstrip", "single_word")
+        }
+        | {"special": True}
+        for t in tokens
+    }
+    config = {
+        "add_bos_token": False,
+        "add_prefix_space": False,
+        "added_tokens_decoder": decoder,
+        "bos_token": None,
+        "clean_up_tokenization_spaces": False,
+        "eos_token": "<|im_end|>",
+        "errors": "replace",
+        "model_max_length": 32768,
+        "pad_token": "<|endoftext|>",
+        "padding_side": "left",
+        "split_special_tokens": False,
+        "tokenizer_class": "Qwen2Tokenizer",
+        "unk_token": None,
+        "chat_template": chat_template,
+        **named,
+    }
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+QWEN_FIRST_SPECIAL = 151643  # <|endoftext|>
+_CHATML_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 
 
 def real_settings(shortest_edge: int, longest_edge: int) -> dict[str, Any]:

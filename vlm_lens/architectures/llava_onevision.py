@@ -18,7 +18,6 @@ Not for: LLaVA-1.5 (fixed square grid: `llava.py`).
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,6 +32,7 @@ from vlm_lens.architectures._base import (
     TinyRecipe,
 )
 from vlm_lens.architectures._qwen import PACKAGE as QWEN_PACKAGE
+from vlm_lens.architectures._qwen import write_qwen2_tokenizer
 from vlm_lens.architectures._recipe import (
     REAL_VOCAB_TINY_TEXT,
     TINY_SIGLIP,
@@ -195,51 +195,20 @@ def _processor(tok, config, image_kwargs: Mapping):
     )
 
 
-_QWEN2_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")  # 151643..151645
 _ONEVISION_ADDED = ("<image>", "<video>")  # 151646, 151647
 
 
 def _compose_tokenizer(files: Path, out: Path, chat_template: str | None) -> None:
-    """llava-onevision-qwen2-*-hf's tokenizer files: Qwen's byte-level BPE (the Qwen3 package's
-    ordinary vocabulary and merges, which Qwen2 shares), its first three special tokens, then
+    """llava-onevision-qwen2-*-hf's tokenizer files: Qwen2's first three special tokens, then
     <image> and <video> where Qwen2/3 keep <|object_ref_start|> and <|object_ref_end|>."""
-    source = json.loads((files / "package/models/tokenizer.json").read_text(encoding="utf-8"))
-    first = {t["content"]: t for t in source["added_tokens"] if t["content"] in _QWEN2_SPECIALS}
-    ids = [first[t]["id"] for t in _QWEN2_SPECIALS] if len(first) == 3 else []
-    if ids != [151643, 151644, 151645]:
-        raise AssertionError(f"Qwen special token ids {ids}, expected 151643..151645")
-    added = [first[t] for t in _QWEN2_SPECIALS] + [
-        {**first["<|endoftext|>"], "id": 151646 + i, "content": t}
-        for i, t in enumerate(_ONEVISION_ADDED)
-    ]
-    (out / "tokenizer.json").write_text(
-        json.dumps({**source, "added_tokens": added}, ensure_ascii=False), encoding="utf-8"
+    write_qwen2_tokenizer(
+        files,
+        out,
+        chat_template,
+        n_specials=3,
+        added=_ONEVISION_ADDED,
+        named={"additional_special_tokens": ["<|im_start|>", "<|im_end|>", *_ONEVISION_ADDED]},
     )
-    decoder = {
-        str(t["id"]): {
-            k: t[k] for k in ("content", "lstrip", "normalized", "rstrip", "single_word")
-        }
-        | {"special": True}
-        for t in added
-    }
-    config = {
-        "add_bos_token": False,
-        "add_prefix_space": False,
-        "added_tokens_decoder": decoder,
-        "additional_special_tokens": ["<|im_start|>", "<|im_end|>", *_ONEVISION_ADDED],
-        "bos_token": None,
-        "clean_up_tokenization_spaces": False,
-        "eos_token": "<|im_end|>",
-        "errors": "replace",
-        "model_max_length": 32768,
-        "pad_token": "<|endoftext|>",
-        "padding_side": "left",
-        "split_special_tokens": False,
-        "tokenizer_class": "Qwen2Tokenizer",
-        "unk_token": None,
-        "chat_template": chat_template,
-    }
-    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
 ARCHITECTURE = Architecture(
