@@ -20,6 +20,7 @@ USER_HEADER = {
     "qwen2_vl": "<|im_start|>user\n",
     "gemma3": "<start_of_turn>user\n",
     "llava": "USER: ",
+    "paligemma": "",  # no template: the image comes first, BOS after it is text
 }
 
 
@@ -93,26 +94,34 @@ def test_one_image(model):
 
 def test_non_square_image_gives_non_square_grid_on_qwen(model):
     if not model.adapter.arch.startswith("qwen"):
-        pytest.skip("Gemma3 and LLaVA-1.5 resize every image to a fixed square grid")
+        pytest.skip("Gemma3, LLaVA-1.5 and PaliGemma resize every image to a fixed square grid")
     inputs = model.prepare(images=img(w=128, h=64), prompt=PROMPT)
     (h, w) = check_row(model, inputs, 0, 1).images[0].grid
     assert w > h
 
 
 def test_two_images_and_system_prompt(model):
-    inputs = model.prepare(
-        images=[img(value=10), img(value=240)],
-        prompt="Left: <image> right: <image> same?",
-        system="Be brief.",
+    images, prompt, system = (
+        [img(value=10), img(value=240)],
+        "Left: <image> right: <image> same?",
+        "Be brief.",
     )
-    seg = check_row(model, inputs, 0, 2, system_text="Be brief.")
+    if model.adapter.arch == "paligemma":  # no system prompt: refused, before any side effect
+        with pytest.raises(ValueError, match="PaliGemma takes one user turn: no system prompt"):
+            model.prepare(images=images, prompt=prompt, system=system)
+        system = None
+    inputs = model.prepare(images=images, prompt=prompt, system=system)
+    seg = check_row(model, inputs, 0, 2, system_text=system)
     # The first content item starts right where the system span ends: the text "Left:", or the
-    # image where the template moves images first (LLaVA-1.5).
-    if model.adapter.arch == "llava":
+    # image where the template moves images first (LLaVA-1.5, PaliGemma).
+    if model.adapter.arch in ("llava", "paligemma"):
         assert seg.images[0].start == seg.system.end
     else:
         assert decode(model, inputs.input_ids[0, seg.system.end : seg.system.end + 5]) == "Left:"
-    assert seg.images[0].end < seg.images[1].start
+    if model.adapter.arch == "paligemma":  # back to back: the template writes nothing between
+        assert seg.images[0].end == seg.images[1].start
+    else:
+        assert seg.images[0].end < seg.images[1].start
     assert (inputs.segments.image_index[0][seg.images[1].as_slice()] == 1).all()
     assert [int(i) for i in inputs.segments.image_index[0].unique()] == [-1, 0, 1]
 
@@ -181,6 +190,10 @@ def test_grayscale_rgba_and_16bit_are_converted(tmp_path):
 
 
 def test_batch_with_a_text_only_prompt(model):
+    if model.adapter.arch == "paligemma":
+        with pytest.raises(ValueError, match="PaliGemma needs an image in every prompt"):
+            model.prepare(images=[img(value=30), None], prompt=["Count.", "Say hello to me."])
+        return
     batch = model.prepare(images=[img(value=30), None], prompt=["Count.", "Say hello to me."])
     check_row(model, batch, 0, 1)
     check_row(model, batch, 1, 0)

@@ -49,6 +49,12 @@ class Adapter:
     """The vision encoder (pixels in, patch features out); it holds no language-model hooks."""
     image_marker: str = "<image>"
     """How an image content item first shows in the rendered chat template (before expansion)."""
+    generated_token_type: int = 0
+    """`token_type_ids` of a token after the prompt (generated or teacher-forced): 0 (text) for
+    Gemma3; 1 for PaliGemma, whose 0s are the bidirectional prefix and 1s the causal answer."""
+    prompt_template: str | None = None
+    """Jinja template `prepare` renders a prompt with when the processor has no chat template
+    (PaliGemma's checkpoints ship none); None: a processor without one is an error."""
 
     # Inside a decoder layer (paths from the layer). The layer computes
     #   mid  = resid_pre + attn_out(attention(ln1(resid_pre)))
