@@ -16,6 +16,7 @@ import transformers
 from PIL import Image
 
 from vlm_lens import HookedVLM
+from vlm_lens.core.generation import AttentionRecord, generation_config
 from vlm_lens.core.segments import KIND_IMAGE, KIND_TEXT
 from vlm_lens.patching import with_answer_prefix
 from vlm_lens.zoo import tiny_checkpoint
@@ -198,3 +199,36 @@ def test_count_study_runs_end_to_end(tiny_ckpt, tmp_path):
     (run,) = [p for p in tmp_path.iterdir() if (p / "run.json").exists()]
     assert len((run / "samples.jsonl").read_text().splitlines()) == 4
     assert (tmp_path / "report.html").exists()
+
+
+def test_recording_past_the_sliding_window_equals_hf_attentions(biting):
+    """Once the prompt is longer than the window, a sliding layer's decoding-step pattern holds
+    only the window's keys (HF's sliding cache drops the rest): the recording keeps them at their
+    absolute positions, NaN before, and equals HF eager's attention weights."""
+    model, eager = biting
+    inputs = model.prepare(images=[picture(7)], prompt=PROMPT)
+    prompt_len = inputs.input_ids.shape[1]
+    sliding = [t == "sliding_attention" for t in model.hf_model.config.text_config.layer_types]
+    out = model.generate(
+        inputs, max_new_tokens=3, min_new_tokens=3, record=AttentionRecord(keep=("full", "image"))
+    )
+    config = generation_config(model, 3, min_new_tokens=3, output_attentions=True)
+    with torch.no_grad():
+        ref = eager.generate(**inputs.tensors, generation_config=config)
+    assert torch.equal(out.sequences, ref.sequences)
+    for step in range(3):
+        full = out.recording.full[step][0, :, :, 0]  # [layer, head, key]
+        assert full.shape[-1] == prompt_len + step
+        for layer, hf in enumerate(ref.attentions[step]):
+            hf_row = hf[0, :, -1]  # [head, key held]
+            held = hf_row.shape[-1]
+            if step and sliding[layer]:  # past the window
+                assert held < prompt_len and torch.isnan(full[layer, :, :-held]).all()
+            else:
+                assert held == prompt_len + step
+            torch.testing.assert_close(full[layer, :, -held:], hf_row, atol=1e-5, rtol=0)
+        # the image keys left the sliding layers' window: NaN there, numbers in the global ones
+        image = out.recording.image[step][0, :, :, 0]  # [layer, head, image key]
+        for layer, is_sliding in enumerate(sliding):
+            assert bool(torch.isnan(image[layer]).all()) == (is_sliding and step > 0)
+            assert bool(torch.isnan(image[layer]).any()) == (is_sliding and step > 0)
