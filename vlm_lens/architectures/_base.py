@@ -34,6 +34,12 @@ def no_deepstack(config: Any) -> int:
     return 0
 
 
+def patch_grids(config: Any, processor_out: dict, n_images: int) -> list[tuple[int, int]]:
+    """A fixed square grid per image: one token per vision patch (LLaVA-1.5, PaliGemma)."""
+    side = config.vision_config.image_size // config.vision_config.patch_size
+    return [(side, side)] * n_images
+
+
 @dataclass(frozen=True)
 class Adapter:
     arch: str

@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from vlm_lens.architectures._base import (
     Adapter,
@@ -38,15 +37,16 @@ from vlm_lens.architectures._base import (
     RealVocab,
     RealVocabUnavailable,
     TinyRecipe,
+    patch_grids,
 )
 from vlm_lens.architectures._recipe import (
+    GEMMA_LAYER_FIELDS,
     REAL_VOCAB_TINY_TEXT,
+    TINY_SIGLIP,
     TINY_TEXT,
     check_tokens,
-    derive_text,
-    given,
+    derive_gemma_text,
     merge_overrides,
-    text_token_ids,
 )
 
 IMAGE_TOKEN = "<image>"
@@ -55,11 +55,6 @@ IMAGE_TOKEN = "<image>"
 LOC_SEG_TOKENS = tuple(f"<loc{i:04d}>" for i in range(1024)) + tuple(
     f"<seg{i:03d}>" for i in range(128)
 )
-
-
-def _grids(config: Any, processor_out: dict, n_images: int) -> list[tuple[int, int]]:
-    side = config.vision_config.image_size // config.vision_config.patch_size
-    return [(side, side)] * n_images
 
 
 # One user turn: its images first, then its texts. No roles, no generation prompt: the
@@ -113,29 +108,12 @@ def _config(tok, overrides: Mapping):
             "attn_logit_softcapping": 50.0,
             "final_logit_softcapping": 30.0,
         },
-        "vision_config": {
-            "model_type": "siglip_vision_model",
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "image_size": 32,
-            "patch_size": 8,
-            "vision_use_head": False,
-        },
+        "vision_config": TINY_SIGLIP,
         "tie_word_embeddings": True,
     }
     cfg = merge_overrides(cfg, overrides)
     text = cfg["text_config"]
-    derive_text(text, overrides, len(tok))
-    if not given(overrides, "text_config", "query_pre_attn_scalar"):
-        text["query_pre_attn_scalar"] = text["head_dim"]
-    if not given(overrides, "text_config", "layer_types"):
-        text["layer_types"] = [
-            "full_attention" if i % 2 else "sliding_attention"
-            for i in range(text["num_hidden_layers"])
-        ]
-    text.update(text_token_ids(tok, bos="<bos>", eos="<eos>", pad="<pad>"))
+    derive_gemma_text(text, overrides, tok)
     # The projector maps the vision width to the text width.
     cfg.update(
         projection_dim=text["hidden_size"],
@@ -207,14 +185,10 @@ ARCHITECTURE = Architecture(
     adapter=Adapter(
         "paligemma",
         "PaliGemmaForConditionalGeneration",
-        grids=_grids,
+        grids=patch_grids,
         prompt_template=PROMPT_TEMPLATE,
         generated_token_type=1,  # the answer is the causal suffix
-        ln2="pre_feedforward_layernorm",
-        attn_out="post_attention_layernorm",
-        mlp_out="post_feedforward_layernorm",
-        norm_eps="eps",
-        norm_weight_offset=1.0,
+        **GEMMA_LAYER_FIELDS,
     ),
     tiny=TinyRecipe(
         char_tokenizer=_CHAR_TOKENIZER,
