@@ -123,10 +123,16 @@ def test_pattern_edit_changes_logits_and_matches_hand_computation(arch_models):
     k = cache["blocks.-1.attn.hook_k"].transpose(1, 2).repeat_interleave(rep, dim=1)
     v = cache["blocks.-1.attn.hook_v"].transpose(1, 2).repeat_interleave(rep, dim=1)
     scores = q @ k.transpose(-1, -2) * attn.scaling
+    cap = getattr(attn, "attn_logit_softcapping", None)
+    if cap is not None:  # Gemma 2 (PaliGemma 2) soft-caps the scores
+        scores = torch.tanh(scores / cap) * cap
     n = scores.shape[-1]
     allowed = torch.ones(n, n, dtype=torch.bool).tril()
     if arch == "gemma3":  # Gemma3 lets an image's tokens see each other in both directions
         allowed |= image_keys[:, None] & image_keys[None, :]
+    if arch == "paligemma":  # prefix-LM: the whole prompt (image, BOS, text) sees itself
+        prefix = inputs["token_type_ids"][0] == 0
+        allowed |= prefix[:, None] & prefix[None, :]
     scores = scores.masked_fill(~allowed, float("-inf"))
     pattern = scores.softmax(-1)
     pattern = pattern.masked_fill(image_keys, 0.0)
@@ -285,8 +291,10 @@ def test_logits_to_keep_gives_the_last_rows_of_the_full_forward(arch_models):
         last = model(inputs, logits_to_keep=1)
         two = model(inputs, logits_to_keep=2)
     assert last.shape == (2, 1, full.shape[-1]) and two.shape[1] == 2
-    torch.testing.assert_close(last[:, -1], full[:, -1], rtol=0, atol=1e-6)
-    torch.testing.assert_close(two, full[:, -2:], rtol=0, atol=1e-6)
+    # The unembedding of 1, 2 or all rows may round differently: a float32 ulp or two of the
+    # logit (measured 9.5e-7 on Gemma3 and 1.2e-6 on PaliGemma, logits up to ~5).
+    torch.testing.assert_close(last[:, -1], full[:, -1], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(two, full[:, -2:], rtol=1e-6, atol=1e-6)
 
 
 def test_running_gives_hf_kwargs_and_the_segments_to_hooks_for_its_duration(arch_models):

@@ -23,6 +23,7 @@ USER_HEADER = {
     "llava": "USER: ",
     "llava_onevision": "<|im_start|>user ",
     "internvl": "<|im_start|>user\n",
+    "paligemma": "",  # no template: the image comes first, BOS after it is text
 }
 
 
@@ -136,8 +137,8 @@ def test_one_image(model):
 
 
 def test_non_square_image_gives_non_square_grid(model):
-    if model.adapter.arch in ("gemma3", "llava"):
-        pytest.skip("Gemma3 and LLaVA-1.5 resize every image to a fixed square grid")
+    if model.adapter.arch in ("gemma3", "llava", "paligemma"):
+        pytest.skip("Gemma3, LLaVA-1.5 and PaliGemma resize every image to a fixed square grid")
     inputs = model.prepare(images=img(w=128, h=64), prompt=PROMPT)
     image = check_row(model, inputs, 0, 1).images[0]
     # Tiled images: the frame of the detail tiles (LLaVA-OneVision's detail grid after its
@@ -149,19 +150,25 @@ def test_non_square_image_gives_non_square_grid(model):
 
 
 def test_two_images_and_system_prompt(model):
-    inputs = model.prepare(
-        images=[img(value=10), img(value=240)],
-        prompt="Left: <image> right: <image> same?",
-        system="Be brief.",
+    images, prompt, system = (
+        [img(value=10), img(value=240)],
+        "Left: <image> right: <image> same?",
+        "Be brief.",
     )
-    seg = check_row(model, inputs, 0, 2, system_text="Be brief.")
+    if model.adapter.arch == "paligemma":  # no system prompt: refused, before any side effect
+        with pytest.raises(ValueError, match="PaliGemma takes one user turn: no system prompt"):
+            model.prepare(images=images, prompt=prompt, system=system)
+        system = None
+    inputs = model.prepare(images=images, prompt=prompt, system=system)
+    seg = check_row(model, inputs, 0, 2, system_text=system)
     # The first content item starts right where the system span ends: the text "Left:", or the
-    # image where the template moves images first (LLaVA-1.5, LLaVA-OneVision).
-    if model.adapter.arch in ("llava", "llava_onevision"):
+    # image where the template moves images first (LLaVA-1.5, LLaVA-OneVision, PaliGemma).
+    if model.adapter.arch in ("llava", "llava_onevision", "paligemma"):
         assert seg.images[0].start == seg.system.end
     else:
         assert decode(model, inputs.input_ids[0, seg.system.end : seg.system.end + 5]) == "Left:"
-    if model.adapter.arch == "llava_onevision":  # its template writes "<image><image>"
+    # back to back: LLaVA-OneVision's template writes "<image><image>", PaliGemma's nothing
+    if model.adapter.arch in ("llava_onevision", "paligemma"):
         assert seg.images[0].end == seg.images[1].start
     else:
         assert seg.images[0].end < seg.images[1].start
@@ -233,6 +240,10 @@ def test_grayscale_rgba_and_16bit_are_converted(tmp_path):
 
 
 def test_batch_with_a_text_only_prompt(model):
+    if model.adapter.arch == "paligemma":
+        with pytest.raises(ValueError, match="PaliGemma needs an image in every prompt"):
+            model.prepare(images=[img(value=30), None], prompt=["Count.", "Say hello to me."])
+        return
     batch = model.prepare(images=[img(value=30), None], prompt=["Count.", "Say hello to me."])
     check_row(model, batch, 0, 1)
     # LLaVA-OneVision's template writes "\n" before each text item: part of the header here.

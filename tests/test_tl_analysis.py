@@ -12,6 +12,8 @@ Not for: TransformerLens's own tests (tests/test_tl_parity.py) or HF parity
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -53,6 +55,14 @@ def per_head(model: HookedVLM) -> bool:
     return not model.adapter.sandwich_norms
 
 
+def final_softcap(model) -> float | None:
+    """The final logit soft-cap HF applies: Gemma 2's config value where the model class applies
+    it (PaliGemma's does in transformers 5.24, not in 5.4), else None."""
+    cap = getattr(model.hf_model.config.get_text_config(), "final_logit_softcapping", None)
+    applies = "final_logit_softcapping" in inspect.getsource(type(model.hf_model).forward)
+    return cap if applies else None
+
+
 @torch.no_grad()
 def test_decompose_resid_through_the_final_norm_and_unembedding_gives_the_logits(model, batch):
     logits, cache = model.run_with_cache(batch)
@@ -65,16 +75,21 @@ def test_decompose_resid_through_the_final_norm_and_unembedding_gives_the_logits
             expected.append(f"{layer}_deepstack")
     assert labels == expected
     assert any(lab.endswith("deepstack") for lab in labels) == (model.cfg.arch == "qwen3_vl")
+    # W_U gives the logits before any final soft-cap (Gemma 2: cap * tanh(logit / cap))
+    cap = final_softcap(model)
+    capped = (lambda x: torch.tanh(x / cap) * cap) if cap else (lambda x: x)  # noqa: E731
     rebuilt = stack.sum(0) @ model.W_U + model.b_U
-    torch.testing.assert_close(rebuilt, logits, atol=1e-4, rtol=0)
+    torch.testing.assert_close(capped(rebuilt), logits, atol=1e-4, rtol=0)
     # the same through the final norm's own hook point
     normalized = cache["ln_final.hook_normalized"]
-    torch.testing.assert_close(normalized @ model.W_U + model.b_U, logits, atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        capped(normalized @ model.W_U + model.b_U), logits, atol=1e-4, rtol=0
+    )
     # direct logit attribution: per-component contributions of the answer token sum to its logit
     token = int(logits[0, -1].argmax())
     unscaled = cache.decompose_resid(pos_slice=-1)  # [component, batch, d_model]
     dla = cache.logit_attrs(unscaled, tokens=torch.tensor([token, token]), pos_slice=-1)
-    torch.testing.assert_close(dla.sum(0)[0], logits[0, -1, token], atol=1e-4, rtol=0)
+    torch.testing.assert_close(capped(dla.sum(0)[0]), logits[0, -1, token], atol=1e-4, rtol=0)
 
 
 @torch.no_grad()
@@ -85,7 +100,8 @@ def test_residual_stream_identities(model, batch):
         torch.testing.assert_close(cache["resid_mid", layer], mid, atol=1e-5, rtol=0)
         post = cache["resid_mid", layer] + cache["mlp_out", layer]
         torch.testing.assert_close(cache["resid_post", layer], post, atol=1e-5, rtol=0)
-        gated = F.silu if model.cfg.arch != "gemma3" else lambda x: F.gelu(x, approximate="tanh")
+        gelu = model.cfg.arch in ("gemma3", "paligemma")
+        gated = F.silu if not gelu else lambda x: F.gelu(x, approximate="tanh")
         hook_post = gated(cache["pre", layer]) * cache["pre_linear", layer]
         torch.testing.assert_close(cache["post", layer], hook_post, atol=1e-5, rtol=0)
         scale = cache["scale", layer, "ln1"]
@@ -240,13 +256,16 @@ def test_edits_at_the_new_hook_points_flow_on(model, batch):
     with model.hooks(fwd_hooks=[("blocks.0.mlp.hook_post", zero)]):
         _, cache = model.run_with_cache(batch, names_filter="blocks.0.hook_mlp_out")
     assert cache["blocks.0.hook_mlp_out"].abs().max() == 0
-    # the final norm's scale: doubled, the logits halve (no unembedding bias)
+    # the final norm's scale: doubled, the logits halve (no unembedding bias) before any final
+    # soft-cap (Gemma 2: cap * tanh(logit / cap))
+    cap = final_softcap(model)
+    half = clean_logits / 2 if not cap else torch.tanh(torch.atanh(clean_logits / cap) / 2) * cap
     double = model.run_with_hooks(batch, fwd_hooks=[("ln_final.hook_scale", lambda t, hook: 2 * t)])
-    torch.testing.assert_close(double, clean_logits / 2, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(double, half, atol=1e-5, rtol=1e-5)
     halved = model.run_with_hooks(
         batch, fwd_hooks=[("ln_final.hook_normalized", lambda t, hook: t / 2)]
     )
-    torch.testing.assert_close(halved, clean_logits / 2, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(halved, half, atol=1e-5, rtol=1e-5)
     # the input embeddings and the attention output
     for name in ("hook_embed", "blocks.0.hook_attn_out", "blocks.0.mlp.hook_pre"):
         edited = model.run_with_hooks(batch, fwd_hooks=[(name, zero)])

@@ -12,6 +12,7 @@ from PIL import Image
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
 from vlm_lens.architectures import get
+from vlm_lens.architectures.paligemma import LOC_SEG_TOKENS
 from vlm_lens.zoo import ARCHITECTURES, CHARSET, build_char_tokenizer, tiny_checkpoint
 from vlm_lens.zoo.tiny import MARKER_FILE
 
@@ -23,6 +24,7 @@ MODEL_CLASS = {
     "llava": "LlavaForConditionalGeneration",
     "llava_onevision": "LlavaOnevisionForConditionalGeneration",
     "internvl": "InternVLForConditionalGeneration",
+    "paligemma": "PaliGemmaForConditionalGeneration",
 }
 PROCESSOR_CLASS = {
     "qwen3_vl": "Qwen3VLProcessor",
@@ -32,7 +34,9 @@ PROCESSOR_CLASS = {
     "llava": "LlavaProcessor",
     "llava_onevision": "LlavaOnevisionProcessor",
     "internvl": "InternVLProcessor",
+    "paligemma": "PaliGemmaProcessor",
 }
+ARCH_OF_PROCESSOR = {name: arch for arch, name in PROCESSOR_CLASS.items()}
 QWEN = ("qwen3_vl", "qwen2_5_vl", "qwen2_vl")
 
 
@@ -65,6 +69,8 @@ def expected_image_tokens(arch: str, config, inputs, processor=None) -> int:
         return n_images * config.mm_tokens_per_image
     if arch == "internvl":  # one pixel_values entry per tile (thumbnails included)
         return n_images * config.image_seq_length
+    if arch == "paligemma":
+        return n_images * config.text_config.num_image_tokens
     return n_images * config.image_seq_length
 
 
@@ -77,9 +83,21 @@ def loaded(request, tiny_ckpt):
     return arch, path, processor, model
 
 
+def render(processor, messages) -> str:
+    """The prompt as vlm_lens renders it: the processor's chat template, or the architecture's
+    prompt template where the checkpoint has none (PaliGemma)."""
+    own = {}
+    if processor.chat_template is None:
+        own["chat_template"] = get(
+            ARCH_OF_PROCESSOR[type(processor).__name__]
+        ).adapter.prompt_template
+    return processor.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=False, **own
+    )
+
+
 def encode(processor, messages, images):
-    prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return processor(text=[prompt], images=images, return_tensors="pt")
+    return processor(text=[render(processor, messages)], images=images, return_tensors="pt")
 
 
 # ------------------------------------------------------------------------------------------
@@ -100,7 +118,9 @@ def test_loads_through_real_from_pretrained(loaded):
     assert text.num_hidden_layers >= 2
     assert text.hidden_size <= 64
     assert text.vocab_size == len(processor.tokenizer)
-    assert 90 < len(processor.tokenizer) <= 140
+    # characters and special tokens (PaliGemma's also hold its <loc>/<seg> tokens)
+    n_loc_seg = len(LOC_SEG_TOKENS) if arch == "paligemma" else 0
+    assert 90 < len(processor.tokenizer) - n_loc_seg <= 140
     assert model.dtype == torch.float32
 
 
@@ -147,6 +167,13 @@ def test_special_token_ids_match_tokenizer(loaded):
         image_processor = processor.image_processor
         assert image_processor.crop_to_patches is True
         assert (image_processor.size.height, image_processor.size.width) == (32, 32)
+    elif arch == "paligemma":
+        assert config.image_token_id == ids("<image>") == processor.image_token_id
+        assert ids(["<loc0000>", "<seg127>"]) == [len(tok) - 1153, len(tok) - 2]  # as real ones
+        assert (text.pad_token_id, text.eos_token_id, text.bos_token_id) == (0, 1, 2)
+        assert processor.image_seq_length == text.num_image_tokens == 16
+        assert text.attn_logit_softcapping == 50.0 and text.final_logit_softcapping == 30.0
+        assert "sliding_attention" in text.layer_types and "full_attention" in text.layer_types
     else:
         assert config.image_token_index == ids("<image>") == processor.image_token_id
         assert (text.bos_token_id, text.eos_token_id) == (ids("<s>"), ids("</s>"))
@@ -196,6 +223,8 @@ RENDERED_WITH_SYSTEM["qwen2_5_vl"] = RENDERED_WITH_SYSTEM["qwen2_vl"] = RENDERED
 
 def test_chat_template_renders_like_the_real_one(loaded):
     arch, _, processor, _ = loaded
+    if arch == "paligemma":
+        pytest.skip("no chat template, as the real checkpoints (tests/test_paligemma.py)")
     messages = user_turn("<img>", "How many?")
     render = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     assert render == RENDERED[arch]
@@ -213,6 +242,8 @@ def test_chat_template_renders_like_the_real_one(loaded):
 
 def test_chat_template_multi_turn(loaded):
     arch, _, processor, _ = loaded
+    if arch == "paligemma":
+        pytest.skip("no chat template, as the real checkpoints (tests/test_paligemma.py)")
     messages = [
         *user_turn("<img>", "Red?"),
         {"role": "assistant", "content": [{"type": "text", "text": "Yes"}]},

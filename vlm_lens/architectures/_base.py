@@ -70,6 +70,12 @@ def no_deepstack(config: Any) -> int:
     return 0
 
 
+def patch_grids(config: Any, processor_out: dict, n_images: int) -> list[tuple[int, int]]:
+    """A fixed square grid per image: one token per vision patch (LLaVA-1.5, PaliGemma)."""
+    side = config.vision_config.image_size // config.vision_config.patch_size
+    return [(side, side)] * n_images
+
+
 @dataclass(frozen=True)
 class Adapter:
     arch: str
@@ -89,6 +95,12 @@ class Adapter:
     """The vision encoder (pixels in, patch features out); it holds no language-model hooks."""
     image_marker: str = "<image>"
     """How an image content item first shows in the rendered chat template (before expansion)."""
+    generated_token_type: int = 0
+    """`token_type_ids` of a token after the prompt (generated or teacher-forced): 0 (text) for
+    Gemma3; 1 for PaliGemma, whose 0s are the bidirectional prefix and 1s the causal answer."""
+    prompt_template: str | None = None
+    """Jinja template `prepare` renders a prompt with when the processor has no chat template
+    (PaliGemma's checkpoints ship none); None: a processor without one is an error."""
 
     # Inside a decoder layer (paths from the layer). The layer computes
     #   mid  = resid_pre + attn_out(attention(ln1(resid_pre)))

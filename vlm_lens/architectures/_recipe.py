@@ -58,6 +58,17 @@ REAL_VOCAB_TINY_TEXT = {
 }
 
 
+#: Adapter fields of Gemma 2 / Gemma 3 decoder layers: sandwich norms (attention and MLP outputs
+#: pass a norm before the residual stream), RMSNorm weights stored as offsets from 1.
+GEMMA_LAYER_FIELDS = dict(
+    ln2="pre_feedforward_layernorm",
+    attn_out="post_attention_layernorm",
+    mlp_out="post_feedforward_layernorm",
+    norm_eps="eps",
+    norm_weight_offset=1.0,
+)
+
+
 def merge_overrides(base: Mapping, overrides: Mapping) -> dict:
     """Recursively merge ``overrides`` into a copy of ``base`` (dicts merge, the rest replaces)."""
     out = copy.deepcopy(base)
@@ -110,3 +121,18 @@ def text_token_ids(tok: Any, *, bos: str, eos: str, pad: str) -> dict[str, int]:
     """The text config's bos/eos/pad ids, from the tokenizer."""
     ids = tok.convert_tokens_to_ids
     return {"bos_token_id": ids(bos), "eos_token_id": ids(eos), "pad_token_id": ids(pad)}
+
+
+def derive_gemma_text(text: dict, overrides: Mapping, tok: Any) -> None:
+    """Keep a Gemma 2 / Gemma 3 text config consistent after overrides: vocab size and head_dim,
+    `query_pre_attn_scalar = head_dim`, alternating local (sliding, even) and global (odd)
+    layers so both code paths are exercised, and Gemma's <bos>/<eos>/<pad> ids."""
+    derive_text(text, overrides, len(tok))
+    if not given(overrides, "text_config", "query_pre_attn_scalar"):
+        text["query_pre_attn_scalar"] = text["head_dim"]
+    if not given(overrides, "text_config", "layer_types"):
+        text["layer_types"] = [
+            "full_attention" if i % 2 else "sliding_attention"
+            for i in range(text["num_hidden_layers"])
+        ]
+    text.update(text_token_ids(tok, bos="<bos>", eos="<eos>", pad="<pad>"))

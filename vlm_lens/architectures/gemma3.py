@@ -17,14 +17,13 @@ from typing import Any
 
 from vlm_lens.architectures._base import Adapter, Architecture, NpmPackage, RealVocab, TinyRecipe
 from vlm_lens.architectures._recipe import (
+    GEMMA_LAYER_FIELDS,
     REAL_VOCAB_TINY_TEXT,
     TINY_SIGLIP,
     TINY_TEXT,
     check_tokens,
-    derive_text,
-    given,
+    derive_gemma_text,
     merge_overrides,
-    text_token_ids,
 )
 
 
@@ -107,16 +106,7 @@ def _config(tok, overrides: Mapping):
     }
     cfg = merge_overrides(cfg, overrides)
     text = cfg["text_config"]
-    derive_text(text, overrides, len(tok))
-    if not given(overrides, "text_config", "query_pre_attn_scalar"):
-        text["query_pre_attn_scalar"] = text["head_dim"]
-    if not given(overrides, "text_config", "layer_types"):
-        # alternate local (sliding) and global layers so both code paths are exercised
-        text["layer_types"] = [
-            "full_attention" if i % 2 else "sliding_attention"
-            for i in range(text["num_hidden_layers"])
-        ]
-    text.update(text_token_ids(tok, bos="<bos>", eos="<eos>", pad="<pad>"))
+    derive_gemma_text(text, overrides, tok)
     cfg.update(
         image_token_index=tok.convert_tokens_to_ids("<image_soft_token>"),
         boi_token_index=tok.convert_tokens_to_ids("<start_of_image>"),
@@ -173,11 +163,7 @@ ARCHITECTURE = Architecture(
         "Gemma3ForConditionalGeneration",
         image_marker="<start_of_image>",
         grids=_grids,
-        ln2="pre_feedforward_layernorm",
-        attn_out="post_attention_layernorm",
-        mlp_out="post_feedforward_layernorm",
-        norm_eps="eps",
-        norm_weight_offset=1.0,
+        **GEMMA_LAYER_FIELDS,
     ),
     tiny=TinyRecipe(
         char_tokenizer=_CHAR_TOKENIZER,

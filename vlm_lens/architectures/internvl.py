@@ -29,7 +29,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from vlm_lens.architectures._base import Adapter, Architecture, RealVocab, TinyRecipe
+from vlm_lens.architectures._base import (
+    Adapter,
+    Architecture,
+    ImageLayout,
+    RealVocab,
+    TileLayout,
+    TinyRecipe,
+)
 from vlm_lens.architectures._qwen import PACKAGE as QWEN_PACKAGE
 from vlm_lens.architectures._qwen import write_qwen2_tokenizer
 from vlm_lens.architectures._recipe import (
@@ -40,7 +47,6 @@ from vlm_lens.architectures._recipe import (
     merge_overrides,
     text_token_ids,
 )
-from vlm_lens.architectures._base import ImageLayout, TileLayout
 
 
 def tokens_per_side(config: Any) -> int:

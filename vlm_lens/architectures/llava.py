@@ -15,7 +15,6 @@ import re
 import struct
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from vlm_lens.architectures._base import (
     Adapter,
@@ -24,6 +23,7 @@ from vlm_lens.architectures._base import (
     RealVocab,
     RealVocabUnavailable,
     TinyRecipe,
+    patch_grids,
 )
 from vlm_lens.architectures._recipe import (
     REAL_VOCAB_TINY_TEXT,
@@ -33,12 +33,6 @@ from vlm_lens.architectures._recipe import (
     text_token_ids,
     tiny_text,
 )
-
-
-def _grids(config: Any, processor_out: dict, n_images: int) -> list[tuple[int, int]]:
-    side = config.vision_config.image_size // config.vision_config.patch_size
-    return [(side, side)] * n_images
-
 
 # llava-hf: "USER: <image>\n{text} ASSISTANT:"; images first, then texts.
 _ZOO_CHAT_TEMPLATE = (
@@ -235,7 +229,7 @@ ARCHITECTURE = Architecture(
     title="LLaVA-1.5",
     family="llava",
     released="2023-10",
-    adapter=Adapter("llava", "LlavaForConditionalGeneration", grids=_grids),
+    adapter=Adapter("llava", "LlavaForConditionalGeneration", grids=patch_grids),
     tiny=TinyRecipe(
         char_tokenizer=_CHAR_TOKENIZER,
         config=_config,

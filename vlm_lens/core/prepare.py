@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 from jaxtyping import Int
+from jinja2 import TemplateError
 from torch import Tensor
 
 from vlm_lens.adapters import Adapter, ImageLayout
@@ -53,13 +54,23 @@ IMAGE_PLACEHOLDER = "<image>"
 """Where a prompt names this, the next image goes there; otherwise images go before the text."""
 
 
+#: What a token appended after the prompt (generated, or teacher-forced by
+#: `vlm_lens.patching.with_answer_prefix`) gets in each per-token tensor, unless the
+#: architecture says otherwise (`Adapter.generated_token_type`).
+APPENDED_TOKEN_VALUES = {"attention_mask": 1, "token_type_ids": 0, "mm_token_type_ids": 0}
+
+
 @dataclass
 class VLMInputs:
-    """Processor outputs of a batch plus their `segments` and the rendered prompt texts."""
+    """Processor outputs of a batch plus their `segments` and the rendered prompt texts.
+
+    `appended`: per-token tensor name -> the value a token appended after the prompt gets.
+    """
 
     tensors: dict[str, Tensor]
     segments: Segments
     texts: list[str] = field(default_factory=list)
+    appended: dict[str, int] = field(default_factory=lambda: dict(APPENDED_TOKEN_VALUES))
 
     @property
     def input_ids(self) -> Tensor:
@@ -88,7 +99,7 @@ class VLMInputs:
             if dtype is not None and t.is_floating_point():
                 t = t.to(dtype=dtype)
             moved[name] = t.to(device) if device is not None else t
-        return VLMInputs(moved, self.segments, self.texts)
+        return VLMInputs(moved, self.segments, self.texts, self.appended)
 
 
 def _as_batch(images: Any, prompt: str | Sequence[str]) -> tuple[list[list[ImageLike]], list[str]]:
@@ -140,17 +151,26 @@ def _content_items(prompt: str, n_images: int, row: int) -> list[dict]:
     return items
 
 
-def _render(processor: Any, items: list[dict], system: str | None) -> str:
-    """The prompt rendered by the processor's chat template, ending with the assistant header."""
+def _render(processor: Any, items: list[dict], system: str | None, adapter: Adapter) -> str:
+    """The prompt rendered by the processor's chat template (else the adapter's prompt
+    template), ending with the assistant header."""
     messages = []
     if system is not None:
         messages.append({"role": "system", "content": [{"type": "text", "text": system}]})
     messages.append({"role": "user", "content": items})
+    own = {}
     if getattr(processor, "chat_template", None) is None:
-        raise ValueError(
-            "the processor has no chat template; pass chat_template=False and a raw prompt"
+        if adapter.prompt_template is None:
+            raise ValueError(
+                "the processor has no chat template; pass chat_template=False and a raw prompt"
+            )
+        own["chat_template"] = adapter.prompt_template
+    try:
+        return processor.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False, **own
         )
-    return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    except TemplateError as e:  # the template refuses the input (PaliGemma: a system prompt)
+        raise ValueError(f"the chat template refuses this prompt: {e}") from e
 
 
 def _first_item_char(text: str, items: list[dict], system: str | None, adapter: Adapter) -> int:
@@ -335,7 +355,7 @@ def prepare_inputs(
             items = _content_items(p, len(imgs), row)
             if not items:
                 raise ValueError(f"prompt {row} is empty and has no image")
-            text = _render(processor, items, system)
+            text = _render(processor, items, system, adapter)
             first_chars.append(_first_item_char(text, items, system, adapter))
         else:
             text = p
@@ -377,7 +397,8 @@ def prepare_inputs(
     finally:
         tokenizer.padding_side = old_side
 
-    tensors = {k: v for k, v in out.items() if isinstance(v, Tensor)}
+    # `labels` is a training target (PaliGemma's processor returns one), not a model input.
+    tensors = {k: v for k, v in out.items() if isinstance(v, Tensor) and k != "labels"}
     ids, attn = tensors["input_ids"], tensors["attention_mask"]
     sizes = [(im.height, im.width) for im in flat_images]
     all_layouts = adapter.image_layouts(config, processor, tensors, sizes) if flat_images else []
@@ -398,7 +419,8 @@ def prepare_inputs(
         kinds.append(k)
         index.append(i)
     segments = Segments(torch.stack(kinds), torch.stack(index), samples)
-    return VLMInputs(tensors, segments, texts)
+    appended = dict(APPENDED_TOKEN_VALUES, token_type_ids=adapter.generated_token_type)
+    return VLMInputs(tensors, segments, texts, appended)
 
 
 def find_unsupported_placeholder(prompt: str) -> str | None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
@@ -39,7 +40,8 @@ class AttentionRecord:
             "all", a list ...); None = all.
         steps: decoding steps to record (0 = prefill); None = all.
         keep: "image" (the image key columns, in prompt order), "shares" (attention mass on
-            system / image / text / generated keys) and/or "full" (the whole key row).
+            system / image / text / generated keys) and/or "full" (the whole key row; NaN
+            at keys a sliding-window layer's cache no longer holds).
         query: "last" keeps the row that predicts the next token; "all" keeps every query
             row of the step (at prefill that is the whole prompt: use with care).
         heads: "all" keeps each head, "mean" their average.
@@ -187,7 +189,9 @@ class AttentionRecorder:
             onehot = self._onehot(run.segments, key_offset + n_keys, rows.device, rows.dtype)
             out["shares"] = torch.einsum("bhqk,bkc->bhqc", rows, onehot[:, key_offset:])
         if "full" in spec.keep:
-            out["full"] = rows
+            # Key columns at their absolute positions: keys a sliding-window cache dropped are
+            # NaN (as out-of-window image keys are), so every layer's row has the same length.
+            out["full"] = F.pad(rows, (key_offset, 0), value=float("nan")) if key_offset else rows
         slot = self._pending.setdefault(run.step, {})
         index = self._slot_of[hook.layer_idx]
         for name, tensor in out.items():

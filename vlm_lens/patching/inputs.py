@@ -19,9 +19,9 @@ from torch import Tensor
 from vlm_lens.core.prepare import VLMInputs
 from vlm_lens.core.segments import KIND_OF_CODE, Segments
 
-# Per-token tensors a processor returns, and what an appended (generated) token gets in each.
-# Anything else shaped like `input_ids` is refused: silently not extending it runs wrong.
-_PER_TOKEN_FILL = {"attention_mask": 1, "token_type_ids": 0, "mm_token_type_ids": 0}
+# Per-token tensors a processor returns get what `inputs.appended` says an appended (generated)
+# token gets. Anything else shaped like `input_ids` is refused: silently not extending it runs
+# wrong.
 _NOT_PER_TOKEN = ("pixel_", "image_", "video_")
 
 
@@ -48,8 +48,8 @@ def with_answer_prefix(inputs: VLMInputs, prefix: Sequence[int] | Tensor) -> VLM
     for name, t in inputs.tensors.items():
         if name == "input_ids":
             out[name] = torch.cat([t, tokens.expand(batch, k)], dim=1)
-        elif name in _PER_TOKEN_FILL:
-            fill = torch.full((batch, k), _PER_TOKEN_FILL[name], dtype=t.dtype, device=t.device)
+        elif name in inputs.appended:
+            fill = torch.full((batch, k), inputs.appended[name], dtype=t.dtype, device=t.device)
             out[name] = torch.cat([t, fill], dim=1)
         elif t.shape[:2] == (batch, length) and not name.startswith(_NOT_PER_TOKEN):
             raise ValueError(
@@ -59,7 +59,7 @@ def with_answer_prefix(inputs: VLMInputs, prefix: Sequence[int] | Tensor) -> VLM
         else:
             out[name] = t
     texts = list(inputs.texts)
-    return VLMInputs(out, inputs.segments.with_generated(k), texts)
+    return VLMInputs(out, inputs.segments.with_generated(k), texts, inputs.appended)
 
 
 def repeat_inputs(inputs: VLMInputs, n: int, *, share_pixels: bool = False) -> VLMInputs:
@@ -81,7 +81,9 @@ def repeat_inputs(inputs: VLMInputs, n: int, *, share_pixels: bool = False) -> V
         name: t if share_pixels and name.startswith("pixel_") else torch.cat([t] * n, dim=0)
         for name, t in inputs.tensors.items()
     }
-    return VLMInputs(tensors, repeat_segments(inputs.segments, n), list(inputs.texts) * n)
+    return VLMInputs(
+        tensors, repeat_segments(inputs.segments, n), list(inputs.texts) * n, inputs.appended
+    )
 
 
 def repeat_segments(segments: Segments, n: int) -> Segments:

@@ -132,7 +132,7 @@ def _load_tokenizer(arch: Architecture, tokenizer_dir: Path) -> Any:
             f"the tokenizer in {tokenizer_dir} has no single token for {missing}, which a "
             f"{arch.adapter.model_class} checkpoint needs"
         )
-    if not tokenizer.chat_template:
+    if not tokenizer.chat_template and arch.adapter.prompt_template is None:
         raise ValueError(f"the tokenizer in {tokenizer_dir} has no chat template")
     return tokenizer
 
