@@ -29,8 +29,8 @@ ALLOWED: dict[tuple[str, str], str] = {
     # (the shipped organism is a Qwen3-VL), so that a run without the organism looks like one
     # with it. The CLI and study docstrings describe that fallback.
     ("studies/fallback.py", "qwen3_vl"): "fallback model = the organism's architecture",
-    ("studies/counting.py", "qwen3_vl"): "docstring of the fallback model",
-    ("studies/yesbias.py", "qwen3_vl"): "docstring of the fallback model",
+    ("studies/counting/study.py", "qwen3_vl"): "docstring of the fallback model",
+    ("studies/yesbias/study.py", "qwen3_vl"): "docstring of the fallback model",
     ("cli/count.py", "qwen3_vl"): "docstring of the fallback model",
     ("cli/yesbias.py", "qwen3_vl"): "docstring of the fallback model",
     ("cli/demo.py", "qwen3_vl"): "the demo's default --arch, the fallback model's",
