@@ -21,6 +21,7 @@ USER_HEADER = {
     "gemma3": "<start_of_turn>user\n",
     "llava": "USER: ",
     "llava_onevision": "<|im_start|>user ",
+    "idefics3": "User:",
 }
 
 

@@ -22,6 +22,7 @@ MODEL_CLASS = {
     "gemma3": "Gemma3ForConditionalGeneration",
     "llava": "LlavaForConditionalGeneration",
     "llava_onevision": "LlavaOnevisionForConditionalGeneration",
+    "idefics3": "Idefics3ForConditionalGeneration",
 }
 PROCESSOR_CLASS = {
     "qwen3_vl": "Qwen3VLProcessor",
@@ -30,6 +31,7 @@ PROCESSOR_CLASS = {
     "gemma3": "Gemma3Processor",
     "llava": "LlavaProcessor",
     "llava_onevision": "LlavaOnevisionProcessor",
+    "idefics3": "Idefics3Processor",
 }
 QWEN = ("qwen3_vl", "qwen2_5_vl", "qwen2_vl")
 
@@ -54,6 +56,11 @@ def expected_image_tokens(arch: str, config, inputs) -> int:
     if arch in QWEN:
         merge = config.vision_config.spatial_merge_size
         return int(inputs["image_grid_thw"].prod(-1).sum()) // merge**2
+    if arch == "idefics3":  # every tile (zero tiles pad the prompts' lists) is one sequence
+        pixels = inputs["pixel_values"]  # [prompts, tiles, 3, H, W]
+        side = config.vision_config.image_size // config.vision_config.patch_size
+        tiles = int((pixels != 0).flatten(2).any(-1).sum())
+        return tiles * (side // config.scale_factor) ** 2
     n_images = inputs["pixel_values"].shape[0]  # [images, 3, H, W]
     if arch == "llava_onevision":  # the adapter's layout: tiles and image-newlines
         layouts = get(arch).adapter.image_layouts(config, inputs, n_images)
@@ -95,7 +102,8 @@ def test_loads_through_real_from_pretrained(loaded):
     assert text.num_hidden_layers >= 2
     assert text.hidden_size <= 64
     assert text.vocab_size == len(processor.tokenizer)
-    assert 90 < len(processor.tokenizer) <= 140
+    tags = 36 if arch == "idefics3" else 0  # <row_1_col_1> .. <row_6_col_6>
+    assert 90 < len(processor.tokenizer) - tags <= 140
     assert model.dtype == torch.float32
 
 
@@ -130,6 +138,16 @@ def test_special_token_ids_match_tokenizer(loaded):
         assert processor.num_image_tokens == side * side == 16
         assert processor.vision_aspect_ratio == config.vision_aspect_ratio == "anyres_max_9"
         assert processor.image_processor.image_grid_pinpoints == config.image_grid_pinpoints
+    elif arch == "idefics3":
+        assert config.image_token_id == ids("<image>") == processor.image_token_id
+        assert processor.fake_image_token_id == ids("<fake_token_around_image>")
+        assert processor.global_image_token_id == ids("<global-img>")
+        assert processor.row_col_ids[0] == ids("<row_1_col_1>") != tok.unk_token_id
+        assert text.bos_token_id == ids("<|begin_of_text|>") == tok.bos_token_id
+        assert text.eos_token_id == ids("<end_of_utterance>") == tok.eos_token_id
+        assert text.pad_token_id == ids("<|reserved_special_token_0|>") == tok.pad_token_id
+        # 8 x 8 patches a tile, pixel-shuffled by 2: 16 tokens a tile.
+        assert processor.image_seq_len == 16 and config.scale_factor == 2
     else:
         assert config.image_token_index == ids("<image>") == processor.image_token_id
         assert (text.bos_token_id, text.eos_token_id) == (ids("<s>"), ids("</s>"))
@@ -157,6 +175,7 @@ RENDERED = {
     "gemma3": "<bos><start_of_turn>user\n<start_of_image>How many?<end_of_turn>\n<start_of_turn>model\n",
     "llava": "USER: <image>\nHow many? ASSISTANT:",
     "llava_onevision": "<|im_start|>user <image>\nHow many?<|im_end|><|im_start|>assistant\n",
+    "idefics3": "<|begin_of_text|>User:<image>How many?<end_of_utterance>\nAssistant:",
 }
 RENDERED["qwen2_vl"] = RENDERED["qwen2_5_vl"]
 
@@ -168,6 +187,8 @@ RENDERED_WITH_SYSTEM = {
     "llava": "Be brief. USER: <image>\nHow many? ASSISTANT:",
     "llava_onevision": "<|im_start|>system \nBe brief.<|im_end|><|im_start|>user <image>\n"
     "How many?<|im_end|><|im_start|>assistant\n",
+    "idefics3": "<|begin_of_text|>System: Be brief.<end_of_utterance>\nUser:<image>How many?"
+    "<end_of_utterance>\nAssistant:",
 }
 RENDERED_WITH_SYSTEM["qwen2_5_vl"] = RENDERED_WITH_SYSTEM["qwen2_vl"] = RENDERED_WITH_SYSTEM[
     "qwen3_vl"
@@ -213,6 +234,11 @@ def test_chat_template_multi_turn(loaded):
             "<|im_start|>user <image>\nRed?<|im_end|><|im_start|>assistant \nYes<|im_end|>"
             "<|im_start|>user \nSure?<|im_end|><|im_start|>assistant\n"
         )
+    elif arch == "idefics3":  # ":" after the role when the turn opens with an image
+        assert render == (
+            "<|begin_of_text|>User:<image>Red?<end_of_utterance>\nAssistant: Yes<end_of_utterance>"
+            "\nUser: Sure?<end_of_utterance>\nAssistant:"
+        )
     else:
         assert render == "USER: <image>\nRed? ASSISTANT: Yes USER: Sure? ASSISTANT:"
 
@@ -229,7 +255,9 @@ def test_image_tokens_match_and_forward_runs(loaded):
     n_image = int((ids == image_token_id(model.config)).sum())
     assert n_image == expected_image_tokens(arch, model.config, inputs)
     # LLaVA-OneVision: a 4 x 4 thumbnail, then 2 x 2 crops of 4 x 4 with 8 image-newlines.
-    assert n_image == {"gemma3": 4, "llava_onevision": 16 + 8 * 9}.get(arch, 16)
+    # Idefics3: 2 x 2 tiles and the global image, 4 x 4 tokens each.
+    n_tokens = {"gemma3": 4, "llava_onevision": 16 + 8 * 9, "idefics3": 5 * 16}
+    assert n_image == n_tokens.get(arch, 16)
     if arch in QWEN:
         assert inputs["image_grid_thw"].tolist() == [[1, 8, 8]]  # 8x8 patches -> 4x4 merged
         assert "mm_token_type_ids" in inputs
