@@ -61,11 +61,15 @@ def check_row(
         assert system.count(bos) <= 1, f"BOS doubled: {system!r}"
     assert (kinds[seg.system.as_slice()] == KIND_SYSTEM).all()
     # Image spans: exactly the placeholder tokens, with h*w tokens per tile; the rest of the
-    # span (image-newline after each row, for LLaVA-OneVision) is markers.
+    # span is markers (image-newline after each row, for LLaVA-OneVision, which carries the
+    # image token id too; Idefics3's fake tokens, tile tags and newlines, which do not).
     assert len(seg.images) == n_images
-    assert int((ids == image_id).sum()) == sum(len(s) for s in seg.images)
+    in_spans = sum(int((ids[s.as_slice()] == image_id).sum()) for s in seg.images)
+    assert int((ids == image_id).sum()) == in_spans
     for span in seg.images:
-        assert (ids[span.as_slice()] == image_id).all()
+        assert (ids[span.positions()] == image_id).all()
+        if model.adapter.arch != "idefics3":
+            assert (ids[span.as_slice()] == image_id).all()
         if len(span.tiles) == 1 and not span.markers:
             assert len(span) == span.grid[0] * span.grid[1]
             assert (kinds[span.as_slice()] == KIND_IMAGE).all()
@@ -108,6 +112,27 @@ def test_one_image(model):
         assert (detail.grid, detail.thumbnail, detail.row_markers) == ((8, 8), False, 1)
         assert seg.images[0].grid == (0, 0) and len(seg.images[0].markers) == 8
         assert thumb.end == detail.start and detail.end == seg.images[0].end
+    elif arch == "idefics3":
+        # The 64x64 image as 2 x 2 tiles of 32 pixels, then the global image; 4 x 4 tokens
+        # each. The span reads as the processor wrote it.
+        image = seg.images[0]
+        assert [t.grid for t in image.tiles] == [(4, 4)] * 5
+        assert [t.box for t in image.tiles] == [
+            (0.0, 0.0, 0.5, 0.5),
+            (0.0, 0.5, 0.5, 1.0),
+            (0.5, 0.0, 1.0, 0.5),
+            (0.5, 0.5, 1.0, 1.0),
+            (0.0, 0.0, 1.0, 1.0),
+        ]
+        assert [t.thumbnail for t in image.tiles] == [False] * 4 + [True]
+        run = "<image>" * 16
+        tile = "<fake_token_around_image><row_{}_col_{}>" + run
+        written = (
+            tile.format(1, 1) + tile.format(1, 2) + "\n" + tile.format(2, 1) + tile.format(2, 2)
+        )
+        written += "\n\n<fake_token_around_image><global-img>" + run + "<fake_token_around_image>"
+        assert decode(model, inputs.input_ids[0, image.as_slice()]) == written
+        assert [len(m) for m in image.markers] == [2, 2, 3, 2, 4, 1]
     else:
         vc = model.hf_model.config.vision_config
         assert seg.images[0].grid == (vc.image_size // vc.patch_size,) * 2
@@ -118,6 +143,10 @@ def test_non_square_image_gives_non_square_grid(model):
         pytest.skip("Gemma3 and LLaVA-1.5 resize every image to a fixed square grid")
     inputs = model.prepare(images=img(w=128, h=64), prompt=PROMPT)
     image = check_row(model, inputs, 0, 1).images[0]
+    if model.adapter.arch == "idefics3":  # 64 x 32 after resizing: one row of two tiles
+        boxes = [t.box for t in image.tiles]
+        assert boxes == [(0.0, 0.0, 1.0, 0.5), (0.0, 0.5, 1.0, 1.0), (0.0, 0.0, 1.0, 1.0)]
+        return
     (h, w) = image.tiles[-1].grid  # LLaVA-OneVision: the detail grid after its thumbnail
     assert w > h
 
@@ -209,7 +238,8 @@ def test_grayscale_rgba_and_16bit_are_converted(tmp_path):
 def test_batch_with_a_text_only_prompt(model):
     batch = model.prepare(images=[img(value=30), None], prompt=["Count.", "Say hello to me."])
     check_row(model, batch, 0, 1)
-    # LLaVA-OneVision's template writes "\n" before each text item: part of the header here.
-    newline = "\n" if model.adapter.arch == "llava_onevision" else ""
-    check_row(model, batch, 1, 0, header=USER_HEADER[model.adapter.arch] + newline)
+    # LLaVA-OneVision's template writes "\n" before each text item, Idefics3's ": " after the
+    # role when the turn opens with text (":" before an image): part of the header here.
+    after = {"llava_onevision": "\n", "idefics3": " "}.get(model.adapter.arch, "")
+    check_row(model, batch, 1, 0, header=USER_HEADER[model.adapter.arch] + after)
     assert batch.segments.samples[1].images == []
