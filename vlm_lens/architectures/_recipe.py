@@ -22,6 +22,25 @@ TINY_TEXT = {
     "max_position_embeddings": 4096,
 }
 
+#: The vision tower of a tiny checkpoint (each architecture adds image and patch sizes).
+TINY_VISION = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+}
+
+
+def tiny_text(model_type: str, rms_norm_eps: float) -> dict:
+    """A tiny checkpoint's text config: `TINY_TEXT` with default rotary positions."""
+    return {
+        "model_type": model_type,
+        **TINY_TEXT,
+        "rms_norm_eps": rms_norm_eps,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
+    }
+
+
 #: Small widths and depths for the real-vocabulary checkpoints; the vocabulary (150k-262k rows)
 #: dominates the size either way.
 REAL_VOCAB_TINY_TEXT = {

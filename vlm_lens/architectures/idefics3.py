@@ -40,11 +40,12 @@ import torch
 from vlm_lens.architectures._base import Adapter, Architecture, NpmPackage, RealVocab, TinyRecipe
 from vlm_lens.architectures._recipe import (
     REAL_VOCAB_TINY_TEXT,
-    TINY_TEXT,
+    TINY_VISION,
     check_tokens,
     derive_text,
     merge_overrides,
     text_token_ids,
+    tiny_text,
 )
 from vlm_lens.core.segments import ImageLayout, TileLayout
 
@@ -161,20 +162,8 @@ def _config(tok, overrides: Mapping):
     from transformers import Idefics3Config
 
     cfg = {
-        "text_config": {
-            "model_type": "llama",
-            **TINY_TEXT,
-            "rms_norm_eps": 1e-5,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0},
-        },
-        "vision_config": {
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "image_size": 32,
-            "patch_size": 4,
-        },
+        "text_config": tiny_text("llama", 1e-5),
+        "vision_config": {**TINY_VISION, "image_size": 32, "patch_size": 4},
         "scale_factor": 2,
         "tie_word_embeddings": False,
     }
