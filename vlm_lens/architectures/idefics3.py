@@ -17,15 +17,19 @@ stretch is per axis, so the fractions are exact) and the global tile (a thumbnai
 else in its span (the fake tokens, the tile tags, the newlines between tile rows) is markers.
 
 Rows and columns are recovered from the token ids (the processor drops its `rows`/`cols`
-output before returning): the runs of image tokens are the tiles, the tag just before a run
-says which tile it is, and the global tag is the one that closes every prompt's last image.
-Within an image, tiles of one row are separated by two tokens (fake + tag), rows by more (the
-newline too), which gives R; C = tiles / R. Counts are checked against the pixel tiles.
+output before returning): the runs of image tokens are the tiles; the tag just before a run
+is the global tag for a global tile, found as the tag that closes every prompt's last image,
+so the global tiles cut a prompt's runs into images. Within an image, tiles of one row are
+separated by two tokens (fake + tag), rows by more (the newline too), which gives R; C =
+tiles / R. The runs are checked against the pixel tiles (all-zero tiles pad a prompt's list,
+the rule the model itself uses to drop them).
 
 Tiny checkpoint, one 64x64 image: a 2 x 2 split of 32-pixel tiles (8 x 8 patches of 4 pixels,
 shuffled into 4 x 4), then the 4 x 4 global tile: 80 x ``<image>``.
 
-Not for: SmolVLM (`smolvlm.py`), Idefics2 (a perceiver resampler, no tile tags).
+Not for: Idefics2 (a perceiver resampler, no tile tags). SmolVLM writes the same prompt
+layout and has the same module paths, but is not registered: its SmolLM2 vocabulary is not on
+npm, so it would have no real-vocabulary entry.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from jaxtyping import Float, Int
+from torch import Tensor
 
 from vlm_lens.architectures._base import Adapter, Architecture, NpmPackage, RealVocab, TinyRecipe
 from vlm_lens.architectures._recipe import (
@@ -68,7 +74,7 @@ def tile_side(config: Any) -> int:
     return patches // config.scale_factor
 
 
-def _runs(ids: torch.Tensor, token_id: int) -> list[tuple[int, int]]:
+def _runs(ids: Int[Tensor, " pos"], token_id: int) -> list[tuple[int, int]]:
     """[start, end) of each maximal run of `token_id` in a 1-D id tensor."""
     hit = (ids == token_id).long()
     edges = torch.diff(torch.cat([hit.new_zeros(1), hit, hit.new_zeros(1)]))
@@ -103,7 +109,7 @@ def _layout(config: Any, processor_out: dict, n_images: int) -> list[ImageLayout
     side = tile_side(config)
     ids = processor_out["input_ids"]
     image_id = int(config.image_token_id)
-    pixels = processor_out["pixel_values"]  # [prompts, tiles (padded with zeros), 3, H, W]
+    pixels: Float[Tensor, "prompt tile 3 height width"] = processor_out["pixel_values"]
     real_tiles = (pixels != 0).flatten(2).any(-1).sum(-1).tolist()
     layouts: list[ImageLayout] = []
     for row in range(ids.shape[0]):
@@ -129,7 +135,8 @@ def _layout(config: Any, processor_out: dict, n_images: int) -> list[ImageLayout
 
 # HuggingFaceM4/Idefics3-8B-Llama3: "<|begin_of_text|>User:<image>{text}<end_of_utterance>\n
 # Assistant:"; the role is capitalised, followed by ":" when the turn opens with an image and
-# ": " otherwise. Read from huggingface/transformers tests/models/idefics3 (processor tests).
+# ": " otherwise. Written from memory of the checkpoint's chat_template.json (no hub access
+# here to compare); the zoo tests pin what it renders.
 REAL_CHAT_TEMPLATE = (
     "<|begin_of_text|>{% for message in messages %}{{message['role'] | capitalize}}"
     "{% if message['content'][0]['type'] == 'image' %}{{':'}}{% else %}{{': '}}{% endif %}"
