@@ -272,7 +272,7 @@ def test_wrapping_an_existing_hf_model(tiny_ckpt):
 def test_eos_token_ids_are_the_generation_configs_as_a_tuple(arch_models, monkeypatch):
     _, model, _ = arch_models
     tok = model.processor.tokenizer
-    ends = {"<|im_end|>", "<end_of_turn>", "</s>", "<eos>"}
+    ends = {"<|im_end|>", "<end_of_turn>", "</s>", "<eos>", "<end_of_utterance>"}
     names = {tok.convert_ids_to_tokens(i) for i in model.eos_token_ids}
     assert names & ends, names  # the end-of-turn token of each chat format
     config = model.hf_model.generation_config

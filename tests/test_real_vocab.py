@@ -70,6 +70,9 @@ def header(arch: str, system: str | None) -> str:
         return turn + "<|im_start|>user "
     if arch == "paligemma":  # no template, no system prompt: the image comes first
         return ""
+    if arch == "idefics3":  # "Role:" then the items (": " when a turn opens with text)
+        turn = f"System: {system}<end_of_utterance>\n" if system else ""
+        return "<|begin_of_text|>" + turn + "User:"
     return (f"{system} " if system else "") + "USER: "  # llava-1.5: no role name for system
 
 
@@ -175,6 +178,15 @@ KNOWN_IDS = {
         "<image>": [257152],
         "\n": [108],
     },
+    # Idefics3-8B-Llama3: Llama-3.1's BOS and "User:", then Idefics3's first three added tokens
+    # right after Llama-3.1's 128,256 (its config's image_token_id is 128257).
+    "idefics3": {
+        "<|begin_of_text|>": [128000],
+        "User:": [1502, 25],
+        "<fake_token_around_image>": [128256],
+        "<image>": [128257],
+        "<end_of_utterance>": [128258],
+    },
 }
 KNOWN_IDS["qwen2_5_vl"] = KNOWN_IDS["qwen2_vl"] = KNOWN_IDS["qwen3_vl"]
 
@@ -243,12 +255,15 @@ def expected_kinds(
     detail=None,
     thumbnail=0,
     marker_ids=(),
+    around: int | None = None,
 ):
     """Kinds derived from the ids alone: padding where masked, image where the image token is,
     system for the leading tokens whose text lies wholly in the header, text elsewhere. With
     `detail` = (rows, columns) (LLaVA-OneVision, one image), the image tokens are `thumbnail`
     of them, then the rows of the detail grid, each followed by an image-newline: a marker.
-    Tokens of `marker_ids` (InternVL's <img> and </img>) are markers too."""
+    Tokens of `marker_ids` (InternVL's <img> and </img>) are markers too.
+    With `around` (Idefics3's fake token id), every other token from the first to the last
+    fake token is a marker."""
     assert text.startswith(head), (text, head)
     kinds = torch.full_like(ids, KIND_TEXT)
     n_pad = int((attention == 0).sum())
@@ -261,6 +276,11 @@ def expected_kinds(
         image = (ids == image_id).nonzero().flatten()
         assert len(image) == thumbnail + rows * (cols + 1)
         kinds[image[thumbnail + cols :: cols + 1]] = KIND_MARKER
+    if around is not None:  # Idefics3, one image: from its first to its last fake token
+        fakes = (ids == around).nonzero().flatten()
+        inside = torch.zeros_like(kinds, dtype=torch.bool)
+        inside[int(fakes[0]) : int(fakes[-1]) + 1] = True
+        kinds[inside & (ids != image_id)] = KIND_MARKER
     start = n_pad
     bos = tokenizer.bos_token
     if bos and not text.startswith(bos) and int(ids[n_pad]) == tokenizer.bos_token_id:
@@ -277,6 +297,8 @@ def layout_of(model, width: int, height: int) -> dict:
     if model.adapter.arch == "internvl":
         tokenizer = model.processor.tokenizer
         return {"marker_ids": tokenizer.convert_tokens_to_ids(["<img>", "</img>"])}
+    if model.adapter.arch == "idefics3":
+        return {"around": model.processor.fake_image_token_id}
     if model.adapter.arch != "llava_onevision":
         return {}
     processor = model.processor
@@ -371,6 +393,8 @@ REAL_PROCESSOR = {
         "resample": 3,
     },
     "paligemma": {"size": (224, 224), "image_seq_length": 256},  # paligemma2-3b-*-224
+    # Idefics3-8B-Llama3: longest edge to 4 x 364, tiles of 364, 169 tokens a tile.
+    "idefics3": {"size": 1456, "max_image_size": 364, "image_seq_len": 169, "splitting": True},
 }
 
 
@@ -396,6 +420,11 @@ def test_processor_settings_are_the_real_ones(hooked, arch):
         got["num_image_tokens"] = processor.num_image_tokens
         got["vision_aspect_ratio"] = processor.vision_aspect_ratio
         got["pinpoints"] = images.image_grid_pinpoints
+    elif arch == "idefics3":
+        got["size"] = images.size["longest_edge"]
+        got["max_image_size"] = images.max_image_size["longest_edge"]
+        got["image_seq_len"] = processor.image_seq_len
+        got["splitting"] = images.do_image_splitting
     else:
         assert images.size["shortest_edge"] == 336 and images.do_center_crop
         got["size"] = (images.crop_size["height"], images.crop_size["width"])
@@ -462,6 +491,23 @@ def test_image_grid_matches_the_real_processor(hooked, arch, size):
             len(span) == 27 * 27 + rows * (cols + 1) == int((inputs.input_ids[0] == image_id).sum())
         )
         assert len(span.markers) == rows and span.n_tokens == 27 * 27 + rows * cols
+        return
+    if arch == "idefics3":
+        # Longest edge to 1456, each side up to a multiple of 364: 1024 x 1024 -> 4 x 4 tiles,
+        # 1024 x 640 -> 1456 x 910 -> 1456 x 1092: 3 rows of 4. Each 13 x 13, then the global.
+        rows, cols = {(1024, 1024): (4, 4), (1024, 640): (3, 4)}[size]
+        _, hf_rows, hf_cols = model.processor.image_processor.get_number_of_image_patches(
+            size[1], size[0], {}
+        )
+        assert (hf_rows, hf_cols) == (rows, cols)
+        assert [t.grid for t in span.tiles] == [(13, 13)] * (rows * cols + 1)
+        assert span.tiles[cols].box == (1 / rows, 0, 2 / rows, 1 / cols)
+        assert span.tiles[-1].thumbnail and span.tiles[-1].box == (0, 0, 1, 1)
+        image_id = model.adapter.image_token_id(model.hf_model.config)
+        n_image = int((inputs.input_ids[0] == image_id).sum())
+        assert span.n_tokens == 169 * (rows * cols + 1) == n_image
+        # fake + tag per tile; "\n" per row; "\n\n" before the global is one Llama-3 token
+        assert len(span) == n_image + 2 * (rows * cols + 1) + (rows - 1) + 1 + 1
         return
     assert span.grid == GRIDS[arch][size]
     h, w = span.grid

@@ -24,6 +24,7 @@ USER_HEADER = {
     "llava_onevision": "<|im_start|>user ",
     "internvl": "<|im_start|>user\n",
     "paligemma": "",  # no template: the image comes first, BOS after it is text
+    "idefics3": "User:",
 }
 
 
@@ -64,7 +65,7 @@ def check_row(
     assert (kinds[seg.system.as_slice()] == KIND_SYSTEM).all()
     # Image spans: exactly the placeholder tokens, with h*w tokens per tile; the rest of the
     # span (image-newline after each row, for LLaVA-OneVision; <img> and </img> around the
-    # tiles, for InternVL) is markers. No image-token id outside the spans.
+    # tiles, for InternVL; Idefics3's fake tokens, tile tags and newlines) is markers. No image-token id outside the spans.
     assert len(seg.images) == n_images
     inside = sum(int((ids[s.as_slice()] == image_id).sum()) for s in seg.images)
     assert int((ids == image_id).sum()) == inside
@@ -131,6 +132,27 @@ def test_one_image(model):
         assert (image.markers[0].start, image.markers[1].end) == (image.start, image.end)
         assert all(a.end == b.start for a, b in zip(image.tiles, image.tiles[1:]))
         assert frame_grid(image) == (8, 8)
+    elif arch == "idefics3":
+        # The 64x64 image as 2 x 2 tiles of 32 pixels, then the global image; 4 x 4 tokens
+        # each. The span reads as the processor wrote it.
+        image = seg.images[0]
+        assert [t.grid for t in image.tiles] == [(4, 4)] * 5
+        assert [t.box for t in image.tiles] == [
+            (0.0, 0.0, 0.5, 0.5),
+            (0.0, 0.5, 0.5, 1.0),
+            (0.5, 0.0, 1.0, 0.5),
+            (0.5, 0.5, 1.0, 1.0),
+            (0.0, 0.0, 1.0, 1.0),
+        ]
+        assert [t.thumbnail for t in image.tiles] == [False] * 4 + [True]
+        run = "<image>" * 16
+        tile = "<fake_token_around_image><row_{}_col_{}>" + run
+        written = (
+            tile.format(1, 1) + tile.format(1, 2) + "\n" + tile.format(2, 1) + tile.format(2, 2)
+        )
+        written += "\n\n<fake_token_around_image><global-img>" + run + "<fake_token_around_image>"
+        assert decode(model, inputs.input_ids[0, image.as_slice()]) == written
+        assert [len(m) for m in image.markers] == [2, 2, 3, 2, 4, 1]
     else:
         vc = model.hf_model.config.vision_config
         assert seg.images[0].grid == (vc.image_size // vc.patch_size,) * 2
@@ -141,6 +163,10 @@ def test_non_square_image_gives_non_square_grid(model):
         pytest.skip("Gemma3, LLaVA-1.5 and PaliGemma resize every image to a fixed square grid")
     inputs = model.prepare(images=img(w=128, h=64), prompt=PROMPT)
     image = check_row(model, inputs, 0, 1).images[0]
+    if model.adapter.arch == "idefics3":  # 64 x 32 after resizing: one row of two tiles
+        boxes = [t.box for t in image.tiles]
+        assert boxes == [(0.0, 0.0, 1.0, 0.5), (0.0, 0.5, 1.0, 1.0), (0.0, 0.0, 1.0, 1.0)]
+        return
     # Tiled images: the frame of the detail tiles (LLaVA-OneVision's detail grid after its
     # thumbnail; InternVL's 128 x 64 image on 2 x 4 tiles of 4 x 4).
     (h, w) = frame_grid(image)
@@ -246,7 +272,8 @@ def test_batch_with_a_text_only_prompt(model):
         return
     batch = model.prepare(images=[img(value=30), None], prompt=["Count.", "Say hello to me."])
     check_row(model, batch, 0, 1)
-    # LLaVA-OneVision's template writes "\n" before each text item: part of the header here.
-    newline = "\n" if model.adapter.arch == "llava_onevision" else ""
-    check_row(model, batch, 1, 0, header=USER_HEADER[model.adapter.arch] + newline)
+    # LLaVA-OneVision's template writes "\n" before each text item, Idefics3's ": " after the
+    # role when the turn opens with text (":" before an image): part of the header here.
+    after = {"llava_onevision": "\n", "idefics3": " "}.get(model.adapter.arch, "")
+    check_row(model, batch, 1, 0, header=USER_HEADER[model.adapter.arch] + after)
     assert batch.segments.samples[1].images == []

@@ -25,6 +25,7 @@ MODEL_CLASS = {
     "llava_onevision": "LlavaOnevisionForConditionalGeneration",
     "internvl": "InternVLForConditionalGeneration",
     "paligemma": "PaliGemmaForConditionalGeneration",
+    "idefics3": "Idefics3ForConditionalGeneration",
 }
 PROCESSOR_CLASS = {
     "qwen3_vl": "Qwen3VLProcessor",
@@ -35,6 +36,7 @@ PROCESSOR_CLASS = {
     "llava_onevision": "LlavaOnevisionProcessor",
     "internvl": "InternVLProcessor",
     "paligemma": "PaliGemmaProcessor",
+    "idefics3": "Idefics3Processor",
 }
 ARCH_OF_PROCESSOR = {name: arch for arch, name in PROCESSOR_CLASS.items()}
 QWEN = ("qwen3_vl", "qwen2_5_vl", "qwen2_vl")
@@ -60,6 +62,11 @@ def expected_image_tokens(arch: str, config, inputs, processor=None) -> int:
     if arch in QWEN:
         merge = config.vision_config.spatial_merge_size
         return int(inputs["image_grid_thw"].prod(-1).sum()) // merge**2
+    if arch == "idefics3":  # every tile (zero tiles pad the prompts' lists) is one sequence
+        pixels = inputs["pixel_values"]  # [prompts, tiles, 3, H, W]
+        side = config.vision_config.image_size // config.vision_config.patch_size
+        tiles = int((pixels != 0).flatten(2).any(-1).sum())
+        return tiles * (side // config.scale_factor) ** 2
     n_images = inputs["pixel_values"].shape[0]  # [images, 3, H, W]
     if arch == "llava_onevision":  # the adapter's layout: tiles and image-newlines
         sizes = [tuple(hw) for hw in inputs["image_sizes"].tolist()]
@@ -118,9 +125,10 @@ def test_loads_through_real_from_pretrained(loaded):
     assert text.num_hidden_layers >= 2
     assert text.hidden_size <= 64
     assert text.vocab_size == len(processor.tokenizer)
-    # characters and special tokens (PaliGemma's also hold its <loc>/<seg> tokens)
-    n_loc_seg = len(LOC_SEG_TOKENS) if arch == "paligemma" else 0
-    assert 90 < len(processor.tokenizer) - n_loc_seg <= 140
+    # characters and special tokens (PaliGemma's also hold its <loc>/<seg> tokens, Idefics3's
+    # its <row_1_col_1> .. <row_6_col_6> tags)
+    extra = {"paligemma": len(LOC_SEG_TOKENS), "idefics3": 36}.get(arch, 0)
+    assert 90 < len(processor.tokenizer) - extra <= 140
     assert model.dtype == torch.float32
 
 
@@ -174,6 +182,16 @@ def test_special_token_ids_match_tokenizer(loaded):
         assert processor.image_seq_length == text.num_image_tokens == 16
         assert text.attn_logit_softcapping == 50.0 and text.final_logit_softcapping == 30.0
         assert "sliding_attention" in text.layer_types and "full_attention" in text.layer_types
+    elif arch == "idefics3":
+        assert config.image_token_id == ids("<image>") == processor.image_token_id
+        assert processor.fake_image_token_id == ids("<fake_token_around_image>")
+        assert processor.global_image_token_id == ids("<global-img>")
+        assert processor.row_col_ids[0] == ids("<row_1_col_1>") != tok.unk_token_id
+        assert text.bos_token_id == ids("<|begin_of_text|>") == tok.bos_token_id
+        assert text.eos_token_id == ids("<end_of_utterance>") == tok.eos_token_id
+        assert text.pad_token_id == ids("<|reserved_special_token_0|>") == tok.pad_token_id
+        # 8 x 8 patches a tile, pixel-shuffled by 2: 16 tokens a tile.
+        assert processor.image_seq_len == 16 and config.scale_factor == 2
     else:
         assert config.image_token_index == ids("<image>") == processor.image_token_id
         assert (text.bos_token_id, text.eos_token_id) == (ids("<s>"), ids("</s>"))
@@ -202,6 +220,7 @@ RENDERED = {
     "llava": "USER: <image>\nHow many? ASSISTANT:",
     "llava_onevision": "<|im_start|>user <image>\nHow many?<|im_end|><|im_start|>assistant\n",
     "internvl": "<|im_start|>user\n<IMG_CONTEXT>\nHow many?<|im_end|>\n<|im_start|>assistant\n",
+    "idefics3": "<|begin_of_text|>User:<image>How many?<end_of_utterance>\nAssistant:",
 }
 RENDERED["qwen2_vl"] = RENDERED["qwen2_5_vl"]
 
@@ -215,6 +234,8 @@ RENDERED_WITH_SYSTEM = {
     "How many?<|im_end|><|im_start|>assistant\n",
     "internvl": "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n<IMG_CONTEXT>\n"
     "How many?<|im_end|>\n<|im_start|>assistant\n",
+    "idefics3": "<|begin_of_text|>System: Be brief.<end_of_utterance>\nUser:<image>How many?"
+    "<end_of_utterance>\nAssistant:",
 }
 RENDERED_WITH_SYSTEM["qwen2_5_vl"] = RENDERED_WITH_SYSTEM["qwen2_vl"] = RENDERED_WITH_SYSTEM[
     "qwen3_vl"
@@ -264,6 +285,11 @@ def test_chat_template_multi_turn(loaded):
             "<|im_start|>user <image>\nRed?<|im_end|><|im_start|>assistant \nYes<|im_end|>"
             "<|im_start|>user \nSure?<|im_end|><|im_start|>assistant\n"
         )
+    elif arch == "idefics3":  # ":" after the role when the turn opens with an image
+        assert render == (
+            "<|begin_of_text|>User:<image>Red?<end_of_utterance>\nAssistant: Yes<end_of_utterance>"
+            "\nUser: Sure?<end_of_utterance>\nAssistant:"
+        )
     else:
         assert render == "USER: <image>\nRed? ASSISTANT: Yes USER: Sure? ASSISTANT:"
 
@@ -280,8 +306,10 @@ def test_image_tokens_match_and_forward_runs(loaded):
     n_image = int((ids == image_token_id(model.config)).sum())
     assert n_image == expected_image_tokens(arch, model.config, inputs, processor)
     # LLaVA-OneVision: a 4 x 4 thumbnail, then 2 x 2 crops of 4 x 4 with 8 image-newlines.
-    # InternVL: 2 x 2 tiles of 4 x 4 and a 4 x 4 thumbnail.
-    assert n_image == {"gemma3": 4, "llava_onevision": 16 + 8 * 9, "internvl": 5 * 16}.get(arch, 16)
+    # InternVL: 2 x 2 tiles of 4 x 4 and a 4 x 4 thumbnail; Idefics3: 2 x 2 tiles and the
+    # global image, 4 x 4 tokens each.
+    n_tokens = {"gemma3": 4, "llava_onevision": 16 + 8 * 9, "internvl": 5 * 16, "idefics3": 5 * 16}
+    assert n_image == n_tokens.get(arch, 16)
     if arch in QWEN:
         assert inputs["image_grid_thw"].tolist() == [[1, 8, 8]]  # 8x8 patches -> 4x4 merged
         assert "mm_token_type_ids" in inputs

@@ -22,13 +22,18 @@ TINY_TEXT = {
     "max_position_embeddings": 4096,
 }
 
-#: A tiny SigLIP vision tower (no pooling head): 32 px images of 8 px patches, 4 x 4 patches.
-TINY_SIGLIP = {
-    "model_type": "siglip_vision_model",
+#: The vision tower of a tiny checkpoint (each architecture adds image and patch sizes).
+TINY_VISION = {
     "hidden_size": 32,
     "intermediate_size": 64,
     "num_hidden_layers": 2,
     "num_attention_heads": 2,
+}
+
+#: A tiny SigLIP vision tower (no pooling head): 32 px images of 8 px patches, 4 x 4 patches.
+TINY_SIGLIP = {
+    "model_type": "siglip_vision_model",
+    **TINY_VISION,
     "image_size": 32,
     "patch_size": 8,
     "vision_use_head": False,
