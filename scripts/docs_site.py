@@ -308,8 +308,35 @@ def generate(build: Path) -> list[str]:
     return written
 
 
+PLOTLY_MIME = "application/vnd.plotly.v1+json"
+
+
+def plotly_as_html(nb: Any) -> int:
+    """Give every plotly figure output of `nb` an HTML rendering that works offline; returns
+    how many. A kernel started by nbclient shows figures as plotly's JSON mimetype, which
+    nbconvert cannot render; plotly's own notebook renderer would load MathJax from a CDN.
+    The HTML loads `plotly.min.js` from the page's folder (written beside the notebooks)."""
+    import plotly.io as pio
+
+    n = 0
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            if PLOTLY_MIME in data and "text/html" not in data:
+                data["text/html"] = pio.to_html(
+                    data[PLOTLY_MIME],
+                    include_plotlyjs="directory",
+                    include_mathjax=False,
+                    full_html=False,
+                    validate=False,
+                )
+                n += 1
+    return n
+
+
 def _notebooks(target: Path, work: Path) -> list[str]:
     import nbformat
+    from plotly.offline import get_plotlyjs
 
     target.mkdir(parents=True)
     done = os.environ.get("VLM_LENS_DOCS_NOTEBOOKS")
@@ -318,12 +345,15 @@ def _notebooks(target: Path, work: Path) -> list[str]:
             executed = Path(done) / path.name
             if not executed.is_file():
                 raise FileNotFoundError(f"VLM_LENS_DOCS_NOTEBOOKS={done} has no {path.name}")
-            shutil.copyfile(executed, target / path.name)
+            nb = nbformat.read(executed, as_version=4)
         else:
             cwd = work / path.stem
             cwd.mkdir()
-            nbformat.write(execute_notebook(path, cwd), target / path.name)
-    return [f"notebooks/{p.name}" for p in NOTEBOOKS]
+            nb = execute_notebook(path, cwd)
+        plotly_as_html(nb)
+        nbformat.write(nb, target / path.name)
+    (target / "plotly.min.js").write_text(get_plotlyjs(), encoding="utf-8")
+    return [f"notebooks/{p.name}" for p in NOTEBOOKS] + ["notebooks/plotly.min.js"]
 
 
 def _before_plugins(fn: Any) -> Any:

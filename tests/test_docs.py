@@ -168,6 +168,10 @@ def test_docs_notebooks_rendered_with_outputs(site):
     page = _text(site / "notebooks/01_quickstart.html")
     assert "max |change in logits|:" in page  # a printed output, not only the source
     assert re.search(r"answer '\d+' for \d+ dots", page)
+    # plotly figures as offline HTML (the kernel emits plotly's JSON mimetype only)
+    counting = (site / "notebooks/02_counting.html").read_text()
+    assert counting.count('class="plotly-graph-div"') >= 5
+    assert (site / "notebooks/plotly.min.js").is_file()
 
 
 def test_docs_links_resolve_offline(site):
