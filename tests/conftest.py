@@ -67,3 +67,32 @@ def real_vocab_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str],
         return cache[arch]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def executed_notebook(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Path], Path]:
+    """``executed_notebook(path) -> Path``: the notebook run top to bottom, saved with its
+    outputs; run once a session (tests/test_notebooks.py and the docs build share it). A
+    notebook that failed fails every test that asks for it, with its error."""
+    import nbformat
+
+    from scripts.docs_site import execute_notebook
+
+    directory = tmp_path_factory.mktemp("executed_notebooks")
+    cache: dict[str, Path | Exception] = {}
+
+    def get(path: Path) -> Path:
+        if path.name not in cache:
+            workdir = directory / f"{path.stem}.cwd"
+            workdir.mkdir()
+            try:
+                nbformat.write(execute_notebook(path, workdir), directory / path.name)
+                cache[path.name] = directory / path.name
+            except Exception as err:  # kept, so the next test asking sees the same error
+                cache[path.name] = err
+        result = cache[path.name]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    return get

@@ -1,7 +1,10 @@
 """`vlm-lens demo`: load a model, list its hook points, summarise one attention map.
 
-Runs offline on a tiny zoo checkpoint by default, so a fresh clone can see the hooks work.
-Its parser imports nothing heavy; `run` imports the library when the demo runs.
+Runs offline on the shipped model organism by default (`vlm_lens.zoo.organism()`, a small
+Qwen3-VL trained to count dots), so the answer it prints is a real one; `--tiny ARCH` takes a
+tiny random-weight zoo checkpoint of another architecture instead (its answer is noise: it
+only shows the hooks working there). Its parser imports nothing heavy; `run` imports the
+library when the demo runs.
 
 Not for: studies (`vlm-lens count`, `vlm-lens yesbias`) or anything a notebook would reuse.
 """
@@ -16,12 +19,13 @@ from vlm_lens.adapters import SUPPORTED
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="print hook names and an attention map summary of a model")
-    p.add_argument("--model", help="hub id or local checkpoint dir (default: a tiny zoo model)")
-    p.add_argument(
-        "--arch",
-        default="qwen3_vl",
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--model", help="hub id or local checkpoint dir (default: the organism)")
+    which.add_argument(
+        "--tiny",
+        metavar="ARCH",
         choices=SUPPORTED,
-        help="zoo architecture if no --model",
+        help=f"a tiny random-weight zoo checkpoint instead (answers are noise): {', '.join(SUPPORTED)}",
     )
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default=None)
@@ -36,9 +40,14 @@ def run(args: argparse.Namespace) -> int:
     from vlm_lens.data.count_prompt import COUNT_PROMPT
     from vlm_lens.metrics import gini_sparsity, normalized_entropy
 
-    path = args.model or zoo.tiny_checkpoint(args.arch, tempfile.mkdtemp(prefix="vlm_lens_demo_"))
-    if not args.model:
-        print(f"no --model given: using a tiny random-weight {args.arch} checkpoint at {path}")
+    if args.tiny:
+        path = zoo.tiny_checkpoint(args.tiny, tempfile.mkdtemp(prefix="vlm_lens_demo_"))
+        print(f"a tiny random-weight {args.tiny} checkpoint at {path}: its answer is noise")
+    elif args.model:
+        path = args.model
+    else:
+        path = zoo.organism()
+        print(f"no --model given: the shipped counting organism at {path}")
     model = HookedVLM.from_pretrained(path, device=args.device, dtype=args.dtype)
     sample = dots.generate(1, seed=0)[0]
     inputs = model.prepare(images=sample.image, prompt=COUNT_PROMPT)
