@@ -284,10 +284,18 @@ def test_tokenizer_helpers(model, batch):
     assert len(labels) == 2 and all(len(row) == tokens.shape[1] for row in labels)
     for row, sample in enumerate(batch.segments.samples):
         (span,) = sample.images
-        h, w = span.grid
-        assert labels[row][span.start : span.end] == [
-            f"<img0 r{r}c{c}>" for r in range(h) for c in range(w)
-        ]
+        if span.grid != (0, 0):
+            h, w = span.grid
+            assert labels[row][span.start : span.end] == [
+                f"<img0 r{r}c{c}>" for r in range(h) for c in range(w)
+            ]
+        else:  # tiles (LLaVA-OneVision): "<img0 t1 r2c3>"; markers keep their token's text
+            for t, tile in enumerate(span.tiles):
+                w = tile.grid[1]
+                got = [labels[row][p] for p in tile.positions()]
+                assert got == [f"<img0 t{t} r{k // w}c{k % w}>" for k in range(tile.n_tokens)]
+            for m in span.markers:
+                assert labels[row][m.as_slice()] == model.to_str_tokens(tokens[row, m.as_slice()])
         # nothing decodes to "": special tokens show as their text
         assert all(label != "" for label in labels[row][sample.padding.end :])
         assert labels[row][: sample.padding.end] == [model.tokenizer.pad_token] * sample.padding.end
