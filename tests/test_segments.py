@@ -20,6 +20,7 @@ USER_HEADER = {
     "qwen2_vl": "<|im_start|>user\n",
     "gemma3": "<start_of_turn>user\n",
     "llava": "USER: ",
+    "mllama": "<|start_header_id|>user<|end_header_id|>\n\n",
 }
 
 
@@ -86,6 +87,9 @@ def test_one_image(model):
     elif arch == "gemma3":
         side = int(model.hf_model.config.mm_tokens_per_image**0.5)
         assert seg.images[0].grid == (side, side)
+    elif arch == "mllama":  # the image is read by cross-attention: one <|image|> token
+        assert seg.images[0].grid == (1, 1)
+        assert decode(model, inputs.input_ids[0, seg.images[0].as_slice()]) == "<|image|>"
     else:
         vc = model.hf_model.config.vision_config
         assert seg.images[0].grid == (vc.image_size // vc.patch_size,) * 2

@@ -20,6 +20,7 @@ MODEL_CLASS = {
     "qwen2_vl": "Qwen2VLForConditionalGeneration",
     "gemma3": "Gemma3ForConditionalGeneration",
     "llava": "LlavaForConditionalGeneration",
+    "mllama": "MllamaForConditionalGeneration",
 }
 PROCESSOR_CLASS = {
     "qwen3_vl": "Qwen3VLProcessor",
@@ -27,6 +28,7 @@ PROCESSOR_CLASS = {
     "qwen2_vl": "Qwen2VLProcessor",
     "gemma3": "Gemma3Processor",
     "llava": "LlavaProcessor",
+    "mllama": "MllamaProcessor",
 }
 QWEN = ("qwen3_vl", "qwen2_5_vl", "qwen2_vl")
 
@@ -51,6 +53,8 @@ def expected_image_tokens(arch: str, config, inputs) -> int:
     if arch in QWEN:
         merge = config.vision_config.spatial_merge_size
         return int(inputs["image_grid_thw"].prod(-1).sum()) // merge**2
+    if arch == "mllama":  # one <|image|> per image; pixel_values [batch, images, tiles, 3, H, W]
+        return inputs["pixel_values"].shape[0] * inputs["pixel_values"].shape[1]
     n_images = inputs["pixel_values"].shape[0]  # [images, 3, H, W]
     if arch == "gemma3":
         return n_images * config.mm_tokens_per_image
@@ -88,7 +92,9 @@ def test_loads_through_real_from_pretrained(loaded):
     text = config.text_config
     assert text.num_hidden_layers >= 2
     assert text.hidden_size <= 64
-    assert text.vocab_size == len(processor.tokenizer)
+    # Mllama's head stops before <|image|>, the one token past its vocabulary (as in the real
+    # checkpoints: 128256 vs 128257).
+    assert text.vocab_size == len(processor.tokenizer) - (arch == "mllama")
     assert 90 < len(processor.tokenizer) <= 140
     assert model.dtype == torch.float32
 
@@ -114,6 +120,15 @@ def test_special_token_ids_match_tokenizer(loaded):
         assert config.eoi_token_id == ids("<end_of_image>") == tok.eoi_token_id
         assert (text.pad_token_id, text.eos_token_id, text.bos_token_id) == (0, 1, 2)
         assert processor.image_seq_length == config.mm_tokens_per_image == 4
+    elif arch == "mllama":
+        assert config.image_token_index == ids("<|image|>") == processor.image_token_id
+        assert config.image_token_index == text.vocab_size  # one past the head's vocabulary
+        assert (text.bos_token_id, text.eos_token_id) == (
+            ids("<|begin_of_text|>"),
+            ids("<|eot_id|>"),
+        )
+        assert text.pad_token_id == ids("<|finetune_right_pad_id|>") == tok.pad_token_id
+        assert text.cross_attention_layers == [1, 3]
     else:
         assert config.image_token_index == ids("<image>") == processor.image_token_id
         assert (text.bos_token_id, text.eos_token_id) == (ids("<s>"), ids("</s>"))
@@ -140,6 +155,8 @@ RENDERED = {
     "<|im_start|>assistant\n",
     "gemma3": "<bos><start_of_turn>user\n<start_of_image>How many?<end_of_turn>\n<start_of_turn>model\n",
     "llava": "USER: <image>\nHow many? ASSISTANT:",
+    "mllama": "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n<|image|>How many?"
+    "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
 }
 RENDERED["qwen2_vl"] = RENDERED["qwen2_5_vl"]
 
@@ -149,6 +166,11 @@ RENDERED_WITH_SYSTEM = {
     "gemma3": "<bos><start_of_turn>user\nBe brief.\n\n<start_of_image>How many?<end_of_turn>\n"
     "<start_of_turn>model\n",
     "llava": "Be brief. USER: <image>\nHow many? ASSISTANT:",
+    # The real Llama-3.2-Vision-Instruct template refuses a system turn with images; the zoo's
+    # renders it as a Llama-3 system turn.
+    "mllama": "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+    "<|start_header_id|>user<|end_header_id|>\n\n<|image|>How many?<|eot_id|>"
+    "<|start_header_id|>assistant<|end_header_id|>\n\n",
 }
 RENDERED_WITH_SYSTEM["qwen2_5_vl"] = RENDERED_WITH_SYSTEM["qwen2_vl"] = RENDERED_WITH_SYSTEM[
     "qwen3_vl"
@@ -189,6 +211,12 @@ def test_chat_template_multi_turn(loaded):
             "<start_of_turn>model\nYes<end_of_turn>\n<start_of_turn>user\nSure?<end_of_turn>\n"
             "<start_of_turn>model\n"
         )
+    elif arch == "mllama":
+        assert render.endswith(
+            "<|start_header_id|>assistant<|end_header_id|>\n\nYes<|eot_id|>"
+            "<|start_header_id|>user<|end_header_id|>\n\nSure?<|eot_id|>"
+            "<|start_header_id|>assistant<|end_header_id|>\n\n"
+        )
     else:
         assert render == "USER: <image>\nRed? ASSISTANT: Yes USER: Sure? ASSISTANT:"
 
@@ -204,7 +232,7 @@ def test_image_tokens_match_and_forward_runs(loaded):
     ids = inputs["input_ids"]
     n_image = int((ids == image_token_id(model.config)).sum())
     assert n_image == expected_image_tokens(arch, model.config, inputs)
-    assert n_image == {"gemma3": 4}.get(arch, 16)
+    assert n_image == {"gemma3": 4, "mllama": 1}.get(arch, 16)
     if arch in QWEN:
         assert inputs["image_grid_thw"].tolist() == [[1, 8, 8]]  # 8x8 patches -> 4x4 merged
         assert "mm_token_type_ids" in inputs
@@ -244,6 +272,13 @@ def test_two_images_in_one_prompt(loaded):
     if arch in QWEN:
         assert inputs["image_grid_thw"].tolist() == [[1, 8, 8], [1, 8, 10]]
         assert n_image == 16 + 20
+    if arch == "mllama":  # a square image fills one 32 x 32 tile, a 64 x 96 one two side by side
+        assert inputs["aspect_ratio_ids"].tolist() == [[1, 2]]  # [1, 1], [1, 2]
+        assert inputs["aspect_ratio_mask"].tolist() == [[[1, 0], [1, 1]]]
+        # Text rows see the tiles of the latest image before them (HF's cross-attention mask).
+        seen = inputs["cross_attention_mask"][0].sum(0).tolist()
+        first, second = (inputs["input_ids"][0] == model.config.image_token_index).nonzero()[:, 0]
+        assert seen == [[int(second - first), 0], [len(inputs["input_ids"][0]) - int(second)] * 2]
     with torch.no_grad():
         logits = model(**inputs).logits
     assert torch.isfinite(logits).all()

@@ -38,6 +38,7 @@ from vlm_lens.core.segments import (
     KIND_PAD,
     KIND_SYSTEM,
     KIND_TEXT,
+    ImageKeys,
     ImageSpan,
     SampleSegments,
     Segments,
@@ -320,6 +321,9 @@ def prepare_inputs(
     ids, attn = tensors["input_ids"], tensors["attention_mask"]
     all_grids = adapter.grids(config, tensors, len(flat_images)) if flat_images else []
     image_token_id = adapter.image_token_id(config)
+    all_keys = None
+    if adapter.image_keys is not None and flat_images:
+        all_keys = adapter.image_keys(config, tensors)
 
     samples, kinds, index = [], [], []
     cursor = 0
@@ -332,6 +336,8 @@ def prepare_inputs(
         grids = all_grids[cursor : cursor + len(rgb_rows[row])]
         cursor += len(rgb_rows[row])
         sample, k, i = _row_segments(ids[row], attn[row], n_sys, image_token_id, grids, row)
+        if all_keys is not None:
+            sample.image_keys = [ImageKeys(tuple(index), grid) for index, grid in all_keys[row]]
         samples.append(sample)
         kinds.append(k)
         index.append(i)
