@@ -90,12 +90,26 @@ class Recording:
     `full[step]`: `[batch, layer, head, query, keys]` (keys: every position in the KV cache
     at that step, left padding included).
     `query` is 1 for `query="last"`; `head` is 1 for `heads="mean"`; `layer` follows `layers`.
+    In a cross-attention layer (`cross_attention_layers`) the image columns are the image's
+    patch keys (`image_attention` gives any layer's own columns).
     """
 
     layers: list[int]
     image: dict[int, Tensor] = field(default_factory=dict)
     shares: dict[int, Tensor] = field(default_factory=dict)
     full: dict[int, Tensor] = field(default_factory=dict)
+    cross_attention_layers: tuple[int, ...] = ()
+
+    def image_attention(
+        self, step: int, row: int, layer: int, segments: Segments
+    ) -> tuple[Float[Tensor, "head query image"], list[tuple[int, int]]]:
+        """Batch row `row`'s attention on its images at one step and layer, and each image's
+        grid on that axis (row-major, images in prompt order): the image tokens of a
+        self-attention layer, the patch keys of a cross-attention layer. The NaN columns that
+        pad it to the widest row or layer are dropped."""
+        grids = segments.samples[row].image_grids(layer in self.cross_attention_layers)
+        width = sum(h * w for h, w in grids)
+        return self.image[step][row, self.layers.index(layer), :, :, :width], grids
 
     @property
     def steps(self) -> list[int]:
@@ -150,7 +164,7 @@ class AttentionRecorder:
         self.layers = resolve_layers(spec.layers, n_layers)
         self._slot_of = {layer: i for i, layer in enumerate(self.layers)}
         self.steps = None if spec.steps is None else set(spec.steps)
-        self.recording = Recording(self.layers)
+        self.recording = Recording(self.layers, cross_attention_layers=tuple(sorted(self.cross)))
         self._pending: dict[int, dict[str, list[Tensor | None]]] = {}
         # Per-run constants, built on first use and kept per device (layers may sit on
         # different devices under a device_map).

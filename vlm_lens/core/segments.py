@@ -87,6 +87,13 @@ class SampleSegments:
     image_keys: list[ImageKeys] = field(default_factory=list)
     """Per image, its cross-attention keys (families with cross-attention layers only)."""
 
+    def image_grids(self, cross_attention: bool = False) -> list[tuple[int, int]]:
+        """Each image's grid on the key axis of a self-attention layer (its tokens) or, with
+        `cross_attention`, of a cross-attention layer (its patch keys, `image_keys`)."""
+        return (
+            [k.grid for k in self.image_keys] if cross_attention else [s.grid for s in self.images]
+        )
+
     def describe(self) -> str:
         imgs = ", ".join(
             f"image{i}[{s.start}:{s.end}] grid={s.grid}" for i, s in enumerate(self.images)

@@ -72,6 +72,7 @@ from torch import Tensor
 
 from vlm_lens.core.generation import AttentionRecord, GenerationResult, Recording
 from vlm_lens.core.layers import resolve_layers
+from vlm_lens.core.segments import Segments
 from vlm_lens.data import dots
 from vlm_lens.data.count_prompt import COT_COUNT_PROMPT, COUNT_PROMPT, answer_span, parse_count
 from vlm_lens.interventions import restore_image, scale_image
@@ -386,8 +387,12 @@ def recording_metrics(
     row: int = 0,
     band_width: float = 1.0,
     keep_map: bool = False,
+    segments: Segments | None = None,
 ) -> list[dict[str, Any]]:
     """`digit_step_metrics` for every (digit step, layer) of batch row `row` of a recording.
+
+    With the prompt's `segments`, each layer's own image axis and grid are read
+    (`Recording.image_attention`: a cross-attention layer's image keys, Mllama).
 
     `steps[k]` is the step that predicted digit string `digits[k]`; the recording must
     keep the image columns of all heads (`keep=("image",)`, `heads="all"`) at every one of
@@ -402,9 +407,15 @@ def recording_metrics(
             )
         for layer in layers:
             image = recording.image[step][row, recording.layers.index(layer), :, -1, :]
+            layer_grid = grid
+            if segments is not None:
+                image, grids = recording.image_attention(step, row, layer, segments)
+                image, layer_grid = image[:, -1], grids[0] if len(grids) == 1 else grid
             entry: dict[str, Any] = {"digit": k, "step": step, "token": digit, "layer": layer}
             try:
-                entry.update(digit_step_metrics(image, sample, grid, band_width, keep_map))
+                # Maps are drawn on the sample's grid: none for a layer with another image axis.
+                keep = keep_map and tuple(layer_grid) == tuple(grid)
+                entry.update(digit_step_metrics(image, sample, layer_grid, band_width, keep))
             except EmptyMeasurementError as err:
                 raise EmptyMeasurementError(f"step {step}, layer {layer}: {err}") from err
             entries.append(entry)
@@ -543,7 +554,8 @@ def _sample_row(
     text = out.texts[r]
     prediction = parse_count(text, config.answer)
     steps, digits = digit_steps(tokens, model.tokens_to_text, config.answer)
-    grid = tuple(inputs.segments.samples[r].images[0].grid)
+    # The map's grid: the image keys' where the image is read by cross-attention (Mllama).
+    grid = tuple(inputs.segments.samples[r].image_grids(bool(model.cfg.cross_attention_layers))[0])
     attention = recording_metrics(
         out.recording,
         steps,
@@ -554,6 +566,7 @@ def _sample_row(
         row=r,
         band_width=config.band_width,
         keep_map=sample.index < config.example_maps,
+        segments=inputs.segments,
     )
     row: dict[str, Any] = {
         "condition": config.condition,
