@@ -63,6 +63,9 @@ def header(arch: str, system: str | None) -> str:
         return f"<|im_start|>system\n{system or 'You are a helpful assistant.'}<|im_end|>\n<|im_start|>user\n"
     if arch == "gemma3":  # the system text opens the first user turn
         return "<bos><start_of_turn>user\n" + (f"{system}\n\n" if system else "")
+    if arch == "mllama":  # the zoo's template (the real one refuses a system turn with images)
+        turn = f"<|start_header_id|>system<|end_header_id|>\n\n{system}<|eot_id|>" if system else ""
+        return "<|begin_of_text|>" + turn + "<|start_header_id|>user<|end_header_id|>\n\n"
     return (f"{system} " if system else "") + "USER: "  # llava-1.5: no role name for system
 
 
@@ -128,6 +131,13 @@ KNOWN_IDS = {
     "gemma3": {"<start_of_image>": [255999], "<image_soft_token>": [262144], "\n\n\n": [109]},
     # llava-1.5-7b-hf: "USER:" is ▁US ER :, the two added tokens follow LLaMA's 32,000.
     "llava": {"USER:": [3148, 1001, 29901], "<image>": [32000], "<pad>": [32001]},
+    # Llama-3.1's specials as Llama-3.2-Vision names them, <|image|> one past them.
+    "mllama": {
+        "<|start_header_id|>user<|end_header_id|>\n\n": [128006, 882, 128007, 271],
+        "<|image|>": [128256],
+        "<|finetune_right_pad_id|>": [128004],
+        "<|eom_id|><|eot_id|><|python_tag|>": [128008, 128009, 128010],
+    },
 }
 KNOWN_IDS["qwen2_5_vl"] = KNOWN_IDS["qwen2_vl"] = KNOWN_IDS["qwen3_vl"]
 
@@ -249,6 +259,7 @@ REAL_PROCESSOR = {
     "qwen2_vl": {"patch_size": 14, "merge_size": 2, "size": (3_136, 12_845_056)},
     "gemma3": {"size": (896, 896), "image_seq_length": 256},
     "llava": {"size": (336, 336), "patch_size": 14, "num_additional_image_tokens": 1},
+    "mllama": {"size": (560, 560), "max_image_tiles": 4},
 }
 
 
@@ -263,6 +274,9 @@ def test_processor_settings_are_the_real_ones(hooked, arch):
     elif arch == "gemma3":
         got["size"] = (images.size["height"], images.size["width"])
         got["image_seq_length"] = processor.image_seq_length
+    elif arch == "mllama":
+        got["size"] = (images.size["height"], images.size["width"])
+        got["max_image_tiles"] = images.max_image_tiles
     else:
         assert images.size["shortest_edge"] == 336 and images.do_center_crop
         got["size"] = (images.crop_size["height"], images.crop_size["width"])
@@ -280,7 +294,11 @@ GRIDS = {
     "qwen2_vl": {(1024, 1024): (37, 37), (1024, 640): (23, 37)},
     "gemma3": {(1024, 1024): (16, 16), (1024, 640): (16, 16)},
     "llava": {(1024, 1024): (24, 24), (1024, 640): (24, 24)},
+    "mllama": {(1024, 1024): (1, 1), (1024, 640): (1, 1)},  # one <|image|> token
 }
+# Mllama's image keys: both sizes fit a 2 x 2 canvas of 560 px tiles (the smallest upscale),
+# 40 x 40 patches each, stitched to 80 x 80.
+MLLAMA_KEY_GRIDS = {(1024, 1024): (80, 80), (1024, 640): (80, 80)}
 
 
 @pytest.mark.parametrize("size", [(1024, 1024), (1024, 640)])
@@ -301,6 +319,11 @@ def test_image_grid_matches_the_real_processor(hooked, arch, size):
         assert (t, gh // merge, gw // merge) == (1, h, w)
     elif arch == "gemma3":
         assert config.mm_tokens_per_image == model.processor.image_seq_length == h * w
+    elif arch == "mllama":
+        keys = inputs.segments.samples[0].image_keys
+        assert [k.grid for k in keys] == [MLLAMA_KEY_GRIDS[size]]
+        assert inputs["aspect_ratio_mask"].tolist() == [[[1, 1, 1, 1]]]
+        assert len(set(keys[0].index)) == 80 * 80 and max(keys[0].index) < 4 * (1 + 40 * 40)
     else:
         assert config.image_seq_length == h * w
 
@@ -364,11 +387,12 @@ def test_hooks_fire_at_steps_0_1_2_while_generating(hooked, arch):
         inputs,
         max_new_tokens=3,
         min_new_tokens=3,
-        fwd_hooks=[(lambda n: n.endswith("attn.hook_pattern"), spy)],
+        fwd_hooks=[(lambda n: n.endswith(".attn.hook_pattern"), spy)],  # self-attention
     )
     assert out.tokens.shape == (1, 3)
     assert int(out.tokens.max()) < len(model.processor.tokenizer)
-    names = [f"blocks.{i}.attn.hook_pattern" for i in range(model.cfg.n_layers)]
+    cross = model.cfg.cross_attention_layers
+    names = [f"blocks.{i}.attn.hook_pattern" for i in range(model.cfg.n_layers) if i not in cross]
     for name in names:
         steps = [(s, q, k) for n, s, q, k in calls if n == name]
         assert steps == [

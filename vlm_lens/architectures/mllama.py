@@ -31,10 +31,19 @@ Not for: the shared hooking (`vlm_lens.core`), which reads the `cross_attention`
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
-from vlm_lens.architectures._base import Adapter, Architecture, NpmPackage, RealVocab, TinyRecipe
+from vlm_lens.architectures._base import (
+    Adapter,
+    Architecture,
+    NpmPackage,
+    RealVocab,
+    RealVocabUnavailable,
+    TinyRecipe,
+)
 from vlm_lens.architectures._recipe import (
     REAL_VOCAB_TINY_TEXT,
     TINY_TEXT,
@@ -195,6 +204,56 @@ def _processor(tok, config, image_kwargs: Mapping):
     )
 
 
+def _llama31_special(token_id: int) -> str:
+    """Llama-3.1's name of special token `token_id` (128000-128255)."""
+    named = {
+        128000: "<|begin_of_text|>",
+        128001: "<|end_of_text|>",
+        128002: "<|reserved_special_token_0|>",
+        128003: "<|reserved_special_token_1|>",
+        128004: "<|finetune_right_pad_id|>",
+        128005: "<|reserved_special_token_2|>",
+        128006: "<|start_header_id|>",
+        128007: "<|end_header_id|>",
+        128008: "<|eom_id|>",
+        128009: "<|eot_id|>",
+        128010: "<|python_tag|>",
+    }
+    return named.get(token_id, f"<|reserved_special_token_{token_id - 128008}|>")
+
+
+_IMAGE_ID = 128256
+
+
+def _compose_tokenizer(files: Path, out: Path, chat_template: str | None) -> None:
+    """Llama-3.2-Vision's tokenizer from the Llama-3 package: the same 128,000 BPE pieces, the
+    special tokens renamed as Llama-3.1 names them (the package keeps Llama-3.0's names:
+    <|reserved_special_token_2|> where 3.1 has <|finetune_right_pad_id|>, ...), and <|image|>
+    appended as 128256."""
+    tokenizer = json.loads((files / "package/models/tokenizer.json").read_text())
+    added = tokenizer["added_tokens"]
+    if len(tokenizer["model"]["vocab"]) != 128_000 or [t["id"] for t in added] != list(
+        range(128_000, _IMAGE_ID)
+    ):
+        raise RealVocabUnavailable("the Llama-3 package no longer holds 128,000 + 256 tokens")
+    for token in added:
+        token["content"] = _llama31_special(token["id"])
+    added.append({**added[-1], "id": _IMAGE_ID, "content": "<|image|>"})
+    (out / "tokenizer.json").write_text(json.dumps(tokenizer, ensure_ascii=False))
+    config = json.loads((files / "package/models/tokenizer_config.json").read_text())
+    config["added_tokens_decoder"] = {
+        str(t["id"]): {k: v for k, v in t.items() if k != "id"} for t in added
+    }
+    config.update(
+        bos_token="<|begin_of_text|>",
+        eos_token="<|eot_id|>",
+        pad_token="<|finetune_right_pad_id|>",
+        padding_side="left",
+        chat_template=chat_template,
+    )
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
 ARCHITECTURE = Architecture(
     title="Llama-3.2-Vision",
     family="mllama",
@@ -231,10 +290,19 @@ ARCHITECTURE = Architecture(
             },
             key="llama3",
         ),
-        chat_template=None,
+        # Not the real template (Llama-3.2-Vision-Instruct's refuses a system turn with images and
+        # writes a dated system turn without them): the zoo's, which renders an image prompt
+        # without a system turn as the real one does.
+        chat_template=_ZOO_CHAT_TEMPLATE,
+        # 560 px tiles of 14 px patches, at most 4 tiles: 4 x (1 + 40 x 40) image keys.
         settings={
-            **REAL_VOCAB_TINY_TEXT,
+            "text_config": {
+                **REAL_VOCAB_TINY_TEXT["text_config"],
+                "num_hidden_layers": 3,
+                "cross_attention_layers": [1],
+            },
             "vision_config": {"image_size": 560, "patch_size": 14, "max_num_tiles": 4},
         },
+        compose=_compose_tokenizer,
     ),
 )
