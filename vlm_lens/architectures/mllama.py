@@ -71,6 +71,13 @@ def _image_keys(config: Any, tensors: dict) -> list[list[tuple[list[int], tuple[
     """Per row, per image: its patch keys row-major over its tiles stitched into one grid."""
     tiles, per_tile, side = image_key_grid(config)
     ratios = config.vision_config.supported_aspect_ratios
+    n_rows, n_ratios = len(tensors["input_ids"]), len(tensors["aspect_ratio_ids"])
+    if n_ratios != n_rows:
+        raise ValueError(
+            f"Llama-3.2-Vision: every prompt of a batch needs an image (the processor gave "
+            f"aspect ratios for {n_ratios} of {n_rows} rows, which the model cannot run); "
+            "prepare the prompts without images as a batch of their own"
+        )
     out = []
     for row in tensors["aspect_ratio_ids"].tolist():
         images = []
