@@ -14,6 +14,7 @@ from vlm_lens.core.attention import _expand_kv
 from vlm_lens.core.generation import AttentionRecord
 from vlm_lens.core.segments import SEGMENT_KINDS
 from vlm_lens.data import dots
+from vlm_lens.interventions import scale_image
 
 PROMPT = "How many dots are there? Answer: "
 
@@ -172,3 +173,18 @@ def test_recording_reads_image_attention_from_the_cross_attention_layers(model):
         self_pattern = seen["blocks.0.attn.hook_pattern"][row, :, -1]
         torch.testing.assert_close(image[row, 0, :, 0, 0], self_pattern[:, token])
         assert torch.isnan(image[row, 0, :, 0, 1:]).all()  # padded to the cross layers' width
+
+
+def test_attention_edits_leave_the_cross_attention_layers_alone(model):
+    """A redistribution between segments edits the self-attention layers of its range only: a
+    cross-attention layer's keys are all image keys."""
+    edit = scale_image(2.0, "all", model=model)
+    names = [name for name, _ in edit.fwd_hooks(model)]
+    assert names == [
+        f"blocks.{i}.attn.{h}" for i in (0, 2, 4) for h in ("hook_attn_scores", "hook_pattern")
+    ]
+    inputs = model.prepare(images=[dots_image(7)], prompt=PROMPT)
+    with torch.no_grad():
+        clean = model(inputs)
+        edited = model.run_with_hooks(inputs, fwd_hooks=edit.fwd_hooks(model))
+    assert (edited[0, -1] - clean[0, -1]).abs().max() > 1e-4

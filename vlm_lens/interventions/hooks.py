@@ -212,7 +212,12 @@ class Intervention:
             capture = select(capture, rows="answer", steps=self.steps)
             edit = select(edit, rows="answer", steps=self.steps)
         pairs: list[tuple[str, HookFn]] = []
+        # A cross-attention layer (Mllama) attends to image keys only: there is no other kind
+        # to move mass to or from, so the edit leaves it alone (given the model, which knows them).
+        cross = getattr(getattr(model_or_n_layers, "cfg", None), "cross_attention_layers", ())
         for layer in self.layer_indices(model_or_n_layers):
+            if layer in cross:
+                continue
             pairs.append((f"blocks.{layer}.attn.hook_attn_scores", capture))
             pairs.append((f"blocks.{layer}.attn.hook_pattern", edit))
         return pairs
