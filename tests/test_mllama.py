@@ -188,3 +188,28 @@ def test_attention_edits_leave_the_cross_attention_layers_alone(model):
         clean = model(inputs)
         edited = model.run_with_hooks(inputs, fwd_hooks=edit.fwd_hooks(model))
     assert (edited[0, -1] - clean[0, -1]).abs().max() > 1e-4
+
+
+def test_count_cli_maps_the_cross_attention_over_the_image(tiny_ckpt, tmp_path):
+    """`vlm-lens count` end to end: a cross-attention layer's entries are maps over the image's
+    4 x 4 patch keys (spatial metrics and all); the self-attention layer sees one <|image|>."""
+    import json
+
+    from vlm_lens.cli import main
+
+    argv = ["count", "--model", str(tiny_ckpt("mllama")), "--n", "2", "--size", "128"]
+    argv += ["--radius", "3", "--digits-only", "--no-png", "--no-progress", "--out", str(tmp_path)]
+    assert main([*argv, "--layers", "1", "3", "-1", "--example-maps", "2"]) == 0
+    (samples,) = tmp_path.rglob("samples.jsonl")
+    rows = [json.loads(line) for line in samples.read_text().splitlines()]
+    assert len(rows) == 2 and (tmp_path / "report.html").exists()
+    for row in rows:
+        assert row["grid"] == [4, 4]
+        by_layer = {e["layer"]: e for e in row["attention"] if e["digit"] == 0}
+        for layer in (1, 3):
+            entry = by_layer[layer]
+            assert len(entry["map"]) == 16 and entry["centroid_hit_rate"] is not None
+            assert (
+                0.5 < entry["image_mass"] < 1.0
+            )  # the patch keys; the tiles' CLS keys take the rest
+        assert "map" not in by_layer[4] and by_layer[4]["centre"] is None
