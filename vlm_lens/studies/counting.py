@@ -406,16 +406,22 @@ def recording_metrics(
                 f"recorded steps: {sorted(recording.image)}"
             )
         for layer in layers:
-            image = recording.image[step][row, recording.layers.index(layer), :, -1, :]
-            layer_grid = grid
-            if segments is not None:
+            if segments is None:
+                image = recording.image[step][row, recording.layers.index(layer), :, -1, :]
+                layer_grid: tuple[int, int] | None = grid
+            else:  # the layer's own image axis (a cross-attention layer's image keys)
                 image, grids = recording.image_attention(step, row, layer, segments)
-                image, layer_grid = image[:, -1], grids[0] if len(grids) == 1 else grid
+                image, layer_grid = image[:, -1], grids[0] if len(grids) == 1 else None
             entry: dict[str, Any] = {"digit": k, "step": step, "token": digit, "layer": layer}
             try:
-                # Maps are drawn on the sample's grid: none for a layer with another image axis.
-                keep = keep_map and tuple(layer_grid) == tuple(grid)
-                entry.update(digit_step_metrics(image, sample, layer_grid, band_width, keep))
+                # Maps and halo metrics are on the sample's grid: a layer whose image axis is
+                # another (Mllama's <|image|> token in a self-attention layer) gets neither.
+                on_map = layer_grid is not None and tuple(layer_grid) == tuple(grid)
+                entry.update(
+                    digit_step_metrics(
+                        image, sample, grid if on_map else (0, 0), band_width, keep_map and on_map
+                    )
+                )
             except EmptyMeasurementError as err:
                 raise EmptyMeasurementError(f"step {step}, layer {layer}: {err}") from err
             entries.append(entry)
