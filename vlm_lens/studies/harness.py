@@ -170,6 +170,15 @@ def run(
     from tqdm.auto import tqdm
 
     configs = [configs] if isinstance(configs, study.config) else list(configs)
+    # Refused before run.json is written: a bad manifest would make later runs refuse the folder.
+    if max_samples is not None and max_samples < 0:
+        raise ValueError(f"max_samples must be None or >= 0, got {max_samples}")
+    for c in configs:
+        if c.n < 1 or getattr(c, "max_new_tokens", 1) < 1:
+            raise ValueError(
+                f"condition {c.condition!r}: n and max_new_tokens must be >= 1, got "
+                f"n={c.n}, max_new_tokens={getattr(c, 'max_new_tokens', None)}"
+            )
     names = [c.condition for c in configs]
     if len(set(names)) != len(names):
         raise ValueError(f"conditions must have distinct names, got {names}")
@@ -193,7 +202,7 @@ def run(
                 if (shard is None or shard.owns(i)) and not log.has((c.condition, i))
             ]
             if max_samples is not None:
-                todo = todo[: max(max_samples, 0)]
+                todo = todo[:max_samples]
             datasets: dict[str, list[Any]] = {}
             bar = tqdm(
                 total=len(todo),

@@ -180,10 +180,14 @@ class Condition:
             if self.fraction is None or "->" not in str(self.target):
                 raise ValueError("redistribute needs target 'source->recipients' and a fraction")
             object.__setattr__(self, "fraction", float(self.fraction))
+            if not 0.0 <= self.fraction <= 1.0:
+                raise ValueError(f"fraction must lie in [0, 1], got {self.fraction}")
         if self.kind == "scale":
             if self.alpha is None:
                 raise ValueError("scale needs alpha")
             object.__setattr__(self, "alpha", float(self.alpha))
+            if not 0.0 <= self.alpha < float("inf"):
+                raise ValueError(f"alpha must be a finite number >= 0, got {self.alpha}")
 
     @property
     def id(self) -> str:
@@ -549,6 +553,8 @@ def run_sweep(
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if max_new_tokens < 1:  # before run.json is written (it would pin the folder to it)
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if rows not in ROWS:
         raise ValueError(f"rows must be one of {ROWS}, got {rows!r}")
     preset, system_text = resolve_system(system)
