@@ -9,6 +9,7 @@ import transformers
 from PIL import Image
 
 from vlm_lens import HookedVLM
+from vlm_lens.architectures.mllama import image_key_grid
 from vlm_lens.zoo import ARCHITECTURES
 
 PROMPT = "How many dots are there in the image? Answer directly. Answer: "
@@ -158,7 +159,11 @@ def test_negative_layer_names_and_cache_options(arch_models):
             remove_batch_dim=True,
         )
     assert fired == [f"blocks.{last}.hook_resid_post"]
-    assert set(cache) == {f"blocks.{i}.attn.hook_pattern" for i in range(model.cfg.n_layers)}
+    cross = model.cfg.cross_attention_layers  # Mllama's read the image keys
+    assert set(cache) == {
+        f"blocks.{i}.{'cross_attn' if i in cross else 'attn'}.hook_pattern"
+        for i in range(model.cfg.n_layers)
+    }
     pattern = cache["blocks.-1.attn.hook_pattern"]
     p = inputs.input_ids.shape[1]
     assert pattern.shape == (model.cfg.n_heads, p, p)
@@ -178,6 +183,9 @@ def test_image_embeds_hook_changes_output(arch_models):
         clean = model(inputs)
         patched = model.run_with_hooks(inputs, fwd_hooks=[("hook_image_embeds", zero)])
     n_image = int(inputs.segments.mask("image").sum())
+    if model.cfg.cross_attention_layers:  # Mllama: the image keys of the cross-attention layers
+        tiles, per_tile, _ = image_key_grid(model.hf_model.config)
+        n_image *= tiles * per_tile
     assert shapes == [(n_image, model.cfg.d_model)]
     assert (patched - clean).abs().max().item() > 1e-5
 
@@ -272,7 +280,7 @@ def test_wrapping_an_existing_hf_model(tiny_ckpt):
 def test_eos_token_ids_are_the_generation_configs_as_a_tuple(arch_models, monkeypatch):
     _, model, _ = arch_models
     tok = model.processor.tokenizer
-    ends = {"<|im_end|>", "<end_of_turn>", "</s>", "<eos>", "<end_of_utterance>"}
+    ends = {"<|im_end|>", "<end_of_turn>", "</s>", "<eos>", "<end_of_utterance>", "<|eot_id|>"}
     names = {tok.convert_ids_to_tokens(i) for i in model.eos_token_ids}
     assert names & ends, names  # the end-of-turn token of each chat format
     config = model.hf_model.generation_config

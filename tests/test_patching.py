@@ -74,9 +74,14 @@ def _n_deepstack(model: HookedVLM) -> int:
 # ----------------------------------------------------------------------------- restoring
 
 
-# With deepstack the corrupted image comes back after layer 0 (tested below).
+# With deepstack or cross-attention the corrupted image comes back after layer 0 (tested below).
 @pytest.mark.parametrize(
-    "arch", [k for k, a in REGISTRY.items() if a.adapter.deepstack is no_deepstack]
+    "arch",
+    [
+        k
+        for k, a in REGISTRY.items()
+        if a.adapter.deepstack is no_deepstack and a.adapter.cross_attention is None
+    ],
 )
 def test_patching_whole_residual_stream_at_layer0_restores_clean(tiny_ckpt, pairs, arch):
     model = HookedVLM.from_pretrained(tiny_ckpt(arch), dtype="float64")
@@ -110,6 +115,22 @@ def test_qwen3_vl_deepstack_reinjects_the_image_after_layer0(model64, pairs):
     assert abs(after.value - 1.0) <= 1e-5
     assert abs(nothing.value) <= 1e-5
     assert abs(layer0.value - 1.0) > 1e-3
+
+
+def test_mllama_cross_attention_reads_the_image_after_layer0(tiny_ckpt, pairs):
+    """Mllama's image keys enter at every cross-attention layer: the clean residual stream
+    restores the clean output only after the last of them."""
+    model = HookedVLM.from_pretrained(tiny_ckpt("mllama"), dtype="float64")
+    pair = counting_pair(model, pairs[0])
+    last = max(model.cfg.cross_attention_layers)
+    runs = {
+        layer: run_patched(
+            model, pair.clean, pair.corrupted, pair.first_step, [Patch("resid_pre", layer)]
+        )
+        for layer in (0, last, last + 1)
+    }
+    assert abs(runs[last + 1].value - 1.0) <= 1e-5
+    assert abs(runs[0].value - 1.0) > 1e-3 and abs(runs[last].value - 1.0) > 1e-3
 
 
 def test_float32_restore_at_first_clean_layer(model, pairs):

@@ -73,6 +73,9 @@ def header(arch: str, system: str | None) -> str:
     if arch == "idefics3":  # "Role:" then the items (": " when a turn opens with text)
         turn = f"System: {system}<end_of_utterance>\n" if system else ""
         return "<|begin_of_text|>" + turn + "User:"
+    if arch == "mllama":  # the zoo's template (the real one refuses a system turn with images)
+        turn = f"<|start_header_id|>system<|end_header_id|>\n\n{system}<|eot_id|>" if system else ""
+        return "<|begin_of_text|>" + turn + "<|start_header_id|>user<|end_header_id|>\n\n"
     return (f"{system} " if system else "") + "USER: "  # llava-1.5: no role name for system
 
 
@@ -186,6 +189,13 @@ KNOWN_IDS = {
         "<fake_token_around_image>": [128256],
         "<image>": [128257],
         "<end_of_utterance>": [128258],
+    },
+    # Llama-3.1's specials as Llama-3.2-Vision names them, <|image|> one past them.
+    "mllama": {
+        "<|start_header_id|>user<|end_header_id|>\n\n": [128006, 882, 128007, 271],
+        "<|image|>": [128256],
+        "<|finetune_right_pad_id|>": [128004],
+        "<|eom_id|><|eot_id|><|python_tag|>": [128008, 128009, 128010],
     },
 }
 KNOWN_IDS["qwen2_5_vl"] = KNOWN_IDS["qwen2_vl"] = KNOWN_IDS["qwen3_vl"]
@@ -395,6 +405,7 @@ REAL_PROCESSOR = {
     "paligemma": {"size": (224, 224), "image_seq_length": 256},  # paligemma2-3b-*-224
     # Idefics3-8B-Llama3: longest edge to 4 x 364, tiles of 364, 169 tokens a tile.
     "idefics3": {"size": 1456, "max_image_size": 364, "image_seq_len": 169, "splitting": True},
+    "mllama": {"size": (560, 560), "max_image_tiles": 4},
 }
 
 
@@ -425,6 +436,9 @@ def test_processor_settings_are_the_real_ones(hooked, arch):
         got["max_image_size"] = images.max_image_size["longest_edge"]
         got["image_seq_len"] = processor.image_seq_len
         got["splitting"] = images.do_image_splitting
+    elif arch == "mllama":
+        got["size"] = (images.size["height"], images.size["width"])
+        got["max_image_tiles"] = images.max_image_tiles
     else:
         assert images.size["shortest_edge"] == 336 and images.do_center_crop
         got["size"] = (images.crop_size["height"], images.crop_size["width"])
@@ -443,6 +457,7 @@ GRIDS = {
     "gemma3": {(1024, 1024): (16, 16), (1024, 640): (16, 16)},
     "llava": {(1024, 1024): (24, 24), (1024, 640): (24, 24)},
     "paligemma": {(1024, 1024): (16, 16), (1024, 640): (16, 16)},
+    "mllama": {(1024, 1024): (1, 1), (1024, 640): (1, 1)},  # one <|image|> token
 }
 # LLaVA-OneVision: a 27 x 27 thumbnail, then the image on the best pinpoint's crops of 27 x 27
 # tokens. 1024 x 1024 -> 1152 x 1152, 3 x 3 crops: 81 x 81. 1024 x 640 -> 1152 x 768, 3 x 2
@@ -460,6 +475,9 @@ TILES = {
 # image's area win (3 x 3; 4 x 4 exceeds 12). 1024 x 640 (1.6): 3 columns x 2 rows (1.5;
 # 5 x 3 would be 15 tiles).
 INTERNVL_TILES = {(1024, 1024): (3, 3), (1024, 640): (2, 3)}
+# Mllama's image keys: both sizes fit a 2 x 2 canvas of 560 px tiles (the smallest upscale),
+# 40 x 40 patches each, stitched to 80 x 80.
+MLLAMA_KEY_GRIDS = {(1024, 1024): (80, 80), (1024, 640): (80, 80)}
 
 
 @pytest.mark.parametrize("size", [(1024, 1024), (1024, 640)])
@@ -523,6 +541,11 @@ def test_image_grid_matches_the_real_processor(hooked, arch, size):
         assert config.mm_tokens_per_image == model.processor.image_seq_length == h * w
     elif arch == "paligemma":
         assert config.text_config.num_image_tokens == model.processor.image_seq_length == h * w
+    elif arch == "mllama":
+        keys = inputs.segments.samples[0].image_keys
+        assert [k.grid for k in keys] == [MLLAMA_KEY_GRIDS[size]]
+        assert inputs["aspect_ratio_mask"].tolist() == [[[1, 1, 1, 1]]]
+        assert len(set(keys[0].index)) == 80 * 80 and max(keys[0].index) < 4 * (1 + 40 * 40)
     else:
         assert config.image_seq_length == h * w
 
@@ -587,11 +610,12 @@ def test_hooks_fire_at_steps_0_1_2_while_generating(hooked, arch):
         inputs,
         max_new_tokens=3,
         min_new_tokens=3,
-        fwd_hooks=[(lambda n: n.endswith("attn.hook_pattern"), spy)],
+        fwd_hooks=[(lambda n: n.endswith(".attn.hook_pattern"), spy)],  # self-attention
     )
     assert out.tokens.shape == (1, 3)
     assert int(out.tokens.max()) < len(model.processor.tokenizer)
-    names = [f"blocks.{i}.attn.hook_pattern" for i in range(model.cfg.n_layers)]
+    cross = model.cfg.cross_attention_layers
+    names = [f"blocks.{i}.attn.hook_pattern" for i in range(model.cfg.n_layers) if i not in cross]
     for name in names:
         steps = [(s, q, k) for n, s, q, k in calls if n == name]
         assert steps == [

@@ -144,7 +144,7 @@ def test_rows_not_selected_equal_sdpa(model, inputs):
 
 
 def test_union_of_declared_rows_each_hook_sees_its_own(model, inputs):
-    name = "blocks.1.attn.hook_pattern"
+    name = "blocks.-1.attn.hook_pattern"
     full, a, b = [], [], []
     with torch.no_grad():
         model.run_with_hooks(inputs, fwd_hooks=[(name, _keep(full))])
@@ -185,7 +185,7 @@ def test_row_selective_recorder_equals_full_path_recorder(model, inputs):
     n_new = 3
     with torch.no_grad():
         selective = model.generate(inputs, max_new_tokens=n_new, min_new_tokens=n_new, record=spec)
-        plain = AttentionRecorder(spec, model.cfg.n_layers)
+        plain = AttentionRecorder(spec, model.cfg.n_layers, model.cfg.cross_attention_layers)
         # The recorder's own hook function, attached without its declaration: the full path.
         hooks = [(name, plain._hook) for name, _ in plain.fwd_hooks()]
         full = model.generate(inputs, max_new_tokens=n_new, min_new_tokens=n_new, fwd_hooks=hooks)

@@ -26,6 +26,7 @@ MODEL_CLASS = {
     "internvl": "InternVLForConditionalGeneration",
     "paligemma": "PaliGemmaForConditionalGeneration",
     "idefics3": "Idefics3ForConditionalGeneration",
+    "mllama": "MllamaForConditionalGeneration",
 }
 PROCESSOR_CLASS = {
     "qwen3_vl": "Qwen3VLProcessor",
@@ -37,6 +38,7 @@ PROCESSOR_CLASS = {
     "internvl": "InternVLProcessor",
     "paligemma": "PaliGemmaProcessor",
     "idefics3": "Idefics3Processor",
+    "mllama": "MllamaProcessor",
 }
 ARCH_OF_PROCESSOR = {name: arch for arch, name in PROCESSOR_CLASS.items()}
 QWEN = ("qwen3_vl", "qwen2_5_vl", "qwen2_vl")
@@ -67,6 +69,8 @@ def expected_image_tokens(arch: str, config, inputs, processor=None) -> int:
         side = config.vision_config.image_size // config.vision_config.patch_size
         tiles = int((pixels != 0).flatten(2).any(-1).sum())
         return tiles * (side // config.scale_factor) ** 2
+    if arch == "mllama":  # one <|image|> per image; pixel_values [batch, images, tiles, 3, H, W]
+        return inputs["pixel_values"].shape[0] * inputs["pixel_values"].shape[1]
     n_images = inputs["pixel_values"].shape[0]  # [images, 3, H, W]
     if arch == "llava_onevision":  # the adapter's layout: tiles and image-newlines
         sizes = [tuple(hw) for hw in inputs["image_sizes"].tolist()]
@@ -124,7 +128,9 @@ def test_loads_through_real_from_pretrained(loaded):
     text = config.text_config
     assert text.num_hidden_layers >= 2
     assert text.hidden_size <= 64
-    assert text.vocab_size == len(processor.tokenizer)
+    # Mllama's head stops before <|image|>, the one token past its vocabulary (as in the real
+    # checkpoints: 128256 vs 128257).
+    assert text.vocab_size == len(processor.tokenizer) - (arch == "mllama")
     # characters and special tokens (PaliGemma's also hold its <loc>/<seg> tokens, Idefics3's
     # its <row_1_col_1> .. <row_6_col_6> tags)
     extra = {"paligemma": len(LOC_SEG_TOKENS), "idefics3": 36}.get(arch, 0)
@@ -192,6 +198,15 @@ def test_special_token_ids_match_tokenizer(loaded):
         assert text.pad_token_id == ids("<|reserved_special_token_0|>") == tok.pad_token_id
         # 8 x 8 patches a tile, pixel-shuffled by 2: 16 tokens a tile.
         assert processor.image_seq_len == 16 and config.scale_factor == 2
+    elif arch == "mllama":
+        assert config.image_token_index == ids("<|image|>") == processor.image_token_id
+        assert config.image_token_index == text.vocab_size  # one past the head's vocabulary
+        assert (text.bos_token_id, text.eos_token_id) == (
+            ids("<|begin_of_text|>"),
+            ids("<|eot_id|>"),
+        )
+        assert text.pad_token_id == ids("<|finetune_right_pad_id|>") == tok.pad_token_id
+        assert text.cross_attention_layers == [1, 3]
     else:
         assert config.image_token_index == ids("<image>") == processor.image_token_id
         assert (text.bos_token_id, text.eos_token_id) == (ids("<s>"), ids("</s>"))
@@ -221,6 +236,8 @@ RENDERED = {
     "llava_onevision": "<|im_start|>user <image>\nHow many?<|im_end|><|im_start|>assistant\n",
     "internvl": "<|im_start|>user\n<IMG_CONTEXT>\nHow many?<|im_end|>\n<|im_start|>assistant\n",
     "idefics3": "<|begin_of_text|>User:<image>How many?<end_of_utterance>\nAssistant:",
+    "mllama": "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n<|image|>How many?"
+    "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
 }
 RENDERED["qwen2_vl"] = RENDERED["qwen2_5_vl"]
 
@@ -236,6 +253,11 @@ RENDERED_WITH_SYSTEM = {
     "How many?<|im_end|>\n<|im_start|>assistant\n",
     "idefics3": "<|begin_of_text|>System: Be brief.<end_of_utterance>\nUser:<image>How many?"
     "<end_of_utterance>\nAssistant:",
+    # The real Llama-3.2-Vision-Instruct template refuses a system turn with images; the zoo's
+    # renders it as a Llama-3 system turn.
+    "mllama": "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+    "<|start_header_id|>user<|end_header_id|>\n\n<|image|>How many?<|eot_id|>"
+    "<|start_header_id|>assistant<|end_header_id|>\n\n",
 }
 RENDERED_WITH_SYSTEM["qwen2_5_vl"] = RENDERED_WITH_SYSTEM["qwen2_vl"] = RENDERED_WITH_SYSTEM[
     "qwen3_vl"
@@ -290,6 +312,12 @@ def test_chat_template_multi_turn(loaded):
             "<|begin_of_text|>User:<image>Red?<end_of_utterance>\nAssistant: Yes<end_of_utterance>"
             "\nUser: Sure?<end_of_utterance>\nAssistant:"
         )
+    elif arch == "mllama":
+        assert render.endswith(
+            "<|start_header_id|>assistant<|end_header_id|>\n\nYes<|eot_id|>"
+            "<|start_header_id|>user<|end_header_id|>\n\nSure?<|eot_id|>"
+            "<|start_header_id|>assistant<|end_header_id|>\n\n"
+        )
     else:
         assert render == "USER: <image>\nRed? ASSISTANT: Yes USER: Sure? ASSISTANT:"
 
@@ -310,6 +338,8 @@ def test_image_tokens_match_and_forward_runs(loaded):
     # global image, 4 x 4 tokens each.
     n_tokens = {"gemma3": 4, "llava_onevision": 16 + 8 * 9, "internvl": 5 * 16, "idefics3": 5 * 16}
     assert n_image == n_tokens.get(arch, 16)
+    assert n_image == expected_image_tokens(arch, model.config, inputs)
+    assert n_image == {"gemma3": 4, "mllama": 1}.get(arch, 16)
     if arch in QWEN:
         assert inputs["image_grid_thw"].tolist() == [[1, 8, 8]]  # 8x8 patches -> 4x4 merged
         assert "mm_token_type_ids" in inputs
@@ -353,6 +383,13 @@ def test_two_images_in_one_prompt(loaded):
         assert n_image == (16 + 8 * 9) + (16 + 8 * 13)
     if arch == "internvl":  # 64 x 96: 2 x 3 tiles and the thumbnail
         assert n_image == 5 * 16 + 7 * 16
+    if arch == "mllama":  # a square image fills one 32 x 32 tile, a 64 x 96 one two side by side
+        assert inputs["aspect_ratio_ids"].tolist() == [[1, 2]]  # [1, 1], [1, 2]
+        assert inputs["aspect_ratio_mask"].tolist() == [[[1, 0], [1, 1]]]
+        # Text rows see the tiles of the latest image before them (HF's cross-attention mask).
+        seen = inputs["cross_attention_mask"][0].sum(0).tolist()
+        first, second = (inputs["input_ids"][0] == model.config.image_token_index).nonzero()[:, 0]
+        assert seen == [[int(second - first), 0], [len(inputs["input_ids"][0]) - int(second)] * 2]
     with torch.no_grad():
         logits = model(**inputs).logits
     assert torch.isfinite(logits).all()

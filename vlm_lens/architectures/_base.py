@@ -19,7 +19,7 @@ it is a bug in the shared path or a missing field here.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -64,6 +64,8 @@ GridFn = Callable[[Any, dict, int], list[tuple[int, int]]]
 #: (InternVL the tile count, Idefics3 the rows and columns); the original sizes and the
 #: processor's settings recover it.
 LayoutFn = Callable[[Any, Any, dict, list[tuple[int, int]]], list[ImageLayout]]
+#: (config, processor output) -> per row, per image: (key columns row-major, (rows, columns)).
+ImageKeysFn = Callable[[Any, dict], list[list[tuple[list[int], tuple[int, int]]]]]
 
 
 def no_deepstack(config: Any) -> int:
@@ -129,6 +131,13 @@ class Adapter:
     deepstack: Callable[[Any], int] = no_deepstack
     """How many of the first layers the language model adds visual features after (outside
     the layers, so neither attention nor MLP output: `hook_deepstack`)."""
+    cross_attention: str | None = None
+    """Path (from a layer) of the attention that reads image keys in cross-attention layers
+    (Mllama); a layer holding it is a cross-attention layer, hooked as `blocks.{L}.cross_attn.*`.
+    None: every layer self-attends."""
+    image_keys: ImageKeysFn | None = None
+    """With `cross_attention`: per row, per image, the cross-attention key columns of the
+    image's patches row-major over its stitched (h, w) grid."""
 
     def __post_init__(self) -> None:
         if (self.grids is None) == (self.layout is None):
@@ -152,6 +161,13 @@ class Adapter:
     def sandwich_norms(self) -> bool:
         """Whether attention and MLP outputs pass a norm before they join the residual stream."""
         return self.attn_out != self.attention or self.mlp_out != self.mlp
+
+    def layer_attention(self, layer: torch.nn.Module) -> tuple[str, torch.nn.Module]:
+        """The hook-name part ("attn", or "cross_attn" in a cross-attention layer) and the
+        attention module of a decoder layer."""
+        if self.cross_attention is not None and hasattr(layer, self.cross_attention):
+            return "cross_attn", get_module(layer, self.cross_attention)
+        return "attn", get_module(layer, self.attention)
 
     def image_token_id(self, config: Any) -> int:
         for name in ("image_token_id", "image_token_index"):
@@ -191,6 +207,9 @@ class TinyRecipe:
     bare_matrices: tuple[str, ...] = ()
     """Name suffixes of matrix parameters outside Linear/Conv/Embedding modules (used as
     ``x @ W``), which the zoo's initialisation must draw too."""
+    constants: Mapping[str, float] = field(default_factory=dict)
+    """Name suffixes of 1-D parameters the zoo fills with a constant (HF starts Mllama's tanh
+    gates at 0, which would switch off what they gate)."""
 
 
 class RealVocabUnavailable(RuntimeError):

@@ -110,7 +110,11 @@ def generate(
     """
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-    recorder = AttentionRecorder(record, model.cfg.n_layers) if record is not None else None
+    recorder = (
+        AttentionRecorder(record, model.cfg.n_layers, model.cfg.cross_attention_layers)
+        if record is not None
+        else None
+    )
     hooks = list(fwd_hooks) + (recorder.fwd_hooks() if recorder else [])
     config = generation_config(model, max_new_tokens, keep_logits, **generate_kwargs)
     with model.running(inputs) as kwargs, model.hooks(fwd_hooks=hooks), torch.no_grad():

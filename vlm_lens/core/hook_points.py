@@ -17,6 +17,12 @@ Per decoder layer L (`blocks.{L}.` + the name; module paths from the adapter)::
     hook_deepstack                          Qwen3-VL only, first layers: the visual features
                                             the language model adds after the layer
 
+A cross-attention layer (Mllama) has `cross_attn.*` in place of `attn.*` (its queries are the
+text positions, its keys the image features: `cross_attn.hook_pattern` is `[batch, head,
+query, image_key]`) and no `hook_resid_mid`: HF gates the attention and MLP outputs
+(`tanh(gate) * out`) inside the layer, so `hook_attn_out` / `hook_mlp_out` are the modules'
+outputs before the gate and the gated sum has no module to hook.
+
 and once: `hook_image_embeds` (the projector's output, `[image_tokens, d_model]`, no batch
 or sequence axis), `hook_embed` (the language model's input embeddings: token embeddings
 with the image embeddings in place), `ln_final.hook_scale`, `ln_final.hook_normalized`.
@@ -275,6 +281,10 @@ def _image_embeds(hp: VLMHookPoint):
 
 def _embed(hp: VLMHookPoint):
     def fn(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        if kwargs.get("inputs_embeds") is None and kwargs.get("input_ids") is not None:
+            # A VLM whose images do not enter the sequence (Mllama: cross-attention) passes ids;
+            # embedding them here is what the language model would do first.
+            kwargs["inputs_embeds"] = module.get_input_embeddings()(kwargs.pop("input_ids"))
         if kwargs.get("inputs_embeds") is None:
             raise RuntimeError(
                 "hook_embed: the language model was called without inputs_embeds; vlm_lens "
@@ -315,7 +325,7 @@ def _layer_sites(
     addition, which arrives between the layers) and after it (resid_post)."""
     resid_pre, resid_mid, resid_post = (
         hp["hook_resid_pre"],
-        hp["hook_resid_mid"],
+        hp.get("hook_resid_mid"),  # none in a cross-attention layer
         hp["hook_resid_post"],
     )
     deepstack = hp.get("hook_deepstack")
@@ -327,7 +337,7 @@ def _layer_sites(
             x = post + prev_ds(x - post)
         if resid_pre.fires():
             x = resid_pre(x)
-        if resid_mid.fires():
+        if resid_mid is not None and resid_mid.fires():
             stash.resid_pre = x
         return None if x is original else _with_main(args, kwargs, x)
 
@@ -342,12 +352,12 @@ def _layer_sites(
     return before, after
 
 
-def _attn_out_site(attn_out: VLMHookPoint, resid_mid: VLMHookPoint, stash: _Stash):
+def _attn_out_site(attn_out: VLMHookPoint, resid_mid: VLMHookPoint | None, stash: _Stash):
     def fn(module: torch.nn.Module, args: tuple, output: Any) -> Any:
         a = original = _tensor(output)
         if attn_out.fires():
             a = attn_out(a)
-        if resid_mid.fires() and stash.resid_pre is not None:
+        if resid_mid is not None and resid_mid.fires() and stash.resid_pre is not None:
             # The layer adds what this module returns to resid_pre: returning mid' - resid_pre
             # makes the residual stream (and the MLP's input) the edited mid'.
             r, stash.resid_pre = stash.resid_pre, None
@@ -396,7 +406,8 @@ def install(
     n_deepstack = min(adapter.deepstack(hf_model.config), len(layers))
     prev_ds, prev_stash = None, _Stash()
     for i, layer in enumerate(layers):
-        attn = get_module(layer, adapter.attention)
+        attn_name, attn = adapter.layer_attention(layer)
+        cross = attn_name != "attn"
         mlp = get_module(layer, adapter.mlp)
         ln1, ln2 = get_module(layer, adapter.ln1), get_module(layer, adapter.ln2)
         hp: dict[str, VLMHookPoint] = {"hook_resid_pre": point(layer, "hook_resid_pre", i)}
@@ -405,8 +416,8 @@ def install(
             for attr in NORM_HOOKS:
                 hp[f"{ln_name}.{attr}"] = point(ln, attr, i)
         for attr in (*ATTN_HOOKS, "hook_result"):
-            hp[f"attn.{attr}"] = point(attn, attr, i)
-        for attr in ("hook_attn_out", "hook_resid_mid"):
+            hp[f"{attn_name}.{attr}"] = point(attn, attr, i)
+        for attr in ("hook_attn_out",) if cross else ("hook_attn_out", "hook_resid_mid"):
             hp[attr] = point(layer, attr, i)
         for attr in MLP_HOOKS:
             hp[f"mlp.{attr}"] = point(mlp, attr, i)
@@ -418,9 +429,9 @@ def install(
         order = [
             "hook_resid_pre",
             *(f"ln1.{a}" for a in NORM_HOOKS),
-            *(f"attn.{a}" for a in (*ATTN_HOOKS, "hook_result")),
+            *(f"{attn_name}.{a}" for a in (*ATTN_HOOKS, "hook_result")),
             "hook_attn_out",
-            "hook_resid_mid",
+            *([] if cross else ["hook_resid_mid"]),
             *(f"ln2.{a}" for a in NORM_HOOKS),
             *(f"mlp.{a}" for a in MLP_HOOKS),
             "hook_mlp_out",
@@ -432,17 +443,17 @@ def install(
         if fresh:
             stash = _Stash()
             before, after = _layer_sites(hp, stash, prev_ds, prev_stash)
-            Site(layer, before, [hp["hook_resid_pre"], hp["hook_resid_mid"], prev_ds], pre=True)
+            Site(layer, before, [hp["hook_resid_pre"], hp.get("hook_resid_mid"), prev_ds], pre=True)
             Site(layer, after, [hp["hook_resid_post"], hp.get("hook_deepstack")])
             for ln_name, ln in (("ln1", ln1), ("ln2", ln2)):
                 scale, normed = hp[f"{ln_name}.hook_scale"], hp[f"{ln_name}.hook_normalized"]
                 Site(ln, _rms_site(ln, adapter, scale, normed), [scale, normed])
             Site(
-                get_module(layer, adapter.attn_out),
-                _attn_out_site(hp["hook_attn_out"], hp["hook_resid_mid"], stash),
-                [hp["hook_attn_out"], hp["hook_resid_mid"]],
+                attn if cross else get_module(layer, adapter.attn_out),
+                _attn_out_site(hp["hook_attn_out"], hp.get("hook_resid_mid"), stash),
+                [hp["hook_attn_out"], hp.get("hook_resid_mid")],
             )
-            result = hp["attn.hook_result"]
+            result = hp[f"{attn_name}.hook_result"]
             Site(get_module(attn, adapter.o_proj), _head_results(result, n_heads), [result])
             for attr, part in (("hook_pre", adapter.mlp_gate), ("hook_pre_linear", adapter.mlp_up)):
                 point_ = hp[f"mlp.{attr}"]

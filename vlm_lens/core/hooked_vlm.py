@@ -92,6 +92,9 @@ class VLMConfig:
     final_rms: bool = True
     attn_only: bool = False
     positional_embedding_type: str = "rotary"
+    cross_attention_layers: tuple[int, ...] = ()
+    """Layers whose attention reads image keys (`blocks.{L}.cross_attn.*`, Mllama); the others
+    self-attend (`blocks.{L}.attn.*`)."""
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str | None:
@@ -149,7 +152,7 @@ class HookedVLM(HookedRootModule):
 
         lm = get_module(hf_model, self.adapter.language_model)
         layers = list(get_module(lm, self.adapter.layers))
-        attns = [get_module(layer, self.adapter.attention) for layer in layers]
+        kinds, attns = zip(*(self.adapter.layer_attention(layer) for layer in layers))
         # The public setter (it validates the name against AttentionInterface); the language
         # model shares its config object with the top-level model's text config.
         lm.set_attn_implementation(_attention.ATTENTION_NAME)
@@ -172,6 +175,7 @@ class HookedVLM(HookedRootModule):
             d_mlp=get_module(mlps[0], a.mlp_down).in_features,
             device=self.input_device,
             dtype=self.dtype,
+            cross_attention_layers=tuple(i for i, k in enumerate(kinds) if k == "cross_attn"),
         )
         # Views, not submodules: the weights stay where HF keeps them (a list or a plain
         # object is not registered in the module tree).
@@ -552,7 +556,7 @@ class HookedVLM(HookedRootModule):
             )
         self.cfg.use_attn_result = bool(use_attn_result)
         for name, hp in self._named_hooks.items():
-            if name.endswith(".attn.hook_result"):
+            if name.endswith("attn.hook_result"):  # cross_attn.hook_result too
                 hp.enabled = self.cfg.use_attn_result
 
     @property

@@ -42,6 +42,7 @@ from vlm_lens.core.segments import (
     KIND_PAD,
     KIND_SYSTEM,
     KIND_TEXT,
+    ImageKeys,
     ImageSpan,
     SampleSegments,
     Segments,
@@ -403,6 +404,9 @@ def prepare_inputs(
     sizes = [(im.height, im.width) for im in flat_images]
     all_layouts = adapter.image_layouts(config, processor, tensors, sizes) if flat_images else []
     image_token_id = adapter.image_token_id(config)
+    all_keys = None
+    if adapter.image_keys is not None and flat_images:
+        all_keys = adapter.image_keys(config, tensors)
 
     samples, kinds, index = [], [], []
     cursor = 0
@@ -415,6 +419,8 @@ def prepare_inputs(
         layouts = all_layouts[cursor : cursor + len(rgb_rows[row])]
         cursor += len(rgb_rows[row])
         sample, k, i = _row_segments(ids[row], attn[row], n_sys, image_token_id, layouts, row)
+        if all_keys is not None:
+            sample.image_keys = [ImageKeys(tuple(index), grid) for index, grid in all_keys[row]]
         samples.append(sample)
         kinds.append(k)
         index.append(i)

@@ -11,13 +11,19 @@ The recorder knows hooks only by their TransformerLens names and reads `hook.run
 segments, query rows); it never sees the model, so any runner that attaches its
 `fwd_hooks()` (`HookedVLM.generate`, `run_with_hooks`, a study's loop) can record.
 
+Cross-attention layers (Mllama) read the image through their own keys, the image features:
+there the recorder hooks `blocks.{L}.cross_attn.hook_pattern` (`pattern_hook_name`), "image"
+keeps the image's patch keys in the order of `SampleSegments.image_keys` (row-major over each
+image's stitched tile grid) and "shares" puts the whole row on "image". Layers whose widths
+differ (a cross layer's keys against a self-attention layer's) are NaN-padded to one width.
+
 Not for: running the model (`vlm_lens.core.generation`), or the per-image grids of one
 traced generation (`vlm_lens.core.trace`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -86,12 +92,26 @@ class Recording:
     `full[step]`: `[batch, layer, head, query, keys]` (keys: every position in the KV cache
     at that step, left padding included).
     `query` is 1 for `query="last"`; `head` is 1 for `heads="mean"`; `layer` follows `layers`.
+    In a cross-attention layer (`cross_attention_layers`) the image columns are the image's
+    patch keys (`image_attention` gives any layer's own columns).
     """
 
     layers: list[int]
     image: dict[int, Tensor] = field(default_factory=dict)
     shares: dict[int, Tensor] = field(default_factory=dict)
     full: dict[int, Tensor] = field(default_factory=dict)
+    cross_attention_layers: tuple[int, ...] = ()
+
+    def image_attention(
+        self, step: int, row: int, layer: int, segments: Segments
+    ) -> tuple[Float[Tensor, "head query image"], list[tuple[int, int]]]:
+        """Batch row `row`'s attention on its images at one step and layer, and each image's
+        grid on that axis (row-major, images in prompt order): the image tokens of a
+        self-attention layer, the patch keys of a cross-attention layer. The NaN columns that
+        pad it to the widest row or layer are dropped."""
+        grids = segments.samples[row].image_grids(layer in self.cross_attention_layers)
+        width = sum(h * w for h, w in grids)
+        return self.image[step][row, self.layers.index(layer), :, :, :width], grids
 
     @property
     def steps(self) -> list[int]:
@@ -116,39 +136,68 @@ class Recording:
         return torch.stack([store[s] for s in sorted(store)])
 
 
-class AttentionRecorder:
-    """Builds the hook functions of an `AttentionRecord` and collects what they see."""
+def pattern_hook_name(layer: int, cross_attention_layers: Collection[int] = ()) -> str:
+    """The hook point of a layer's attention pattern: its cross-attention over the image keys
+    in a cross-attention layer (`[batch, head, query, image_key]`), else its self-attention."""
+    part = "cross_attn" if layer in cross_attention_layers else "attn"
+    return f"blocks.{layer}.{part}.hook_pattern"
 
-    def __init__(self, spec: AttentionRecord, n_layers: int):
+
+def _stack_padded(per_layer: list[Tensor]) -> Tensor:
+    """`[batch, layer, head, query, x]` from per-layer `[batch, head, query, x_l]`, NaN-padded."""
+    width = max(t.shape[-1] for t in per_layer)
+    padded = [
+        torch.nn.functional.pad(t, (0, width - t.shape[-1]), value=float("nan")) for t in per_layer
+    ]
+    return torch.stack(padded, dim=1)
+
+
+class AttentionRecorder:
+    """Builds the hook functions of an `AttentionRecord` and collects what they see.
+
+    `cross_attention_layers`: the model's layers that attend to image keys
+    (`HookedVLM.cfg.cross_attention_layers`)."""
+
+    def __init__(
+        self, spec: AttentionRecord, n_layers: int, cross_attention_layers: Collection[int] = ()
+    ):
         self.spec = spec
+        self.cross = frozenset(cross_attention_layers)
         self.layers = resolve_layers(spec.layers, n_layers)
         self._slot_of = {layer: i for i, layer in enumerate(self.layers)}
         self.steps = None if spec.steps is None else set(spec.steps)
-        self.recording = Recording(self.layers)
+        self.recording = Recording(self.layers, cross_attention_layers=tuple(sorted(self.cross)))
         self._pending: dict[int, dict[str, list[Tensor | None]]] = {}
         # Per-run constants, built on first use and kept per device (layers may sit on
         # different devices under a device_map).
-        self._image_index: dict[torch.device, Tensor] = {}
+        self._image_index: dict[tuple[bool, torch.device], Tensor] = {}
         self._kind_onehot: dict[torch.device, Tensor] = {}
 
     def fwd_hooks(self) -> list[tuple[str, Any]]:
         rows = "last" if self.spec.query == "last" else "all"
         fn = select(self._hook, rows=rows, steps=self.steps)
-        return [(f"blocks.{layer}.attn.hook_pattern", fn) for layer in self.layers]
+        return [(pattern_hook_name(layer, self.cross), fn) for layer in self.layers]
 
-    def _image_positions(self, segments: Segments, device: torch.device) -> Tensor:
-        """`[batch, max_image_tokens]` positions of each row's image tokens, -1 padded."""
-        index = self._image_index.get(device)
+    def _image_positions(self, segments: Segments, device: torch.device, cross: bool) -> Tensor:
+        """`[batch, max_image_tokens]` key columns of each row's image tokens (of its image
+        keys in a cross-attention layer), -1 padded."""
+        index = self._image_index.get((cross, device))
         if index is None:
-            rows = [
-                (segments.kinds[b] == KIND_IMAGE).nonzero().flatten()
-                for b in range(segments.batch_size)
-            ]
+            if cross:
+                rows = [
+                    torch.tensor([k for keys in s.image_keys for k in keys.index], dtype=torch.long)
+                    for s in segments.samples
+                ]
+            else:
+                rows = [
+                    (segments.kinds[b] == KIND_IMAGE).nonzero().flatten()
+                    for b in range(segments.batch_size)
+                ]
             width = max((len(r) for r in rows), default=0)
             index = torch.full((segments.batch_size, width), -1, dtype=torch.long)
             for b, r in enumerate(rows):
                 index[b, : len(r)] = r
-            index = self._image_index[device] = index.to(device)
+            index = self._image_index[(cross, device)] = index.to(device)
         return index
 
     def _onehot(
@@ -176,16 +225,22 @@ class AttentionRecorder:
         if spec.heads == "mean":
             rows = rows.mean(dim=1, keepdim=True)
         n_keys = rows.shape[-1]
+        cross = hook.layer_idx in self.cross  # every key is an image key
         # Key columns sit at absolute positions key_offset.. (a sliding-window cache may drop early keys).
-        key_offset = run.key_offset(n_keys)
+        key_offset = 0 if cross else run.key_offset(n_keys)
         out: dict[str, Tensor] = {}
         if "image" in spec.keep and run.segments is not None:
-            pos = self._image_positions(run.segments, rows.device) - key_offset  # [batch, n_img]
+            pos = self._image_positions(run.segments, rows.device, cross) - key_offset
             valid = (pos >= 0) & (pos < n_keys)
             gather = pos.clamp(0, max(n_keys - 1, 0))[:, None, None, :].expand(*rows.shape[:3], -1)
             picked = rows.gather(-1, gather)
             out["image"] = picked.masked_fill(~valid[:, None, None, :], float("nan"))
-        if "shares" in spec.keep and run.segments is not None:
+        if "shares" in spec.keep and run.segments is not None and cross:
+            kinds = run.segments.share_kinds
+            image = torch.zeros(len(kinds), device=rows.device, dtype=rows.dtype)
+            image[kinds.index("image")] = 1
+            out["shares"] = rows.sum(-1, keepdim=True) * image
+        elif "shares" in spec.keep and run.segments is not None:
             onehot = self._onehot(run.segments, key_offset + n_keys, rows.device, rows.dtype)
             out["shares"] = torch.einsum("bhqk,bkc->bhqc", rows, onehot[:, key_offset:])
         if "full" in spec.keep:
@@ -199,5 +254,5 @@ class AttentionRecorder:
             per_layer[index] = tensor.to(device=spec.device, dtype=spec.dtype)
             if all(t is not None for t in per_layer):
                 # [batch, layer, head, query, x]
-                getattr(self.recording, name)[run.step] = torch.stack(per_layer, dim=1)
+                getattr(self.recording, name)[run.step] = _stack_padded(per_layer)
                 del slot[name]

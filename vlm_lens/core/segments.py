@@ -126,6 +126,19 @@ class ImageSpan(Span):
         return [p for t in self.tiles for p in t.positions()]
 
 
+@dataclass(frozen=True)
+class ImageKeys:
+    """Where one image's patches sit among the keys of the cross-attention layers (Mllama),
+    whose keys are the image features rather than the prompt's positions.
+
+    `index[i * w + j]` is the key column of grid cell (i, j) of the image's (h, w) patch grid,
+    its tiles stitched back into the image's frame (CLS keys and unused tiles left out).
+    """
+
+    index: tuple[int, ...]
+    grid: tuple[int, int]
+
+
 @dataclass
 class SampleSegments:
     """Spans of one row of the batch (indices already shifted by its left padding)."""
@@ -135,6 +148,15 @@ class SampleSegments:
     images: list[ImageSpan]
     text: list[Span]
     generated: Span | None = None
+    image_keys: list[ImageKeys] = field(default_factory=list)
+    """Per image, its cross-attention keys (families with cross-attention layers only)."""
+
+    def image_grids(self, cross_attention: bool = False) -> list[tuple[int, int]]:
+        """Each image's grid on the key axis of a self-attention layer (its tokens) or, with
+        `cross_attention`, of a cross-attention layer (its patch keys, `image_keys`)."""
+        return (
+            [k.grid for k in self.image_keys] if cross_attention else [s.grid for s in self.images]
+        )
 
     def describe(self) -> str:
         imgs = ", ".join(
@@ -218,6 +240,7 @@ class Segments:
                 s.images,
                 s.text,
                 Span(self.prompt_len, self.prompt_len + n_generated),
+                s.image_keys,
             )
             for s in self.samples
         ]

@@ -84,6 +84,11 @@ def _depth(model_or_n_layers: Any) -> int:
     )
 
 
+def _cross_attention_layers(model_or_n_layers: Any) -> frozenset[int]:
+    cfg = getattr(model_or_n_layers, "cfg", None)
+    return frozenset(getattr(cfg, "cross_attention_layers", ()))
+
+
 def _head_mask(heads: Heads, n_heads: int, device: torch.device) -> Bool[Tensor, " head"] | None:
     if heads is None:
         return None
@@ -172,6 +177,8 @@ class Intervention:
     rows: Rows = "answer"
     n_layers: int | None = None
     steps: Collection[int] | None = None
+    cross_attention_layers: frozenset[int] = frozenset()
+    """The model's cross-attention layers (set by `bind`), which the edit leaves alone."""
 
     def __post_init__(self) -> None:
         if self.rows not in ("answer", "all"):
@@ -186,14 +193,23 @@ class Intervention:
 
     def bind(self, model_or_n_layers: Any) -> Intervention:
         """A copy that knows the model's depth (a HookedVLM or an int)."""
-        return replace(self, n_layers=_depth(model_or_n_layers))
+        return replace(
+            self,
+            n_layers=_depth(model_or_n_layers),
+            cross_attention_layers=_cross_attention_layers(model_or_n_layers),
+        )
 
     def layer_indices(self, model_or_n_layers: Any = None) -> list[int]:
-        """The layers this intervention edits, as sorted non-negative indices."""
+        """The layers this intervention edits, as sorted non-negative indices. A cross-attention
+        layer (Mllama) attends to image keys only, with no other kind to move mass to or from:
+        it is left out (when the model is known)."""
+        cross = self.cross_attention_layers | _cross_attention_layers(model_or_n_layers)
         if model_or_n_layers is not None:
-            return resolve_layers(self.layers, _depth(model_or_n_layers))
+            layers = resolve_layers(self.layers, _depth(model_or_n_layers))
+            return [layer for layer in layers if layer not in cross]
         if self.n_layers is not None:
-            return resolve_layers(self.layers, self.n_layers)
+            layers = resolve_layers(self.layers, self.n_layers)
+            return [layer for layer in layers if layer not in cross]
         if needs_depth(self.layers):
             raise TypeError(
                 f"layers={self.layers!r} needs the model's depth: pass model= or n_layers= "

@@ -23,6 +23,9 @@ from vlm_lens.core.segments import KIND_OF_CODE, Segments
 # token gets. Anything else shaped like `input_ids` is refused: silently not extending it runs
 # wrong.
 _NOT_PER_TOKEN = ("pixel_", "image_", "video_")
+# Per-token tensors whose last row a generated token repeats (Mllama: the images a token sees,
+# as HF's generation extends it).
+_PER_TOKEN_REPEAT_LAST = ("cross_attention_mask",)
 
 
 def with_answer_prefix(inputs: VLMInputs, prefix: Sequence[int] | Tensor) -> VLMInputs:
@@ -51,6 +54,8 @@ def with_answer_prefix(inputs: VLMInputs, prefix: Sequence[int] | Tensor) -> VLM
         elif name in inputs.appended:
             fill = torch.full((batch, k), inputs.appended[name], dtype=t.dtype, device=t.device)
             out[name] = torch.cat([t, fill], dim=1)
+        elif name in _PER_TOKEN_REPEAT_LAST:
+            out[name] = torch.cat([t, t[:, -1:].expand(-1, k, *t.shape[2:])], dim=1)
         elif t.shape[:2] == (batch, length) and not name.startswith(_NOT_PER_TOKEN):
             raise ValueError(
                 f"cannot append answer tokens: the processor output {name!r} is per token "

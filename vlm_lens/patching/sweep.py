@@ -36,7 +36,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -178,15 +178,17 @@ class HookFamily:
     def per_head(self) -> bool:
         return self.layout != "resid"
 
-    def hook_name(self, layer: int) -> str:
-        return self.hook.format(layer=layer)
+    def hook_name(self, layer: int, cross_attention_layers: Collection[int] = ()) -> str:
+        # A cross-attention layer's attention hook points are `cross_attn.*` (Mllama).
+        attn = "cross_attn" if layer in cross_attention_layers else "attn"
+        return self.hook.format(layer=layer, attn=attn)
 
 
 FAMILIES: dict[str, HookFamily] = {
     "resid_pre": HookFamily("resid_pre", "blocks.{layer}.hook_resid_pre", "resid"),
     "resid_post": HookFamily("resid_post", "blocks.{layer}.hook_resid_post", "resid"),
-    "z": HookFamily("z", "blocks.{layer}.attn.hook_z", "z"),
-    "pattern": HookFamily("pattern", "blocks.{layer}.attn.hook_pattern", "pattern"),
+    "z": HookFamily("z", "blocks.{layer}.{attn}.hook_z", "z"),
+    "pattern": HookFamily("pattern", "blocks.{layer}.{attn}.hook_pattern", "pattern"),
 }
 _ALIASES = {
     "hook_resid_pre": "resid_pre",
@@ -365,7 +367,7 @@ def _patch_hooks(
     masks: dict[str, Tensor] = {}
     for r, cells in enumerate(rows):
         for cell in cells:
-            name = cell.family.hook_name(cell.layer)
+            name = cell.family.hook_name(cell.layer, model.cfg.cross_attention_layers)
             pos = torch.tensor(cell.positions, dtype=torch.long)
             heads = torch.arange(n_heads) if cell.heads is None else torch.tensor(cell.heads)
             layout = cell.family.layout
@@ -498,7 +500,8 @@ def run_patched(
             raise ValueError(f"family {family.name!r} has no heads; leave heads=None")
         heads = None if p.heads is None else tuple(_resolve_heads(model, p.heads))
         cells.append(_Cell(family, model.resolve_layer(p.layer), heads, groups[0].positions))
-    names = sorted({cell.family.hook_name(cell.layer) for cell in cells})
+    cross = model.cfg.cross_attention_layers
+    names = sorted({cell.family.hook_name(cell.layer, cross) for cell in cells})
     clean_logits, cache = _cache_clean(model, c, names, counter)
     n_pos = c.input_ids.shape[1]
     if resume:
@@ -707,7 +710,7 @@ def patch_sweep(
         positions = "all" if fam.per_head else "each"
     layer_list = model.resolve_layers(layers)
     head_list: list[int | None] = list(_resolve_heads(model, heads)) if fam.per_head else [None]
-    names = [fam.hook_name(layer) for layer in layer_list]
+    names = [fam.hook_name(layer, model.cfg.cross_attention_layers) for layer in layer_list]
     counter = _Counter()
 
     plan = _Plan(

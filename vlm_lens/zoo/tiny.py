@@ -61,7 +61,9 @@ _IMAGE_PROCESSOR_KEY = "image_processor"
 
 
 @torch.no_grad()
-def _reinitialise(model: nn.Module, bare_matrices: tuple[str, ...] = ()) -> None:
+def _reinitialise(
+    model: nn.Module, bare_matrices: tuple[str, ...] = (), constants: Mapping[str, float] = {}
+) -> None:
     """Draw every matrix-shaped weight from N(0, 1/fan_in) (uses the current torch RNG).
 
     HF's default init (std 0.02) leaves a tiny model nearly constant: attention is almost uniform
@@ -71,6 +73,7 @@ def _reinitialise(model: nn.Module, bare_matrices: tuple[str, ...] = ()) -> None
     (1-D) keep HF's initialisation. Matrices outside such modules must be named in
     ``bare_matrices`` (parameter name suffixes, used as ``x @ W``), e.g. Gemma3's
     zero-initialised ``mm_input_projection_weight`` (PITFALLS 3); any other one is an error.
+    1-D parameters whose name ends with a key of ``constants`` are filled with its value.
     """
     done: set[int] = set()  # tied weights (Gemma3's lm_head) are drawn once
     for module in model.modules():
@@ -86,6 +89,9 @@ def _reinitialise(model: nn.Module, bare_matrices: tuple[str, ...] = ()) -> None
         weight.normal_(0.0, std)
         done.add(id(weight))
     for name, param in model.named_parameters():
+        suffix = next((s for s in constants if name.endswith(s)), None)
+        if param.ndim == 1 and suffix is not None:
+            param.fill_(constants[suffix])
         if param.ndim < 2 or id(param) in done:
             continue
         if name.endswith(bare_matrices):
@@ -186,7 +192,7 @@ def _build(
     with torch.random.fork_rng(devices=[]):  # deterministic, leaves the caller's RNG alone
         torch.manual_seed(seed)
         model = model_cls(config)
-        _reinitialise(model, recipe.bare_matrices)
+        _reinitialise(model, recipe.bare_matrices, recipe.constants)
     model.eval()
 
     ids = tokenizer.convert_tokens_to_ids

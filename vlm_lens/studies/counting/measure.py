@@ -159,7 +159,11 @@ def _sample_row(
     prediction = parse_count(text, config.answer)
     steps, digits = digit_steps(tokens, model.tokens_to_text, config.answer)
     image_span = inputs.segments.samples[r].images[0]
-    grid = frame_grid(image_span)
+    cross = bool(model.cfg.cross_attention_layers)  # the image is read by cross-attention
+    # The map's grid: the image keys' under cross-attention (Mllama), else the image's frame.
+    grid = (
+        tuple(inputs.segments.samples[r].image_grids(True)[0]) if cross else frame_grid(image_span)
+    )
     attention = recording_metrics(
         out.recording,
         steps,
@@ -171,6 +175,7 @@ def _sample_row(
         band_width=config.band_width,
         keep_map=sample.index < config.example_maps,
         image_span=image_span,
+        segments=inputs.segments if cross else None,
     )
     keep = sample.index < config.example_maps
     return Record(

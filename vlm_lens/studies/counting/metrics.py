@@ -17,7 +17,7 @@ from torch import Tensor
 
 from vlm_lens.core.image_frame import to_image_frame
 from vlm_lens.core.recording import Recording
-from vlm_lens.core.segments import ImageSpan
+from vlm_lens.core.segments import ImageSpan, Segments
 from vlm_lens.data import dots
 from vlm_lens.metrics.attention import (
     centroid_hit_rate,
@@ -98,12 +98,17 @@ def recording_metrics(
     band_width: float = 1.0,
     keep_map: bool = False,
     image_span: ImageSpan | None = None,
+    segments: Segments | None = None,
 ) -> list[dict[str, Any]]:
     """`digit_step_metrics` for every (digit step, layer) of batch row `row` of a recording.
 
     With `image_span` of a tiled image (several tiles), each head's attention on the image's
     tokens is first stitched into the original image's frame (`to_image_frame`: detail tiles
     only, the thumbnail left out), and `grid` must be that frame's (`frame_grid`).
+
+    With the prompt's `segments` (a model with cross-attention layers, Mllama), each layer's
+    own image axis and grid are read (`Recording.image_attention`: a cross-attention layer's
+    image keys); a layer whose image axis is not the map's gets no map and no halo metrics.
 
     `steps[k]` is the step that predicted digit string `digits[k]`; the recording must
     keep the image columns of all heads (`keep=("image",)`, `heads="all"`) at every one of
@@ -117,13 +122,25 @@ def recording_metrics(
                 f"recorded steps: {sorted(recording.image)}"
             )
         for layer in layers:
-            image = recording.image[step][row, recording.layers.index(layer), :, -1, :]
-            if image_span is not None and len(image_span.tiles) > 1:
-                n = image_span.n_tokens  # the first image's tokens come first
-                image = to_image_frame(image[:, :n], image_span).flatten(-2)
+            if segments is None:
+                image = recording.image[step][row, recording.layers.index(layer), :, -1, :]
+                if image_span is not None and len(image_span.tiles) > 1:
+                    n = image_span.n_tokens  # the first image's tokens come first
+                    image = to_image_frame(image[:, :n], image_span).flatten(-2)
+                layer_grid: tuple[int, int] | None = grid
+            else:  # the layer's own image axis (a cross-attention layer's image keys)
+                image, grids = recording.image_attention(step, row, layer, segments)
+                image, layer_grid = image[:, -1], grids[0] if len(grids) == 1 else None
+            on_map = layer_grid is not None and tuple(layer_grid) == tuple(grid)
             entry: dict[str, Any] = {"digit": k, "step": step, "token": digit, "layer": layer}
             try:
-                entry.update(digit_step_metrics(image, sample, grid, band_width, keep_map))
+                # Maps and halo metrics are on the sample's grid: a layer whose image axis is
+                # another (Mllama's <|image|> token in a self-attention layer) gets neither.
+                entry.update(
+                    digit_step_metrics(
+                        image, sample, grid if on_map else (0, 0), band_width, keep_map and on_map
+                    )
+                )
             except EmptyMeasurementError as err:
                 raise EmptyMeasurementError(f"step {step}, layer {layer}: {err}") from err
             entries.append(entry)
