@@ -267,6 +267,42 @@ def prepare_inputs(
     """Processor inputs and segments for one prompt or a batch of prompts (see `HookedVLM.prepare`)."""
     per_row, prompts = _as_batch(images, prompt)
     rgb_rows = [[load_image(im) for im in row] for row in per_row]
+    texts, first_chars = _texts(processor, adapter, rgb_rows, prompts, system, chat_template)
+    out, prefixes = _tokenize(processor, texts, rgb_rows, first_chars)
+    tensors = {k: v for k, v in out.items() if isinstance(v, Tensor)}
+    n_images = sum(len(row) for row in rgb_rows)
+    all_grids = adapter.grids(config, tensors, n_images) if n_images else []
+    ids, attn = tensors["input_ids"], tensors["attention_mask"]
+    samples, kinds, index = [], [], []
+    cursor = 0
+    for row in range(ids.shape[0]):
+        n_pad = int((attn[row] == 0).sum())
+        prefix = prefixes[row]
+        n_sys = 0
+        if prefix is not None and prefix.shape[0]:
+            n_sys = _system_length(ids[row, n_pad:], prefix, processor.tokenizer, row)
+        grids = all_grids[cursor : cursor + len(rgb_rows[row])]
+        cursor += len(rgb_rows[row])
+        sample, k, i = _row_segments(
+            ids[row], attn[row], n_sys, adapter.image_token_id(config), grids, row
+        )
+        samples.append(sample)
+        kinds.append(k)
+        index.append(i)
+    segments = Segments(torch.stack(kinds), torch.stack(index), samples)
+    return VLMInputs(tensors, segments, texts)
+
+
+def _texts(
+    processor: Any,
+    adapter: Adapter,
+    rgb_rows: list[list[Any]],
+    prompts: Sequence[str],
+    system: str | None,
+    chat_template: bool,
+) -> tuple[list[str], list[int]]:
+    """Each row's rendered text, and where its first content item starts in it (0 without a
+    chat template: the whole text is the user's)."""
     texts: list[str] = []
     first_chars: list[int] = []
     for row, (imgs, p) in enumerate(zip(rgb_rows, prompts)):
@@ -286,7 +322,14 @@ def prepare_inputs(
                 )
             first_chars.append(0)
         texts.append(text)
+    return texts, first_chars
 
+
+def _tokenize(
+    processor: Any, texts: list[str], rgb_rows: list[list[Any]], first_chars: list[int]
+) -> tuple[Any, list[Tensor | None]]:
+    """The processor's left-padded batch, and each row's text before its first content item
+    tokenized alone (None where it is empty): the system tokens."""
     flat_images = [im for row in rgb_rows for im in row]
     tokenizer = processor.tokenizer
     # Templates that write BOS themselves (Gemma3) must not get a second one from the tokenizer.
@@ -304,7 +347,6 @@ def prepare_inputs(
             padding=True,
             add_special_tokens=add_special,
         )
-        # Tokenized alone, the text before the first content item gives the system tokens.
         prefixes = [
             processor(text=[text[:cut]], return_tensors="pt", add_special_tokens=add_special)[
                 "input_ids"
@@ -315,28 +357,7 @@ def prepare_inputs(
         ]
     finally:
         tokenizer.padding_side = old_side
-
-    tensors = {k: v for k, v in out.items() if isinstance(v, Tensor)}
-    ids, attn = tensors["input_ids"], tensors["attention_mask"]
-    all_grids = adapter.grids(config, tensors, len(flat_images)) if flat_images else []
-    image_token_id = adapter.image_token_id(config)
-
-    samples, kinds, index = [], [], []
-    cursor = 0
-    for row in range(ids.shape[0]):
-        n_pad = int((attn[row] == 0).sum())
-        prefix = prefixes[row]
-        n_sys = 0
-        if prefix is not None and prefix.shape[0]:
-            n_sys = _system_length(ids[row, n_pad:], prefix, tokenizer, row)
-        grids = all_grids[cursor : cursor + len(rgb_rows[row])]
-        cursor += len(rgb_rows[row])
-        sample, k, i = _row_segments(ids[row], attn[row], n_sys, image_token_id, grids, row)
-        samples.append(sample)
-        kinds.append(k)
-        index.append(i)
-    segments = Segments(torch.stack(kinds), torch.stack(index), samples)
-    return VLMInputs(tensors, segments, texts)
+    return out, prefixes
 
 
 def find_unsupported_placeholder(prompt: str) -> str | None:
