@@ -11,6 +11,10 @@ machine spreads over all of them:
 - ``vlm_lens_no_hooks``: ``HookedVLM.generate`` with nothing attached;
 - ``vlm_lens_record_last_layer``: ``HookedVLM.generate`` recording the last layer's image
   attention of the predicting row at every step (``AttentionRecord(layers=-1, keep=("image",))``);
+- ``vlm_lens_edit_{pattern,resid_post}_{checked,unchecked}``: ``HookedVLM.generate`` with a
+  hook on every layer's ``attn.hook_pattern`` (or ``hook_resid_post``) returning a new tensor
+  (``t * 1.0``), with the check of hook returns on and off (``VLMHookPoint.check_returns``):
+  what that check costs an editing run;
 - ``vlm_lens_no_hooks_nnsight_instrumented``: the same, on a model wrapped by ``to_nnsight()``
   (nnsight instruments every module in place);
 - ``nnsight_record_last_layer``: the same recording through nnsight (``model.to_nnsight()``,
@@ -32,6 +36,7 @@ parameters), one 448x448 image (14 x 14 = 196 image tokens), 8 new tokens.
 for the test-suite).
 
     python benchmarks/bench_overhead.py [--tiny] [--repeats 7] [--threads 1] [--json out.json]
+        [--only vlm_lens_no_hooks vlm_lens_edit]
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ from PIL import Image  # noqa: E402
 
 from vlm_lens import HookedVLM, zoo  # noqa: E402
 from vlm_lens.core.generation import AttentionRecord, generation_config  # noqa: E402
+from vlm_lens.core.hook_points import VLMHookPoint  # noqa: E402
 from vlm_lens.reports.machine import machine_info
 
 PROMPT = "How many dots are there in the image? Answer directly. Answer: "
@@ -164,6 +170,25 @@ def build_methods(path: Path, image_size: int, n_new: int) -> tuple[list[Method]
         return out.tokens, out.recording.nbytes()
 
     methods.append(Method("vlm_lens_record_last_layer", ours_record))
+
+    def same(tensor, hook):  # a new tensor, equal to the input: the cost is the check's alone
+        return tensor * 1.0
+
+    for point, label in (("attn.hook_pattern", "pattern"), ("hook_resid_post", "resid_post")):
+        edits = [(f"blocks.{i}.{point}", same) for i in range(model.cfg.n_layers)]
+        for checked in (True, False):
+
+            def ours_edit(edits=edits, checked=checked):
+                VLMHookPoint.check_returns = checked
+                try:
+                    with model.hooks(fwd_hooks=edits):
+                        out = model.generate(inputs, n_new, keep_logits=False, min_new_tokens=n_new)
+                finally:
+                    VLMHookPoint.check_returns = True
+                return out.tokens, 0
+
+            name = f"vlm_lens_edit_{label}_{'checked' if checked else 'unchecked'}"
+            methods.append(Method(name, ours_edit))
 
     # nnsight instruments modules in place: give it its own instance.
     try:
@@ -347,6 +372,13 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--checkpoints", default=None, help="where to build the checkpoint")
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        default=None,
+        metavar="PREFIX",
+        help="time only the methods whose names start with these (hf_sdpa is always timed)",
+    )
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -360,6 +392,8 @@ def main(argv: list[str] | None = None) -> dict:
         path, image_size = zoo.tiny_checkpoint("qwen3_vl", directory, **REAL_PROPORTIONS), 448
 
     methods, info = build_methods(Path(path), image_size, n_new)
+    if args.only:
+        methods = [m for m in methods if m.name == "hf_sdpa" or m.name.startswith(tuple(args.only))]
     run(methods, repeats)
     result = report(methods, info, machine_info())
     if args.json:

@@ -13,16 +13,18 @@ home of `name`, and otherwise to the package itself.
 The layers, lowest first (a module may import from its own layer's package and from lower
 layers; packages of one layer do not import each other):
 
-0. `data`, `adapters`, `_lazy`: datasets and per-architecture records; no model code.
-1. `core`: the attention function, hook points, segments, layer specs, `HookedVLM`,
+0. `data`, `architectures`, `_lazy`: datasets and the per-architecture files (records,
+   tiny-checkpoint recipes, real-vocabulary specifics); no model code.
+1. `adapters`: the facade through which the library reads the architectures' adapter records.
+2. `core`: the attention function, hook points, segments, layer specs, `HookedVLM`,
    recordings, generation, traces.
-2. `metrics`, `interventions`, `patching`, `zoo`, `viz`: tools built on core (and data) and
+3. `metrics`, `interventions`, `patching`, `zoo`, `viz`: tools built on core (and data) and
    each other's equals. `zoo` builds checkpoints; it sits here (not lower) because nothing below
    needs it and a checkpoint builder may use `HookedVLM`.
-3. `studies`: pipelines from a dataset to records and tables.
-4. `reports`: figures and pages of the studies' tables.
-5. `cli`: the console script over all of it.
-6. `vlm_lens` (the package's `__init__`): the facade that points at the public names.
+4. `studies`: pipelines from a dataset to records and tables.
+5. `reports`: figures and pages of the studies' tables.
+6. `cli`: the console script over all of it.
+7. `vlm_lens` (the package's `__init__`): the facade that points at the public names.
 
 Not for: style rules within a module (ruff) or the size of modules.
 """
@@ -38,7 +40,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "vlm_lens"
 
 LAYERS: list[set[str]] = [
-    {"data", "adapters", "_lazy"},
+    {"data", "architectures", "_lazy"},
+    {"adapters"},
     {"core"},
     {"metrics", "interventions", "patching", "zoo", "viz"},
     {"studies"},

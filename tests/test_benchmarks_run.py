@@ -36,6 +36,8 @@ def test_bench_overhead_runs_tiny(tmp_path):
         "hf_eager_output_attentions",
         "vlm_lens_no_hooks",
         "vlm_lens_record_last_layer",
+        "vlm_lens_edit_pattern_checked",
+        "vlm_lens_edit_resid_post_unchecked",
     ):
         row = next(line for line in lines if line.startswith(name + " "))
         assert "x " in row, row  # a ratio to hf_sdpa was printed

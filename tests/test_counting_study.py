@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -189,14 +190,16 @@ def test_cli_runs_resumes_and_reports(tiny_ckpt, tmp_path):
     assert (tmp_path / "report.html").exists()
 
 
-def test_cli_layers_take_the_layer_grammar_and_a_bad_spec_writes_nothing(tiny_ckpt, tmp_path):
+def test_cli_layers_take_the_layer_grammar_and_a_bad_spec_writes_nothing(
+    tiny_ckpt, tmp_path, capsys
+):
     from vlm_lens.cli import main
 
     n_layers = HookedVLM.from_pretrained(tiny_ckpt("qwen3_vl")).cfg.n_layers
     argv = ["count", "--model", str(tiny_ckpt("qwen3_vl")), "--n", "1", "--size", "128"]
     argv += ["--radius", "3", "--digits-only", "--no-png", "--no-progress"]
-    with pytest.raises(SystemExit, match="--layers: .*layer"):
-        main([*argv, "--out", str(tmp_path / "bad"), "--layers", str(n_layers)])
+    assert main([*argv, "--out", str(tmp_path / "bad"), "--layers", str(n_layers)]) == 2
+    assert re.search("--layers: .*layer", capsys.readouterr().err)
     assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").rglob("run.json"))
     assert main([*argv, "--out", str(tmp_path / "q"), "--layers", "Q4"]) == 0
     (manifest,) = (tmp_path / "q").rglob("run.json")

@@ -298,3 +298,63 @@ def test_empty_quadrant_keeps_that_quarter_free_at_high_counts(quadrant):
         )
     with pytest.raises(ValueError, match="quadrant must be 0-3"):
         dots.generate(1, 0, empty_quadrant=4)
+
+
+# ------------------------------------------------------------ content-free images
+
+# SHA-256 of the PNG bytes below, produced by the code before `content_free` existed
+# (main at bfc7662): adding a family must not move any existing stream.
+EXISTING_SETS_SHA256 = "0c6b47c639fe9242251efbf87878e90b2f1909c28e8c966db292ef8ca74c40db"
+
+
+def test_existing_datasets_stay_byte_identical():
+    import hashlib
+
+    h = hashlib.sha256()
+    for s in dots.generate(4, seed=3):
+        h.update(s.to_png_bytes())
+    for s in dots.control_set(3, seed=2):
+        h.update(s.to_png_bytes())
+    for p in dots.counterfactual_pairs(2, seed=1):
+        h.update(p.clean.to_png_bytes())
+        h.update(p.corrupted.to_png_bytes())
+    for s in dots.generate(
+        2, seed=5, size=(300, 200), radius_range=(5, 9), count_range=(3, 6), empty_quadrant=1
+    ):
+        h.update(s.to_png_bytes())
+    assert h.hexdigest() == EXISTING_SETS_SHA256
+
+
+def test_blank_images_keep_size_and_background_and_nothing_else():
+    source = dots.generate(3, seed=1, size=(300, 200), radius=6, background=240)
+    blank = dots.content_free(source, "blank")
+    for s, b in zip(source, blank):
+        assert (b.index, b.size, b.background, b.count) == (s.index, s.size, 240, 0)
+        assert b.meta == {"family": "blank", "source_seed": 1}
+        pixels = b.pixels()
+        assert pixels.shape == (200, 300) and (pixels == 240).all()
+
+
+def test_shuffled_images_move_the_same_dots_deterministically():
+    source = dots.generate(6, seed=2, radius_range=(7, 13))
+    shuffled = dots.content_free(source, "shuffled", seed=5)
+    again = dots.content_free(list(reversed(source)), "shuffled", seed=5)[::-1]
+    other = dots.content_free(source, "shuffled", seed=6)
+    for s, m, a, o in zip(source, shuffled, again, other):
+        assert (m.count, m.radii, m.intensities, m.size) == (
+            s.count,
+            s.radii,
+            s.intensities,
+            s.size,
+        )
+        assert m.to_png_bytes() == a.to_png_bytes()  # depends on (seed, index) only
+        assert m.centres != s.centres and m.centres != o.centres
+        gap = 2 * float(np.mean(m.radii))  # the default separation
+        assert min(_edge_gaps(m)) >= gap - 1e-9
+        assert all(
+            r <= x <= m.width - r and r <= y <= m.height - r
+            for (x, y), r in zip(m.centres, m.radii)
+        )
+        assert m.meta == {"family": "shuffled", "source_seed": 2}
+    with pytest.raises(ValueError, match="kind must be one of"):
+        dots.content_free(source, "scrambled")

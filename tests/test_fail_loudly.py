@@ -83,7 +83,7 @@ def test_yesbias_without_decoding_steps_raises_and_writes_nothing(model, tmp_pat
 
 
 @pytest.mark.parametrize("study", ["count", "yesbias"])
-def test_cli_exits_nonzero_with_the_cause(study, tiny_ckpt, tmp_path, stuck_steps):
+def test_cli_exits_nonzero_with_the_cause(study, tiny_ckpt, tmp_path, stuck_steps, capsys):
     from vlm_lens.cli import main
 
     argv = [study, "--model", str(tiny_ckpt("qwen3_vl")), "--out", str(tmp_path), "--no-progress"]
@@ -91,10 +91,9 @@ def test_cli_exits_nonzero_with_the_cause(study, tiny_ckpt, tmp_path, stuck_step
         argv += ["--n", "1", "--size", "128", "--radius", "3", "--digits-only", "--no-png"]
     else:
         argv += ["--sweep", "none", "--limit", "1", "--max-new-tokens", "3", "--tag", "tiny"]
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    message = str(exit_info.value.code)
-    assert message.startswith(f"vlm-lens {study}: ") and "no decoding step" in message
+    assert main(argv) == 1  # the run failed (not a usage error: that is 2)
+    message = capsys.readouterr().err.splitlines()[-1]  # after the run's own progress lines
+    assert message.startswith(f"vlm-lens {study}: error: ") and "no decoding step" in message
     assert not list(tmp_path.rglob("report.html"))
     assert not list(tmp_path.rglob("*.csv"))
 

@@ -13,6 +13,7 @@ import transformers
 from PIL import Image
 
 from vlm_lens import HookedVLM
+from vlm_lens.architectures import newest_per_family
 from vlm_lens.core.generation import AttentionRecord, generation_config
 from vlm_lens.core.segments import KIND_NAMES, SEGMENT_KINDS
 from vlm_lens.zoo import ARCHITECTURES
@@ -278,7 +279,7 @@ def split_device_map(model: HookedVLM) -> dict[str, str | torch.device]:
     return device_map
 
 
-@pytest.mark.parametrize("arch", ["qwen3_vl", "gemma3", "llava"])
+@pytest.mark.parametrize("arch", newest_per_family())
 def test_device_map_split_equals_single_device(hooked, tiny_ckpt, arch):
     single = hooked(arch)
     device_map = split_device_map(single)

@@ -367,7 +367,7 @@ def test_radii_extend_centre_cells():
     assert torch.equal(m.centre, expected)
 
 
-def test_convex_hull_monotone_chain():
+def test_convex_hull_drops_inner_and_edge_points_counter_clockwise():
     pts = np.array([[0, 0], [2, 0], [2, 2], [0, 2], [1, 1], [1, 0], [0, 1]], dtype=float)
     hull = convex_hull(pts)
     assert sorted(map(tuple, hull.tolist())) == [(0, 0), (0, 2), (2, 0), (2, 2)]

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from vlm_lens import HookedVLM
+from vlm_lens.architectures import newest_per_family
 from vlm_lens.core.generation import AttentionRecord
 
 PROMPT = "How many dots are there in the image? Answer directly. Answer: "
@@ -24,7 +25,7 @@ def dots_image(seed: int) -> Image.Image:
     return Image.fromarray(arr).convert("RGB")
 
 
-@pytest.fixture(scope="module", params=["qwen3_vl", "gemma3", "llava"])
+@pytest.fixture(scope="module", params=newest_per_family())
 def wrapped(request, tiny_ckpt):
     # Its own model instance: nnsight instruments the HF modules in place.
     model = HookedVLM.from_pretrained(tiny_ckpt(request.param))

@@ -1,158 +1,18 @@
-"""Per-architecture knowledge, one small declarative record per architecture.
+"""Where the shared code gets an architecture's adapter record (a facade over the registry).
 
-An adapter says where the decoder layers are, which modules inside a layer
-compute what (norms, attention, MLP, and which module's output is added to the
-residual stream), which module emits the image embeddings, how an image item
-appears in a rendered chat template and how an image's visual tokens form a grid.
-Everything else (hooking, segments, generation) is shared code that reads these
-records.
+The records themselves live with the rest of each architecture's knowledge, one file per
+architecture in :mod:`vlm_lens.architectures`; this package keeps the names the library and
+its users import (`Adapter`, `adapter_for`, `get_module`, `ADAPTERS`, `SUPPORTED`).
 
-Not for: behaviour. If an architecture needs code, it is a bug in the shared path
-or a field here.
+Not for: declaring an architecture (add a file to `vlm_lens.architectures`).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from vlm_lens.architectures import ARCHITECTURES, REGISTRY, Adapter, adapter_for, get_module
 
-if TYPE_CHECKING:
-    import torch
+__all__ = ["ADAPTERS", "SUPPORTED", "Adapter", "adapter_for", "get_module"]
 
-
-def _qwen_grids(config: Any, processor_out: dict, n_images: int) -> list[tuple[int, int]]:
-    # image_grid_thw counts vision patches before the spatial merge: [n_images, (t, h, w)].
-    thw = processor_out["image_grid_thw"]
-    merge = config.vision_config.spatial_merge_size
-    return [(int(h) // merge, int(w) // merge) for _, h, w in thw.tolist()]
-
-
-def _gemma3_grids(config: Any, processor_out: dict, n_images: int) -> list[tuple[int, int]]:
-    side = math.isqrt(config.mm_tokens_per_image)
-    return [(side, side)] * n_images
-
-
-def _llava_grids(config: Any, processor_out: dict, n_images: int) -> list[tuple[int, int]]:
-    side = config.vision_config.image_size // config.vision_config.patch_size
-    return [(side, side)] * n_images
-
-
-def _no_deepstack(config: Any) -> int:
-    return 0
-
-
-def _qwen3_deepstack(config: Any) -> int:
-    # The language model adds visual features to the image positions of the residual stream
-    # after each of its first len(deepstack_visual_indexes) layers (Qwen3-VL "deepstack").
-    return len(getattr(config.vision_config, "deepstack_visual_indexes", None) or ())
-
-
-@dataclass(frozen=True)
-class Adapter:
-    arch: str
-    model_class: str
-    """transformers class that holds the whole VLM (vision tower, projector, language model, head)."""
-    language_model: str = "model.language_model"
-    layers: str = "layers"
-    attention: str = "self_attn"
-    image_embeds_module: str = "model.multi_modal_projector"
-    vision_tower: str = "model.vision_tower"
-    """The vision encoder (pixels in, patch features out); it holds no language-model hooks."""
-    image_marker: str = "<image>"
-    """How an image content item first shows in the rendered chat template (before expansion)."""
-    grids: Callable[[Any, dict, int], list[tuple[int, int]]] = _llava_grids
-
-    # Inside a decoder layer (paths from the layer). The layer computes
-    #   mid  = resid_pre + attn_out(attention(ln1(resid_pre)))
-    #   post = mid + mlp_out(mlp(ln2(mid)))
-    # where attn_out / mlp_out are the attention / MLP themselves, or a norm after them
-    # (Gemma3's "sandwich" norms): the module whose output is added to the residual stream.
-    ln1: str = "input_layernorm"
-    ln2: str = "post_attention_layernorm"
-    attn_out: str = "self_attn"
-    mlp: str = "mlp"
-    mlp_out: str = "mlp"
-    # Inside the attention / the gated MLP (down(act(gate(x)) * up(x))).
-    o_proj: str = "o_proj"
-    mlp_gate: str = "gate_proj"
-    mlp_up: str = "up_proj"
-    mlp_down: str = "down_proj"
-    # RMSNorm: out = x / sqrt(mean(x^2) + eps) * (norm_weight_offset + weight).
-    norm_eps: str = "variance_epsilon"
-    """Attribute of a norm module holding its epsilon."""
-    norm_weight_offset: float = 0.0
-    """Gemma3 stores its norm weights as offsets from 1."""
-    final_norm: str = "norm"
-    """The norm before the unembedding (path from the language model)."""
-    lm_head: str = "lm_head"
-    """The unembedding (path from the whole model)."""
-    deepstack: Callable[[Any], int] = _no_deepstack
-    """How many of the first layers the language model adds visual features after (outside
-    the layers, so neither attention nor MLP output: `hook_deepstack`)."""
-
-    @property
-    def sandwich_norms(self) -> bool:
-        """Whether attention and MLP outputs pass a norm before they join the residual stream."""
-        return self.attn_out != self.attention or self.mlp_out != self.mlp
-
-    def image_token_id(self, config: Any) -> int:
-        for name in ("image_token_id", "image_token_index"):
-            value = getattr(config, name, None)
-            if value is not None:
-                return int(value)
-        raise ValueError(f"{self.arch}: config names no image token id")
-
-
-_QWEN = dict(
-    image_embeds_module="model.visual.merger",
-    vision_tower="model.visual",
-    image_marker="<|vision_start|>",
-    grids=_qwen_grids,
-)
-
-ADAPTERS: dict[str, Adapter] = {
-    "qwen3_vl": Adapter(
-        "qwen3_vl", "Qwen3VLForConditionalGeneration", **_QWEN, deepstack=_qwen3_deepstack
-    ),
-    "qwen2_5_vl": Adapter("qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration", **_QWEN),
-    "qwen2_vl": Adapter("qwen2_vl", "Qwen2VLForConditionalGeneration", **_QWEN),
-    "gemma3": Adapter(
-        "gemma3",
-        "Gemma3ForConditionalGeneration",
-        image_marker="<start_of_image>",
-        grids=_gemma3_grids,
-        ln2="pre_feedforward_layernorm",
-        attn_out="post_attention_layernorm",
-        mlp_out="post_feedforward_layernorm",
-        norm_eps="eps",
-        norm_weight_offset=1.0,
-    ),
-    "llava": Adapter(
-        "llava", "LlavaForConditionalGeneration", image_marker="<image>", grids=_llava_grids
-    ),
-}
-
-SUPPORTED = tuple(ADAPTERS)
-
-
-def adapter_for(config: Any) -> Adapter:
-    """The adapter of a checkpoint's config (`model_type`), or a ValueError naming the supported ones."""
-    model_type = getattr(config, "model_type", None)
-    if model_type not in ADAPTERS:
-        raise ValueError(
-            f"unsupported architecture {model_type!r}; vlm_lens supports {', '.join(SUPPORTED)} "
-            "(Qwen3-VL, Qwen2.5-VL, Qwen2-VL, Gemma3ForConditionalGeneration, LLaVA-1.5)"
-        )
-    return ADAPTERS[model_type]
-
-
-def get_module(root: torch.nn.Module, path: str) -> torch.nn.Module:
-    """`root.a.b.c` for `path="a.b.c"`, with an error naming the missing part."""
-    module = root
-    for part in path.split("."):
-        if not hasattr(module, part):
-            raise AttributeError(f"{type(root).__name__} has no module {path!r} (missing {part!r})")
-        module = getattr(module, part)
-    return module
+#: The adapter record of every supported architecture, by key.
+ADAPTERS: dict[str, Adapter] = {key: arch.adapter for key, arch in REGISTRY.items()}
+SUPPORTED: tuple[str, ...] = ARCHITECTURES

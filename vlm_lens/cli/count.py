@@ -21,8 +21,9 @@ Sharding across processes or GPUs: each process takes the samples with
 checks that nothing is missing) and writes the report. `--shard auto` reads `RANK` /
 `WORLD_SIZE` (set by torchrun and accelerate) and puts the model on `cuda:$LOCAL_RANK`::
 
-    # torchrun, 4 GPUs on one machine
-    torchrun --nproc_per_node 4 --no-python vlm-lens count --shard auto \\
+    # torchrun, 4 GPUs on one machine ("--" after the script: torchrun would take an
+    # option such as --n for an abbreviation of one of its own)
+    torchrun --nproc_per_node 4 --no-python vlm-lens -- count --shard auto --n 256 \\
         --model Qwen/Qwen3-VL-8B-Instruct --dtype bfloat16 --out runs/counting
     # or accelerate
     accelerate launch --num_processes 4 --no_python vlm-lens count --shard auto \\
@@ -33,6 +34,8 @@ checks that nothing is missing) and writes the report. `--shard auto` reads `RAN
     # then, once
     vlm-lens count merge --out runs/counting
 
+Every argument is checked before a model is loaded or anything is written (layers against
+the depth in the checkpoint's config.json); a bad one is one line on stderr, exit status 2.
 A generation whose hooks saw no decoding step, an all-NaN attention map or a condition
 whose attention metrics are all missing stops the run with an error (exit status 1)
 instead of writing a report.
@@ -48,11 +51,20 @@ from __future__ import annotations
 import argparse
 import gc
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from vlm_lens.cli._common import add_model_args, load_model, parse_shard
-from vlm_lens.studies.checks import EmptyMeasurementError
+from vlm_lens.cli._common import (
+    COUNT,
+    INDEX,
+    UsageError,
+    add_model_args,
+    check_run_args,
+    load_model,
+    model_depth,
+    real,
+)
 
 _INT = re.compile(r"^-?[0-9]+$")
 
@@ -78,14 +90,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="ID_OR_PATH",
         help="hub ids or local checkpoints, compared side by side (default: organism / tiny)",
     )
-    p.add_argument("--n", type=int, default=256, help="samples per condition (default 256)")
+    p.add_argument("--n", type=COUNT, default=256, help="samples per condition (default 256)")
     p.add_argument(
         "--batch-size",
-        type=int,
+        type=COUNT,
         default=8,
         help="images per forward batch (default 8; records match one-by-one up to rounding)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=INDEX, default=0)
     p.add_argument(
         "--layers",
         nargs="+",
@@ -94,7 +106,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "or 'a:b' (the layer grammar of vlm_lens.core.layers)",
     )
     p.add_argument("--out", default="runs/counting", help="output directory")
-    p.add_argument("--max-new-tokens", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=COUNT, default=8)
     add_model_args(p, "K/N: only samples with index %% N == K; or auto")
     p.add_argument(
         "--regrounding",
@@ -109,13 +121,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="layers to re-ground in: indices, 'all', 'Q1'..'Q4', 'a:b' (default: the study layers)",
     )
     p.add_argument("--cot", action="store_true", help="add the chain-of-thought prompt variant")
-    p.add_argument("--cot-max-new-tokens", type=int, default=256)
+    p.add_argument("--cot-max-new-tokens", type=COUNT, default=256)
     p.add_argument("--three-digit", action="store_true", help="add counts in [100, 130]")
-    p.add_argument("--limit", type=int, default=None, help="process at most this many new samples")
-    p.add_argument("--size", type=int, default=1024, help="image side in pixels (paper: 1024)")
-    p.add_argument("--radius", type=float, default=10.0, help="dot radius (paper: 10)")
+    p.add_argument(
+        "--limit", type=COUNT, default=None, help="process at most this many new samples"
+    )
+    p.add_argument("--size", type=COUNT, default=1024, help="image side in pixels (paper: 1024)")
+    p.add_argument(
+        "--radius", type=real(0.0, open_low=True), default=10.0, help="dot radius (paper: 10)"
+    )
     p.add_argument("--digits-only", action="store_true", help="allow only digit tokens (debug)")
-    p.add_argument("--example-maps", type=int, default=4, help="samples whose maps are stored")
+    p.add_argument("--example-maps", type=INDEX, default=4, help="samples whose maps are stored")
     p.add_argument("--no-png", action="store_true", help="do not try to write PNG figures")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
@@ -133,23 +149,58 @@ def _layers(values: list[str] | None) -> Any:
 
 
 def _resolve(spec: Any, n_layers: int, flag: str) -> list[int]:
-    """The layers `spec` names in a depth-`n_layers` model; a bad spec exits, naming `flag`."""
+    """The layers `spec` names in a depth-`n_layers` model; a bad spec is a usage error."""
     from vlm_lens.studies import counting
 
     try:
         return counting.study_layers(spec, n_layers)
     except (ValueError, TypeError, IndexError) as err:
-        raise SystemExit(f"{flag}: {err}") from err
+        raise UsageError(f"{flag}: {err}") from None
+
+
+def _configs(args: argparse.Namespace, layers: Any, depth: int, untrained: bool) -> list:
+    """The study's conditions for one model of `depth` layers, every flag checked (no model
+    loaded: the depth comes from the checkpoint's config.json)."""
+    from vlm_lens.studies import counting
+
+    _resolve(layers, depth, "--layers")
+    regrounding = None
+    if args.regrounding:
+        reg_layers = _layers(args.regrounding_layers)
+        if reg_layers is not None:
+            resolved = _resolve(reg_layers, depth, "--regrounding-layers")
+            if not isinstance(reg_layers, tuple) or not all(isinstance(v, int) for v in reg_layers):
+                reg_layers = tuple(resolved)
+        try:
+            regrounding = counting.Regrounding.parse(args.regrounding, reg_layers)
+        except ValueError as err:
+            raise UsageError(f"--regrounding {args.regrounding}: {err}") from None
+    base = counting.CountingConfig(
+        n=args.n,
+        seed=args.seed,
+        layers=layers,
+        max_new_tokens=args.max_new_tokens,
+        size=args.size,
+        radius=args.radius,
+        regrounding=regrounding,
+        digits_only=args.digits_only or untrained,
+        example_maps=args.example_maps,
+    )
+    configs = counting.conditions(
+        base,
+        cot=args.cot,
+        three_digit=args.three_digit,
+        cot_max_new_tokens=args.cot_max_new_tokens,
+    )
+    for config in configs:  # image size, radius and counts must fit: draw one image of each
+        try:
+            replace(config, n=1).dataset()
+        except ValueError as err:
+            raise UsageError(f"--size/--radius ({config.condition}): {err}") from None
+    return configs
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        return _run(args)
-    except EmptyMeasurementError as err:
-        raise SystemExit(f"vlm-lens count: {err}") from err
-
-
-def _run(args: argparse.Namespace) -> int:
     from vlm_lens.studies import counting
 
     out = Path(args.out)
@@ -169,41 +220,18 @@ def _run(args: argparse.Namespace) -> int:
         _report(out, args)
         return 0
 
-    shard = parse_shard(args.shard)
+    # Everything is checked before a model is loaded or anything is written.
+    shard = check_run_args(args)
     layers = _layers(args.layers) or "last"
     if layers == "all":
-        raise SystemExit("--layers all is not supported (too many maps); name the layers")
+        raise UsageError("--layers all is not supported (too many maps); name the layers")
     refs = [(m, m, None) for m in args.model] if args.model else [counting.default_model()]
-    for ref, name, note in refs:
+    plans = [
+        (ref, name, note, _configs(args, layers, model_depth(ref), note is not None))
+        for ref, name, note in refs
+    ]
+    for ref, name, note, configs in plans:
         model = load_model(ref, args)
-        regrounding = None
-        _resolve(layers, model.cfg.n_layers, "--layers")  # before anything is written
-        if args.regrounding:
-            reg_layers = _layers(args.regrounding_layers)
-            if reg_layers is not None:
-                resolved = _resolve(reg_layers, model.cfg.n_layers, "--regrounding-layers")
-                if not isinstance(reg_layers, tuple) or not all(
-                    isinstance(v, int) for v in reg_layers
-                ):
-                    reg_layers = tuple(resolved)
-            regrounding = counting.Regrounding.parse(args.regrounding, reg_layers)
-        base = counting.CountingConfig(
-            n=args.n,
-            seed=args.seed,
-            layers=layers,
-            max_new_tokens=args.max_new_tokens,
-            size=args.size,
-            radius=args.radius,
-            regrounding=regrounding,
-            digits_only=args.digits_only or note is not None,
-            example_maps=args.example_maps,
-        )
-        configs = counting.conditions(
-            base,
-            cot=args.cot,
-            three_digit=args.three_digit,
-            cot_max_new_tokens=args.cot_max_new_tokens,
-        )
         model_dir = counting.run_counting(
             model,
             configs,

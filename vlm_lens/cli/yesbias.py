@@ -29,8 +29,10 @@ runs) or literal text. The paper's LLaVA-1.5 setup as its released code runs it:
     vlm-lens yesbias --model llava-hf/llava-1.5-7b-hf --system paper --mode uniform \\
         --rows all --sweep paper --benchmark winoground=/data/winoground
 
-A generation whose hooks saw no decoding step, or a run without records, stops with an
-error (exit status 1) instead of writing a report.
+Every argument is checked, and every benchmark read, before a model is loaded or anything
+is written; a bad one is one line on stderr, exit status 2. A generation whose hooks saw no
+decoding step, or a run without records, stops with an error (exit status 1) instead of
+writing a report.
 
 With no `--model`, the trained organism (`vlm_lens.zoo.organism()`) is used if it exists,
 otherwise a tiny random-weight qwen3_vl zoo model, with a printed notice: its numbers only
@@ -56,9 +58,18 @@ import argparse
 import gc
 from pathlib import Path
 
-from vlm_lens.cli._common import add_model_args, load_model, parse_shard
+from vlm_lens.cli._common import (
+    COUNT,
+    FRACTION,
+    INDEX,
+    UsageError,
+    add_model_args,
+    check_run_args,
+    load_model,
+    model_depth,
+    real,
+)
 from vlm_lens.studies import yesbias_options as options
-from vlm_lens.studies.checks import EmptyMeasurementError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -88,7 +99,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--fractions",
         nargs="+",
-        type=float,
+        type=FRACTION,
         default=list(options.FRACTIONS),
         help="fractions moved (dose-response; default 0.25 0.5 0.75 1.0)",
     )
@@ -100,10 +111,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="DIRECTION",
         help=f"directions of the quarters sweep (default: all of {', '.join(options.DIRECTIONS)})",
     )
-    p.add_argument("--image-alpha", type=float, default=2.0, help="image scaling factor (0: none)")
+    p.add_argument(
+        "--image-alpha", type=real(0.0), default=2.0, help="image scaling factor (0: none)"
+    )
     p.add_argument("--knockout", action="store_true", help="add system knockout per quarter")
-    p.add_argument("--limit", type=int, default=None, help="first N pairing units per benchmark")
-    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic set")
+    p.add_argument("--limit", type=COUNT, default=None, help="first N pairing units per benchmark")
+    p.add_argument("--seed", type=INDEX, default=0, help="seed of the synthetic set")
     p.add_argument(
         "--system",
         default="none",
@@ -123,11 +136,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         choices=options.ROWS,
         help="edit the answer rows (default: last prompt row and decoding rows) or all rows",
     )
-    p.add_argument("--max-new-tokens", type=int, default=4)
-    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--max-new-tokens", type=COUNT, default=4)
+    p.add_argument("--batch-size", type=COUNT, default=1)
     p.add_argument("--out", default="runs/yesbias", help="output directory")
     add_model_args(p, "K/N: pairing units with index %% N == K; or auto")
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples")
+    p.add_argument("--n-boot", type=COUNT, default=1000, help="bootstrap resamples")
     p.add_argument(
         "--no-shares",
         action="store_true",
@@ -142,11 +155,11 @@ def parse_benchmark(spec: str) -> tuple[str, str | None]:
     name, sep, path = spec.partition("=")
     name = name.strip()
     if not name:
-        raise SystemExit(f"--benchmark: expected NAME=PATH or 'synthetic', got {spec!r}")
+        raise UsageError(f"--benchmark: expected NAME=PATH or 'synthetic', got {spec!r}")
     if name.lower() == "synthetic":
         return "synthetic", None
     if not sep or not path:
-        raise SystemExit(f"--benchmark {spec!r}: give a local path, e.g. {name}=/data/{name}")
+        raise UsageError(f"--benchmark {spec!r}: give a local path, e.g. {name}=/data/{name}")
     return name, path
 
 
@@ -158,14 +171,14 @@ def load_items(name: str, path: str | None, limit: int | None, seed: int = 0) ->
     return load_benchmark(name, path, limit=limit)
 
 
+def _check_tag(tag: str) -> str:
+    """`--tag` names one folder under `--out`."""
+    if not tag.strip() or tag in (".", "..") or "/" in tag or "\\" in tag:
+        raise UsageError(f"--tag {tag!r}: must be one folder name (no '/', not '.' or '..')")
+    return tag
+
+
 def run(args: argparse.Namespace) -> int:
-    try:
-        return _run(args)
-    except EmptyMeasurementError as err:
-        raise SystemExit(f"vlm-lens yesbias: {err}") from err
-
-
-def _run(args: argparse.Namespace) -> int:
     from vlm_lens.studies import harness, yesbias
 
     out = Path(args.out)
@@ -185,7 +198,9 @@ def _run(args: argparse.Namespace) -> int:
             print(f"report: {path}")
         return 0 if complete else 1
 
-    shard = parse_shard(args.shard)
+    # Everything is checked (and every benchmark read) before a model is loaded or anything
+    # is written.
+    shard = check_run_args(args)
     benchmarks = [parse_benchmark(s) for s in (args.benchmark or ["synthetic"])]
     conditions = yesbias.sweep_conditions(
         args.sweep,
@@ -200,10 +215,11 @@ def _run(args: argparse.Namespace) -> int:
         ref, name, note = yesbias.default_model()  # prints the note of a stand-in model
         if note is None:
             print(f"no --model given: using {name}")
-    tag = args.tag or name
+    tag = _check_tag(args.tag) if args.tag else name
+    model_depth(ref)  # its config.json is readable (no weights read yet)
+    loaded = [(bench, load_items(bench, path, args.limit, args.seed)) for bench, path in benchmarks]
     model = load_model(ref, args)
-    for bench, path in benchmarks:
-        items = load_items(bench, path, args.limit, args.seed)
+    for bench, items in loaded:
         if not items:
             print(f"{bench}: no items")
             continue

@@ -62,7 +62,7 @@ from torch import Tensor
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from vlm_lens.core.hook_points import VLMHookPoint
+from vlm_lens.core.hook_points import VLMHookPoint, check_return
 from vlm_lens.core.run_state import RunState
 
 ATTENTION_NAME = "vlm_lens"
@@ -159,7 +159,11 @@ class Selection:
             out = self.fn(tensor.index_select(2, index), hook)
         finally:
             run.rows = previous
-        return None if out is None else tensor.index_copy(2, index, out)
+        if out is None:
+            return None
+        if hook.check_returns:  # before index_copy, whose own error would not name the hook
+            check_return(hook.name, tensor.index_select(2, index), out)
+        return tensor.index_copy(2, index, out)
 
 
 def select(

@@ -37,6 +37,15 @@ so an unhooked model runs HF's modules untouched. Hook points hold no parameters
 dicts and `save_pretrained` are unchanged. They are ordinary submodules, so nnsight and
 plain PyTorch see them too.
 
+Returns are checked where every hook point is called (`VLMHookPoint.__call__`): a hook that
+returns a new tensor must keep its input's shape, dtype and device exactly (a `[b, 1, q, k]`
+pattern that would broadcast is refused) and bring no NaN or infinity where the input was
+finite (`-inf` stays allowed at `hook_attn_scores`, the usual way to mask a key). A hook that
+returns None or its input pays nothing; otherwise the check is a comparison of metadata and one
+float32 sum of the result (a finite sum proves every element finite; only a non-finite sum
+looks element by element). `VLMHookPoint.check_returns = False` turns it off (benchmarks
+measure it: benchmarks/RESULTS.md).
+
 Not for: deciding what a hook does (users) or how attention is computed (attention.py).
 """
 
@@ -61,13 +70,53 @@ NO_SEQUENCE_AXIS = ("hook_image_embeds",)
 """Hook points whose tensor has neither a batch nor a sequence axis."""
 
 
+class HookReturnError(ValueError):
+    """A hook returned a tensor that cannot replace the one it was given."""
+
+
+def check_return(name: str, given: Tensor, returned: Any) -> None:
+    """Refuse a hook's result that differs from its input in type, shape, dtype or device, or
+    holds NaN / infinity where the input was finite (see the module docstring)."""
+    where = f"hook at {name!r} returned"
+    if not isinstance(returned, Tensor):
+        raise HookReturnError(f"{where} a {type(returned).__name__}; return a tensor or None")
+    if (returned.shape, returned.dtype, returned.device) != (
+        given.shape,
+        given.dtype,
+        given.device,
+    ):
+        raise HookReturnError(
+            f"{where} {list(returned.shape)} {returned.dtype} on {returned.device} for an input "
+            f"of {list(given.shape)} {given.dtype} on {given.device}; a hook must return its "
+            "input's shape, dtype and device (nothing is broadcast or cast)"
+        )
+    if not returned.is_floating_point() or returned.device.type == "meta":
+        return
+    # One sum instead of an element-wise test: on CPU it is ~30x cheaper than
+    # isfinite(x).all(), and any NaN or infinity makes the sum non-finite.
+    if torch.isfinite(returned.sum(dtype=torch.float32)):
+        return
+    bad = ~torch.isfinite(returned) & torch.isfinite(given)
+    if name.endswith("hook_attn_scores"):
+        bad &= returned != float("-inf")  # a masked key
+    if bool(bad.any()):
+        raise HookReturnError(
+            f"{where} {int(bad.sum())} NaN/infinite values where its input "
+            f"{list(given.shape)} {given.dtype} was finite (first at index "
+            f"{tuple(bad.nonzero()[0].tolist())})"
+        )
+
+
 class VLMHookPoint(HookPoint):
     """A TransformerLens `HookPoint` that also knows the run it fires in (`hook.run`).
 
     `force = True` makes it fire even with no hook attached (for tools such as nnsight that
     observe module calls rather than attaching hooks). `enabled = False` keeps it silent
     whatever is attached (TransformerLens's opt-in points, e.g. `attn.hook_result`).
+    What its hooks return is checked (`check_return`) unless `check_returns` is False.
     """
+
+    check_returns: bool = True
 
     def __init__(self, run: RunState, layer_idx: int | None = None):
         super().__init__()
@@ -95,6 +144,12 @@ class VLMHookPoint(HookPoint):
         self._enabled = bool(value)
         self._sync()
 
+    def __call__(self, x: Tensor) -> Tensor:
+        out = super().__call__(x)
+        if out is not x and self.check_returns:
+            check_return(self.name or "unnamed hook point", x, out)
+        return out
+
     def fires(self) -> bool:
         # torch keeps a module's hooks in these private dicts (no public getter); empty means the
         # hook point is the identity and its call can be skipped. A backward hook counts: the
@@ -102,6 +157,13 @@ class VLMHookPoint(HookPoint):
         return self._enabled and (
             bool(self._forward_hooks) or bool(self._backward_hooks) or self._force
         )
+
+    def add_hook(self, hook: Any, *args: Any, **kwargs: Any) -> None:
+        if not callable(hook):
+            raise TypeError(
+                f"the hook for {self.name!r} must be a function fn(tensor, hook), got {hook!r}"
+            )
+        super().add_hook(hook, *args, **kwargs)
 
     # Every way a hook arrives (TransformerLens's add_hook, plain torch) goes through these two.
     def register_forward_hook(self, *args: Any, **kwargs: Any):

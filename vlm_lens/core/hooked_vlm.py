@@ -94,7 +94,7 @@ class VLMConfig:
     positional_embedding_type: str = "rotary"
 
 
-def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str | None:
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str | None:
     if dtype is None or isinstance(dtype, torch.dtype) or dtype == "auto":
         return dtype
     value = getattr(torch, str(dtype), None)
@@ -105,8 +105,40 @@ def _resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | str | None:
     return value
 
 
+def _looks_like_path(text: str) -> bool:
+    # A hub id is "name" or "org/name"; anything else with a slash, or a leading ".", "/" or
+    # "~", can only be a folder (transformers would call it a malformed repo id).
+    return text.startswith((".", "/", "~")) or text.count("/") > 1 or "\\" in text
+
+
+def checkpoint_config(
+    name_or_path: str | Path, trust_remote_code: bool = False
+) -> transformers.PretrainedConfig:
+    """The transformers config of a checkpoint (hub id or local folder), no weights read.
+
+    Errors name the reference: a path that does not exist, a folder without config.json, a
+    hub id that is neither cached nor reachable.
+    """
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise NotADirectoryError(f"model {text!r} is a file; give the checkpoint's folder")
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"model folder {text!r} has no config.json: not a transformers checkpoint"
+            )
+    elif isinstance(name_or_path, Path) or _looks_like_path(text):
+        raise FileNotFoundError(f"model {text!r}: no such folder (a hub id looks like org/name)")
+    try:
+        return transformers.AutoConfig.from_pretrained(text, trust_remote_code=trust_remote_code)
+    except OSError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise OSError(f"model {text!r}: not a local folder and not loadable ({first})") from err
+
+
 class HookedVLM(HookedRootModule):
-    """A hooked vision-language model (Qwen3-VL, Qwen2.5-VL, Qwen2-VL, Gemma3, LLaVA-1.5)."""
+    """A hooked vision-language model of any architecture in `vlm_lens.architectures`."""
 
     def __init__(self, hf_model: torch.nn.Module, processor: Any, adapter: Adapter | None = None):
         super().__init__()
@@ -181,14 +213,12 @@ class HookedVLM(HookedRootModule):
         """
         if device is not None and device_map is not None:
             raise ValueError("give either device or device_map, not both")
-        config = transformers.AutoConfig.from_pretrained(
-            name_or_path, trust_remote_code=trust_remote_code
-        )
+        config = checkpoint_config(name_or_path, trust_remote_code)
         adapter = adapter_for(config)
         model_cls = getattr(transformers, adapter.model_class)
         kwargs: dict[str, Any] = dict(model_kwargs, trust_remote_code=trust_remote_code)
         if dtype is not None:
-            kwargs["dtype"] = _resolve_dtype(dtype)
+            kwargs["dtype"] = resolve_dtype(dtype)
         if device_map is not None:
             kwargs["device_map"] = device_map
         hf_model = model_cls.from_pretrained(name_or_path, config=config, **kwargs)
@@ -368,6 +398,10 @@ class HookedVLM(HookedRootModule):
         `system`: an optional system prompt. `chat_template=False` takes `prompt` as
         the model's raw text (with the processor's own image placeholders).
         """
+        if not isinstance(prompt, str) and not (
+            isinstance(prompt, Sequence) and all(isinstance(t, str) for t in prompt)
+        ):
+            raise TypeError(f"prompt must be a string or a list of strings, got {prompt!r}")
         return prepare_inputs(
             self.processor,
             self.adapter,

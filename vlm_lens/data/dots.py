@@ -15,6 +15,9 @@ Three families of samples:
 - `counterfactual_pairs`: two images that differ by exactly one added dot, for
   activation patching.
 
+and `content_free` derives, from any of them, the images of the halo baseline: blank
+ones, or the same dots moved to new places.
+
 Conventions: `size` is `(width, height)` as in PIL; a centre is `(x, y)` with `x` along
 the columns; pixel `(row i, column j)` covers `[j, j+1) x [i, i+1)`, so its centre is
 `(j + 0.5, i + 0.5)`. A disc of radius `r` is the set of pixels whose centre lies within
@@ -40,7 +43,7 @@ import io
 import json
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +59,7 @@ Renderer = Callable[["DotsSample"], np.ndarray]
 _FAMILY_GENERATE = 0
 _FAMILY_CONTROL = 1
 _FAMILY_PAIRS = 2
+_FAMILY_SHUFFLED = 3
 
 # Densest packing of equal discs in the plane (Thue / Fejes Toth); Groemer's inequality
 # makes it a valid bound for discs inside a finite convex container too.
@@ -722,6 +726,69 @@ def counterfactual_pairs(
             )
         )
     return pairs
+
+
+CONTENT_FREE_KINDS = ("blank", "shuffled")
+
+
+def content_free(
+    samples: Sequence[DotsSample],
+    kind: str = "blank",
+    seed: int = 0,
+    *,
+    min_separation: float | None = None,
+    max_tries: int = 10_000,
+) -> list[DotsSample]:
+    """Images that keep everything of `samples` except where the dots are: the halo baseline.
+
+    Where a model's attention goes on these images is where it goes whatever the dots
+    are (`vlm_lens.metrics.controls.baseline_map`).
+
+    Args:
+        samples: the images to derive from (any family; read from disk or generated).
+        kind: "blank": same size and background, no dot at all. "shuffled": the same dots
+            (count, radii, intensities, in order) placed anew by the sampler of `generate`
+            (inside the image, at least `min_separation` apart edge to edge).
+        seed: for "shuffled"; sample `i`'s layout depends only on `(seed, its index)`.
+        min_separation: as in `generate`; default twice the sample's mean radius.
+        max_tries: as in `generate`.
+
+    Each result keeps its source's `index` and renderer; `meta` holds `family` (the kind)
+    and `source_seed`. Drawing these images does not touch the streams of the other
+    families, so existing datasets are unchanged.
+    """
+    if kind not in CONTENT_FREE_KINDS:
+        raise ValueError(f"kind must be one of {CONTENT_FREE_KINDS}, got {kind!r}")
+    out = []
+    for sample in samples:
+        meta: dict[str, Any] = {"family": kind, "source_seed": sample.seed}
+        if kind == "blank":
+            layout: dict[str, tuple] = {"centres": (), "radii": (), "intensities": ()}
+        elif sample.count == 0:
+            layout = {}
+        else:
+            radii = np.asarray(sample.radii, dtype=np.float64)
+            intensities = np.asarray(sample.intensities)
+            spec = _Spec.build(
+                size=sample.size,
+                radius=float(radii.mean()),
+                count_range=(sample.count, sample.count),
+                intensity_range=(int(intensities.min()), int(intensities.max())),
+                background=sample.background,
+                min_separation=2 * float(radii.mean())
+                if min_separation is None
+                else min_separation,
+                radius_range=(float(radii.min()), float(radii.max())),
+                max_tries=max_tries,
+                renderer=sample.renderer,
+            )
+            spec.check_feasible(spec.radius_bounds, sample.count)
+            centres = spec.place(_rng(_FAMILY_SHUFFLED, seed, sample.index), radii)
+            layout = {"centres": tuple((float(x), float(y)) for x, y in centres)}
+        # Everything else (index, size, background, radii and intensities when shuffled,
+        # renderer) is the source's; the pixels are drawn anew, never read from its file.
+        out.append(replace(sample, seed=seed, meta=meta, image_path=None, **layout))
+    return out
 
 
 def _pair_meta(has_added: bool, clean_has_added: bool) -> dict[str, Any]:

@@ -1,5 +1,8 @@
 """Metrics: attention concentration (Gini, entropy), image mass and halo
-(`vlm_lens.metrics.attention`), and yes/no benchmark scoring (`vlm_lens.metrics.yesno`).
+(`vlm_lens.metrics.attention`), the halo's controls (content-free baseline, sinks, hull
+permutation test: `vlm_lens.metrics.controls`), attention decay against errors
+(`vlm_lens.metrics.decay`), verdicts on the counting paper's claims
+(`vlm_lens.metrics.claims`), and yes/no benchmark scoring (`vlm_lens.metrics.yesno`).
 
 Attention functions take distributions (or maps) on the last axis / axes and are
 vectorised over leading axes.
@@ -20,6 +23,22 @@ from vlm_lens.metrics.attention import (
     normalized_entropy,
     textbook_gini,
 )
+from vlm_lens.metrics.claims import Verdict, headline, paper_claims
+from vlm_lens.metrics.controls import (
+    HullPermutation,
+    baseline_map,
+    halo_controls,
+    hull_permutation_test,
+    sink_cells,
+)
+from vlm_lens.metrics.decay import (
+    Auroc,
+    LogisticFit,
+    auroc,
+    decay_vs_error,
+    digit_correct,
+    logistic_fit,
+)
 from vlm_lens.metrics.yesno import (
     OFFICIAL,
     IncompleteUnitsWarning,
@@ -31,6 +50,20 @@ from vlm_lens.metrics.yesno import (
 
 __all__ = [
     "OFFICIAL",
+    "Auroc",
+    "HullPermutation",
+    "LogisticFit",
+    "Verdict",
+    "auroc",
+    "baseline_map",
+    "decay_vs_error",
+    "digit_correct",
+    "halo_controls",
+    "headline",
+    "hull_permutation_test",
+    "logistic_fit",
+    "paper_claims",
+    "sink_cells",
     "HaloMasks",
     "IncompleteUnitsWarning",
     "bootstrap_ratio_ci",

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from jaxtyping import Bool, Float
+from scipy.spatial import ConvexHull, QhullError
 from torch import Tensor
 
 Array = Tensor | np.ndarray
@@ -240,29 +241,21 @@ def _cells(coords: np.ndarray, grid: tuple[int, int]) -> tuple[np.ndarray, np.nd
 def convex_hull(points: np.ndarray) -> np.ndarray:
     """`[v, 2]` vertices of the convex hull of `[n, 2]` points, counter-clockwise.
 
-    Andrew's monotone chain; collinear points on edges are dropped, so a set of
-    collinear points gives its two end points and a single distinct point gives itself.
+    Starts at the lowest point in `(x, y)` order. Points on an edge are not vertices, so
+    collinear points give their two end points and a single distinct point gives itself.
     """
-    pts = np.unique(
-        np.asarray(points, dtype=np.float64).reshape(-1, 2), axis=0
-    )  # sorted by x, then y
+    pts = np.unique(np.asarray(points, dtype=np.float64).reshape(-1, 2), axis=0)
     if len(pts) <= 2:
         return pts
-
-    def cross(o: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
-        return float((a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0]))
-
-    def half(seq: np.ndarray) -> list[np.ndarray]:
-        chain: list[np.ndarray] = []
-        for p in seq:
-            while len(chain) >= 2 and cross(chain[-2], chain[-1], p) <= 0:
-                chain.pop()
-            chain.append(p)
-        return chain
-
-    lower, upper = half(pts), half(pts[::-1])
-    # Each half ends where the other starts; drop the duplicated end points.
-    return np.array(lower[:-1] + upper[:-1])
+    try:
+        vertices = ConvexHull(pts).vertices  # counter-clockwise in 2-d
+    except QhullError:
+        # Qhull refuses a flat (collinear) set; its hull is the segment between the
+        # extreme points, which np.unique has sorted to both ends.
+        return pts[[0, -1]]
+    # Qhull starts anywhere on the loop; rotate to the lowest point so the output does not
+    # depend on Qhull's internals.
+    return np.roll(pts[vertices], -int(np.argmin(vertices)), axis=0)
 
 
 def _distance_to_boundary(cells: np.ndarray, hull: np.ndarray) -> np.ndarray:

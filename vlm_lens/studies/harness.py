@@ -210,6 +210,12 @@ def by_condition(
     `dataset()` and `to_dict()`; a batch holds samples of one condition; each row gets the
     model's name first. A condition's dataset is made when its first sample is measured."""
     configs = [configs] if isinstance(configs, study.config) else list(configs)
+    for c in configs:
+        if c.n < 1 or getattr(c, "max_new_tokens", 1) < 1:
+            raise ValueError(
+                f"condition {c.condition!r}: n and max_new_tokens must be >= 1, got "
+                f"n={c.n}, max_new_tokens={getattr(c, 'max_new_tokens', None)}"
+            )
     names = [c.condition for c in configs]
     if len(set(names)) != len(names):
         raise ValueError(f"conditions must have distinct names, got {names}")
@@ -305,6 +311,9 @@ def run(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    # Refused before run.json is written: a bad manifest would make later runs refuse the folder.
+    if max_samples is not None and max_samples < 0:
+        raise ValueError(f"max_samples must be None or >= 0, got {max_samples}")
     plan = study.plan(
         study,
         model,
@@ -334,7 +343,7 @@ def run(
                 if (shard is None or shard.owns(u.shard_index)) and not log.has(u.key)
             ]
             if max_samples is not None:
-                todo = todo[: max(max_samples, 0)]
+                todo = todo[:max_samples]
             _measure_all(study, model, plan, todo, log, batch_size, on_record, progress)
     return run_dir
 

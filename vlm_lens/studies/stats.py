@@ -1,10 +1,11 @@
-"""Small paired tests for study summaries, in numpy (no scipy dependency).
+"""Small paired tests for study summaries, on scipy, returning one JSON-able record.
 
 `wilcoxon_signed_rank` is the test the counting study uses for the sparsity drop from
 the first to the second digit: the same sample measured twice, so a paired test. An
 exact null distribution is used for small samples without ties, the normal
 approximation (tie-corrected, with continuity correction) otherwise. `sign_test` is the
-distribution-free fallback with fewer assumptions (no symmetry of the differences).
+distribution-free fallback with fewer assumptions (no symmetry of the differences);
+`mcnemar_exact` is the sign test on paired right/wrong outcomes.
 
 Not for: anything a study reports without a pairing (use the summaries' means and stds).
 """
@@ -15,8 +16,9 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from scipy import stats
 
-__all__ = ["PairedTest", "sign_test", "wilcoxon_signed_rank"]
+__all__ = ["PairedTest", "mcnemar_exact", "sign_test", "wilcoxon_signed_rank"]
 
 _EXACT_MAX_N = 50
 
@@ -59,29 +61,13 @@ def _differences(x: np.ndarray, y: np.ndarray | None) -> np.ndarray:
     return d[np.isfinite(d)].ravel()
 
 
-def _ranks(a: np.ndarray) -> np.ndarray:
-    """Ranks 1..n of `a`, ties given their average rank."""
-    order = np.argsort(a, kind="stable")
-    ranks = np.empty(len(a), dtype=np.float64)
-    sorted_a = a[order]
-    i = 0
-    while i < len(a):
-        j = i
-        while j + 1 < len(a) and sorted_a[j + 1] == sorted_a[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
-
-
-def _exact_signed_rank_cdf(n: int) -> np.ndarray:
-    """`P(W+ <= w)` for w = 0..n(n+1)/2 under the null, ranks 1..n without ties."""
-    total = n * (n + 1) // 2
-    counts = np.zeros(total + 1, dtype=np.float64)
-    counts[0] = 1.0
-    for r in range(1, n + 1):  # each rank is in W+ or not, independently, with probability 1/2
-        counts[r:] = counts[r:] + counts[: total + 1 - r].copy()
-    return np.cumsum(counts) / 2.0**n
+def _split(x, y) -> tuple[np.ndarray, float, float, int]:
+    """Non-zero finite differences, the mean and median of all finite ones, zeros dropped."""
+    d_all = _differences(x, y)
+    mean_diff = float(d_all.mean()) if len(d_all) else math.nan
+    median_diff = float(np.median(d_all)) if len(d_all) else math.nan
+    d = d_all[d_all != 0]
+    return d, mean_diff, median_diff, len(d_all) - len(d)
 
 
 def wilcoxon_signed_rank(x, y=None) -> PairedTest:
@@ -89,45 +75,57 @@ def wilcoxon_signed_rank(x, y=None) -> PairedTest:
 
     Zero differences are dropped (Wilcoxon's convention) and non-finite pairs ignored.
     Exact p-value for `n <= 50` without tied magnitudes, otherwise the normal
-    approximation with tie correction and a continuity correction of 0.5.
+    approximation with tie correction and a continuity correction of 0.5
+    (`scipy.stats.wilcoxon` with the method chosen here, so the rule does not move with
+    scipy's own "auto").
     """
-    d_all = _differences(x, y)
-    mean_diff = float(d_all.mean()) if len(d_all) else math.nan
-    median_diff = float(np.median(d_all)) if len(d_all) else math.nan
-    d = d_all[d_all != 0]
-    n, n_zero = len(d), len(d_all) - len(d)
+    d, mean_diff, median_diff, n_zero = _split(x, y)
+    n = len(d)
     if n == 0:
         return PairedTest(math.nan, math.nan, 0, n_zero, math.nan, "exact", mean_diff, median_diff)
-    ranks = _ranks(np.abs(d))
+    ranks = stats.rankdata(np.abs(d))
     w_plus = float(ranks[d > 0].sum())
-    total = n * (n + 1) / 2
-    statistic = min(w_plus, total - w_plus)
-    ties = len(np.unique(np.abs(d))) < n
-    if n <= _EXACT_MAX_N and not ties:
-        cdf = _exact_signed_rank_cdf(n)
-        p = min(1.0, 2.0 * float(cdf[int(round(statistic))]))
-        method = "exact"
-    else:
-        _, tie_counts = np.unique(ranks, return_counts=True)
-        var = n * (n + 1) * (2 * n + 1) / 24 - (tie_counts**3 - tie_counts).sum() / 48
-        z = (abs(w_plus - total / 2) - 0.5) / math.sqrt(var) if var > 0 else 0.0
-        p = min(1.0, math.erfc(max(z, 0.0) / math.sqrt(2)))
-        method = "normal"
-    return PairedTest(statistic, p, n, n_zero, w_plus, method, mean_diff, median_diff)
+    exact = n <= _EXACT_MAX_N and len(np.unique(np.abs(d))) == n
+    result = stats.wilcoxon(
+        d, zero_method="wilcox", correction=True, method="exact" if exact else "asymptotic"
+    )
+    p = min(1.0, float(result.pvalue))
+    method = "exact" if exact else "normal"
+    return PairedTest(float(result.statistic), p, n, n_zero, w_plus, method, mean_diff, median_diff)
 
 
 def sign_test(x, y=None) -> PairedTest:
     """Two-sided exact sign test of the paired differences `x - y` (zeros dropped)."""
-    d_all = _differences(x, y)
-    mean_diff = float(d_all.mean()) if len(d_all) else math.nan
-    median_diff = float(np.median(d_all)) if len(d_all) else math.nan
-    d = d_all[d_all != 0]
-    n, n_zero = len(d), len(d_all) - len(d)
+    d, mean_diff, median_diff, n_zero = _split(x, y)
+    n = len(d)
     if n == 0:
         return PairedTest(
             math.nan, math.nan, 0, n_zero, math.nan, "binomial", mean_diff, median_diff
         )
     k = int((d > 0).sum())
-    tail = min(k, n - k)
-    p = min(1.0, 2.0 * sum(math.comb(n, i) for i in range(tail + 1)) / 2.0**n)
+    p = min(1.0, float(stats.binomtest(k, n, 0.5).pvalue))
     return PairedTest(float(k), p, n, n_zero, float(k), "binomial", mean_diff, median_diff)
+
+
+def mcnemar_exact(before, after) -> PairedTest:
+    """McNemar's exact test of paired right/wrong outcomes (e.g. without / with an intervention).
+
+    Only discordant pairs carry information: `b` right before and wrong after, `c` wrong
+    before and right after; under the null each discordant pair is `c` with probability
+    1/2. That is the sign test of `after - before` on 0/1 outcomes, so the record reads:
+    `statistic` = `c` (pairs that turned right), `n` = `b + c`, `n_zero` = concordant
+    pairs, `mean_diff` = change in accuracy over all pairs.
+
+    Args:
+        before, after: `[n]` booleans (or 0/1), the same items in the same order.
+    """
+    b = np.asarray(before)
+    a = np.asarray(after)
+    if b.shape != a.shape or b.ndim != 1:
+        raise ValueError(
+            f"mcnemar_exact needs two 1-d outcome vectors of equal length, got {b.shape} and {a.shape}"
+        )
+    for name, v in (("before", b), ("after", a)):
+        if not np.isin(v, (0, 1)).all():
+            raise ValueError(f"mcnemar_exact: {name!r} must hold booleans or 0/1 only")
+    return sign_test(a.astype(np.float64), b.astype(np.float64))

@@ -1,7 +1,7 @@
 """Checkpoints built or shipped offline: tiny random-weight models and the trained organism.
 
 >>> from vlm_lens import zoo
->>> path = zoo.tiny_checkpoint("qwen3_vl", "/tmp/zoo")  # doctest: +SKIP
+>>> path = zoo.tiny_checkpoint(zoo.ARCHITECTURES[0], "/tmp/zoo")  # doctest: +SKIP
 >>> path = zoo.organism()  # the shipped dots-counting Qwen3-VL  # doctest: +SKIP
 
 See :func:`tiny_checkpoint` for the layout on disk and how to override the config,

@@ -60,10 +60,14 @@ class Condition:
             if self.fraction is None or "->" not in str(self.target):
                 raise ValueError("redistribute needs target 'source->recipients' and a fraction")
             object.__setattr__(self, "fraction", float(self.fraction))
+            if not 0.0 <= self.fraction <= 1.0:
+                raise ValueError(f"fraction must lie in [0, 1], got {self.fraction}")
         if self.kind == "scale":
             if self.alpha is None:
                 raise ValueError("scale needs alpha")
             object.__setattr__(self, "alpha", float(self.alpha))
+            if not 0.0 <= self.alpha < float("inf"):
+                raise ValueError(f"alpha must be a finite number >= 0, got {self.alpha}")
 
     @property
     def id(self) -> str:

@@ -1,43 +1,61 @@
-"""The real checkpoints' chat templates that the tokenizer packages of `real_vocab` lack.
+"""Qwen3-VL (`Qwen3VLForConditionalGeneration`): the Qwen-VL base (`_qwen`) plus deepstack
+(visual features added to the residual stream after the first language-model layers),
+interleaved mrope, a learned vision position table, no default system turn.
 
-Each constant is the template a real checkpoint ships, as data, with where it was read.
-Gemma3's is not here: the Gemma3 tokenizer package carries gemma-3-it's template itself.
-The real-vocabulary tiny checkpoints render prompts with these, so a test sees the
-text (and tokens) a user of the real checkpoint sees.
+Tiny checkpoint, one 64x64 image: 16 x ``<|image_pad|>`` between vision_start/end, a
+4 x 4 grid after merging (``image_grid_thw`` = [1, 8, 8] patches of 16).
 
-Not for: the character-level zoo (`vlm_lens.zoo.tiny` writes its own short templates).
+Not for: what all Qwen-VL share (`vlm_lens.architectures._qwen`).
 """
 
 from __future__ import annotations
 
-__all__ = ["LLAVA_1_5", "QWEN2_VL", "QWEN3_VL"]
+from collections.abc import Mapping
+from typing import Any
 
-# Qwen/Qwen2-VL-*-Instruct and Qwen/Qwen2.5-VL-*-Instruct (identical; adds the default
-# "You are a helpful assistant." turn). Read from the test suite of huggingface/huggingface.js
-# (packages/jinja/test/e2e.test.js, entry "Qwen/Qwen2.5-VL-7B-Instruct") and checked against a
-# public copy of Qwen2-VL-2B-Instruct's processor and tokenizer config.
-QWEN2_VL = (
-    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
-    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
-    "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
-    "{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}"
-    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
-    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}"
-    "Picture {{ image_count.value }}: {% endif %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif content['type'] == 'video' or 'video' in content %}"
-    "{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}"
-    "Video {{ video_count.value }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>"
-    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
-    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+from vlm_lens.architectures import _qwen
+from vlm_lens.architectures._base import Adapter, Architecture, RealVocab, TinyRecipe
+from vlm_lens.architectures._recipe import given
+
+
+def _deepstack(config: Any) -> int:
+    # The language model adds visual features to the image positions of the residual stream
+    # after each of its first len(deepstack_visual_indexes) layers (Qwen3-VL "deepstack").
+    return len(getattr(config.vision_config, "deepstack_visual_indexes", None) or ())
+
+
+_VISION = {
+    "depth": 2,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_heads": 2,
+    "patch_size": 16,
+    "spatial_merge_size": 2,
+    "temporal_patch_size": 2,
+    "num_position_embeddings": 256,  # a 16 x 16 table, interpolated to the grid
+}
+
+
+def _derive_vision(cfg: dict, overrides: Mapping) -> None:
+    _qwen.default_out_width(cfg, overrides)
+    vision = cfg["vision_config"]
+    if not given(overrides, "vision_config", "deepstack_visual_indexes"):
+        depth = vision["depth"]  # evenly spaced vision layers feed the first text layers
+        vision["deepstack_visual_indexes"] = sorted({(depth * (j + 1)) // 4 for j in range(3)})
+
+
+def _config(tok, overrides: Mapping):
+    return _qwen.config(
+        "Qwen3VLConfig", tok, overrides, _VISION, interleaved=True, derive_vision=_derive_vision
+    )
+
 
 # Qwen/Qwen3-VL-*-Instruct (no default system turn). Read with the search tool from public
 # copies of the model repository's chat template: a mirror of Qwen3-VL-30B-A3B-Instruct's
 # processor config, and the same template embedded in a Qwen3-VL-30B-A3B-Instruct GGUF that a
 # public template test suite renders; the Qwen3-VL Instruct checkpoints share it. Raw string:
 # the backslash escapes belong to Jinja's string literals, as in the original file.
-QWEN3_VL = r"""{%- if tools %}
+REAL_CHAT_TEMPLATE = r"""{%- if tools %}
     {{- '<|im_start|>system\n' }}
     {%- if messages[0].role == 'system' %}
         {%- if messages[0].content is string %}
@@ -159,19 +177,24 @@ QWEN3_VL = r"""{%- if tools %}
 {%- endif %}
 """
 
-# llava-hf/llava-1.5-7b-hf ("USER: <image>\n... ASSISTANT:", images before texts, a system turn
-# renders its text with no role prefix). Read from huggingface/transformers
-# tests/models/llava/test_processing_llava.py (prepare_processor_dict), whose earlier
-# test_chat_template checked it against the real llava-1.5-7b-hf rendering.
-LLAVA_1_5 = (
-    "{% for message in messages %}{% if message['role'] != 'system' %}"
-    "{{ message['role'].upper() + ': '}}{% endif %}{# Render all images first #}"
-    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
-    "{{ '<image>\n' }}{% endfor %}{# Render all text next #}"
-    "{% if message['role'] != 'assistant' %}"
-    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
-    "{{ content['text'] + ' '}}{% endfor %}{% else %}"
-    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
-    "{% generation %}{{ content['text'] + ' '}}{% endgeneration %}{% endfor %}{% endif %}"
-    "{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+
+ARCHITECTURE = Architecture(
+    title="Qwen3-VL",
+    family="qwen",
+    released="2025-09",
+    adapter=Adapter(
+        "qwen3_vl", "Qwen3VLForConditionalGeneration", **_qwen.ADAPTER_FIELDS, deepstack=_deepstack
+    ),
+    tiny=TinyRecipe(
+        char_tokenizer=_qwen.char_tokenizer(_qwen.zoo_chat_template(None)),
+        config=_config,
+        processor=_qwen.processor("Qwen3VLProcessor", "Qwen3VLVideoProcessor", _qwen.HALF_MEAN_STD),
+        **_qwen.RECIPE_TOKENS,
+    ),
+    # Qwen3-VL-2B-Instruct: patch 16, merge 2, pixels 65,536 .. 16,777,216.
+    real_vocab=RealVocab(
+        package=_qwen.PACKAGE,
+        chat_template=REAL_CHAT_TEMPLATE,
+        settings=_qwen.real_settings(65_536, 16_777_216),
+    ),
 )
