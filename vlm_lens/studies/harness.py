@@ -210,6 +210,12 @@ def by_condition(
     `dataset()` and `to_dict()`; a batch holds samples of one condition; each row gets the
     model's name first. A condition's dataset is made when its first sample is measured."""
     configs = [configs] if isinstance(configs, study.config) else list(configs)
+    for c in configs:
+        if c.n < 1 or getattr(c, "max_new_tokens", 1) < 1:
+            raise ValueError(
+                f"condition {c.condition!r}: n and max_new_tokens must be >= 1, got "
+                f"n={c.n}, max_new_tokens={getattr(c, 'max_new_tokens', None)}"
+            )
     names = [c.condition for c in configs]
     if len(set(names)) != len(names):
         raise ValueError(f"conditions must have distinct names, got {names}")

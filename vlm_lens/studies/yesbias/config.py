@@ -60,6 +60,8 @@ class SweepConfig:
         object.__setattr__(self, "conditions", tuple(self.conditions))
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.max_new_tokens < 1:  # before run.json is written (it would pin the folder to it)
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.rows not in ROWS:
             raise ValueError(f"rows must be one of {ROWS}, got {self.rows!r}")
         if not self.items:
