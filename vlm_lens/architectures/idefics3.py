@@ -43,7 +43,15 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from vlm_lens.architectures._base import Adapter, Architecture, NpmPackage, RealVocab, TinyRecipe
+from vlm_lens.architectures._base import (
+    Adapter,
+    Architecture,
+    ImageLayout,
+    NpmPackage,
+    RealVocab,
+    TileLayout,
+    TinyRecipe,
+)
 from vlm_lens.architectures._recipe import (
     REAL_VOCAB_TINY_TEXT,
     TINY_VISION,
@@ -53,7 +61,6 @@ from vlm_lens.architectures._recipe import (
     text_token_ids,
     tiny_text,
 )
-from vlm_lens.core.segments import ImageLayout, TileLayout
 
 ROW_COL_TAGS = tuple(f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7))
 GLOBAL_TAG = "<global-img>"
