@@ -33,7 +33,6 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("studies/yesbias/study.py", "qwen3_vl"): "docstring of the fallback model",
     ("cli/count.py", "qwen3_vl"): "docstring of the fallback model",
     ("cli/yesbias.py", "qwen3_vl"): "docstring of the fallback model",
-    ("cli/demo.py", "qwen3_vl"): "the demo's default --arch, the fallback model's",
 }
 
 

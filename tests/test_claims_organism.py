@@ -45,9 +45,9 @@ def records():
 def _maps(rows, digit):
     out = {}
     for row in rows:
-        entry = [e for e in row["attention"] if e["digit"] == digit]
+        entry = [e for e in row.attention if e["digit"] == digit]
         if entry:
-            out[row["index"]] = np.asarray(entry[0]["map"]).reshape(row["grid"])
+            out[row.index] = np.asarray(entry[0]["map"]).reshape(row.grid)
     return out
 
 
@@ -67,7 +67,7 @@ def test_units_digit_controls_on_the_organism(records):
         shares = [out[k] for k in ("centre", "hull_band", "background")]
         assert sum(shares) == pytest.approx(1.0)
         # the study's own halo numbers for this record are the raw ones here
-        entry = next(e for e in rows["real"][index]["attention"] if e["digit"] == UNITS)
+        entry = next(e for e in rows["real"][index].attention if e["digit"] == UNITS)
         assert out["hull_band"] == pytest.approx(entry["hull_band"], abs=1e-6)
         assert out["centroid_hit_rate"] == pytest.approx(entry["centroid_hit_rate"])
         if not sinks.any():

@@ -53,7 +53,7 @@ def test_rows_and_columns_come_from_the_tags_and_the_row_breaks():
     # Row 0: a 2 x 3 split image, then an unsplit one; row 1 (padded): a 3 x 1 split image.
     rows = [[T] + split_image(2, 3) + [T] + whole_image() + [T], [T] + split_image(3, 1) + [T]]
     out = processor_out(rows, [2 * 3 + 1 + 1, 3 + 1])
-    first, second, third = ARCHITECTURE.adapter.image_layouts(config(), out, 3)
+    first, second, third = ARCHITECTURE.adapter.image_layouts(config(), None, out, [(64, 64)] * 3)
     tiles = [p for p in first if isinstance(p, TileLayout)]
     assert [t.box for t in tiles[:3]] == [
         (0, 0, 0.5, 1 / 3),
@@ -75,14 +75,14 @@ def test_rows_and_columns_come_from_the_tags_and_the_row_breaks():
 def test_layout_errors_say_what_does_not_match():
     out = processor_out([[T] + split_image(1, 2, n=3)], [3])
     with pytest.raises(ValueError, match=r"row 0: image-token runs .* are not 4 tokens"):
-        ARCHITECTURE.adapter.image_layouts(config(), out, 1)
+        ARCHITECTURE.adapter.image_layouts(config(), None, out, [(64, 64)])
     out = processor_out([[T] + split_image(1, 2)], [2])
     with pytest.raises(ValueError, match="row 0: 3 image-token runs but 2 tiles"):
-        ARCHITECTURE.adapter.image_layouts(config(), out, 1)
+        ARCHITECTURE.adapter.image_layouts(config(), None, out, [(64, 64)])
     ragged = [FAKE, TAG] + [IMG] * 4 + [FAKE, TAG] + [IMG] * 4 + [NL, FAKE, TAG] + [IMG] * 4
     out = processor_out([[T] + ragged + [NL, NL] + whole_image()], [4])
     with pytest.raises(ValueError, match="do not form a grid of equal rows"):
-        ARCHITECTURE.adapter.image_layouts(config(), out, 1)
+        ARCHITECTURE.adapter.image_layouts(config(), None, out, [(64, 64)])
     odd = SimpleNamespace(
         vision_config=SimpleNamespace(image_size=12, patch_size=4), scale_factor=2
     )

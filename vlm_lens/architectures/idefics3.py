@@ -112,7 +112,9 @@ def _image_layout(runs: list[tuple[int, int]], side: int, where: str) -> ImageLa
     return tuple(layout)
 
 
-def _layout(config: Any, processor_out: dict, n_images: int) -> list[ImageLayout]:
+def _layout(
+    config: Any, processor: Any, processor_out: dict, sizes: list[tuple[int, int]]
+) -> list[ImageLayout]:
     side = tile_side(config)
     ids = processor_out["input_ids"]
     image_id = int(config.image_token_id)
