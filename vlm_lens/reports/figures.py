@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
+import plotly.io as pio
 from plotly.subplots import make_subplots
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "halo_bars",
     "regrounding_bars",
     "save_png",
+    "save_pngs",
     "sparsity_box",
     "step_curves",
 ]
@@ -101,7 +103,14 @@ def accuracy_mbe_bars(summaries: Sequence[dict]) -> go.Figure:
                 col=col,
             )
     fig.update_layout(barmode="group", title="Counting accuracy and bias", height=420)
-    fig.update_yaxes(range=[0, 1], row=1, col=1)
+    fig.update_yaxes(range=[0, 1.05], title_text="share exact", row=1, col=1)
+    # Padding on both sides of the bars (and 0), so no tick sits under the panel's title.
+    mbe = [_num(s.get("mbe")) for s in summaries]
+    mbe = [v for v in mbe if v is not None]
+    lo, hi = min([0.0, *mbe]), max([0.0, *mbe])
+    pad = 0.15 * (hi - lo) or 0.5
+    fig.update_yaxes(range=[lo - pad, hi + pad], title_text="dots", row=1, col=2)
+    fig.update_annotations(yshift=8)  # subplot titles: clear of the plot's top edge
     return fig
 
 
@@ -202,7 +211,13 @@ def attention_heatmaps(row: dict, layers: Sequence[int] | None = None) -> go.Fig
                 continue
             z = np.asarray(entry["map"], dtype=float).reshape(h, w)
             fig.add_trace(
-                go.Heatmap(z=z, colorscale="Viridis", showscale=False), row=i + 1, col=j + 1
+                go.Heatmap(
+                    z=z,
+                    coloraxis="coloraxis",
+                    hovertemplate="row %{y}, col %{x}: %{z:.4f}<extra></extra>",
+                ),
+                row=i + 1,
+                col=j + 1,
             )
             if len(centres):  # the dots, in grid-cell coordinates
                 xy = (centres[:, 0] / width * w - 0.5, centres[:, 1] / height * h - 0.5)
@@ -215,13 +230,26 @@ def attention_heatmaps(row: dict, layers: Sequence[int] | None = None) -> go.Fig
     fig.update_xaxes(showticklabels=False)
     fig.update_yaxes(showticklabels=False)
     pred = row.get("prediction")
+    # One colour scale for every panel (0 to the largest cell of the figure), so the 1st
+    # and 2nd digit maps are read on the same scale.
+    top = max((float(np.max(e["map"])) for e in entries if len(e["map"])), default=1.0)
+    fig.update_annotations(font_size=11)
     fig.update_layout(
-        title=_label(
-            f"{row.get('model', '')} · sample {row['index']} ({row['condition']}): "
-            f"GT {row['count']} → Pred {pred if pred is not None else '—'}"
-        ),
-        height=220 * max(len(layers), 1) + 80,
-        width=220 * max(len(digits), 1) + 120,
+        title={
+            "text": _label(f"{row.get('model', '')} · sample {row['index']} ({row['condition']})")
+            + "<br>"
+            + _label(f"count {row['count']}, answer {pred if pred is not None else '—'}"),
+            "font": {"size": 14},
+        },
+        coloraxis={
+            "colorscale": "Viridis",
+            "cmin": 0.0,
+            "cmax": top or 1.0,
+            "colorbar": {"title": {"text": "share of<br>image attn.", "side": "top"}},
+        },
+        margin={"t": 100, "l": 20, "r": 20},
+        height=220 * max(len(layers), 1) + 110,
+        width=max(220 * max(len(digits), 1) + 200, 520),
     )
     return fig
 
@@ -231,8 +259,9 @@ def halo_bars(summaries: Sequence[dict], layer: int | None = None) -> go.Figure:
     fig = make_subplots(
         rows=1,
         cols=2,
-        subplot_titles=("Share of image attention by region", "Centroid hit rate"),
-        column_widths=[0.65, 0.35],
+        subplot_titles=("Image attention share by region", "Centroid hit rate"),
+        column_widths=[0.6, 0.4],
+        horizontal_spacing=0.12,
     )
     regions = ("centre", "hull_band", "background")
     for s in summaries:
@@ -273,7 +302,16 @@ def halo_bars(summaries: Sequence[dict], layer: int | None = None) -> go.Figure:
                 row=1,
                 col=1,
             )
-    fig.update_layout(barmode="group", title="Halo Effect", height=460)
+    fig.update_layout(
+        barmode="group",
+        title="Halo Effect",
+        height=520,
+        legend={"orientation": "h", "yanchor": "top", "y": -0.25, "x": 0},
+        margin={"b": 140},
+    )
+    fig.update_xaxes(showticklabels=False, row=1, col=2)  # the legend names the bars
+    fig.update_yaxes(title_text="share", row=1, col=1)
+    fig.update_annotations(yshift=8)
     return fig
 
 
@@ -307,22 +345,34 @@ def _first_line(err: Exception) -> str:
     return lines[0][:200] if lines else ""
 
 
+def _png_failed(err: Exception) -> None:
+    _PNG_STATE.update(works=False, reason=f"{type(err).__name__}: {_first_line(err)}")
+    log.warning(
+        "PNG export unavailable (%s); figures are in the HTML report only. "
+        "Install Chromium for kaleido (Debian: apt-get install chromium) to get PNGs.",
+        _PNG_STATE["reason"],
+    )
+
+
 def save_png(fig: go.Figure, path: str | Path, scale: float = 2.0) -> bool:
     """Write `fig` as PNG if plotly's export works here; otherwise warn once and return False."""
-    if _PNG_STATE["works"] is False:
-        return False
+    return bool(save_pngs([(fig, Path(path))], scale=scale))
+
+
+def save_pngs(figures: Sequence[tuple[go.Figure, Path]], scale: float = 2.0) -> list[Path]:
+    """Write every (figure, path) as PNG in one renderer session (`plotly.io.write_images`:
+    kaleido starts Chrome once instead of once per figure); returns the paths written, none
+    when the export does not work here (warned once, as `save_png`)."""
+    if _PNG_STATE["works"] is False or not figures:
+        return []
+    paths = [Path(p) for _, p in figures]
     try:
-        fig.write_image(str(path), scale=scale)
+        pio.write_images([f for f, _ in figures], [str(p) for p in paths], scale=scale)
     except Exception as err:  # kaleido raises RuntimeError without Chrome, others vary
-        _PNG_STATE.update(works=False, reason=f"{type(err).__name__}: {_first_line(err)}")
-        log.warning(
-            "PNG export unavailable (%s); figures are in the HTML report only. "
-            "Install Chromium for kaleido (Debian: apt-get install chromium) to get PNGs.",
-            _PNG_STATE["reason"],
-        )
-        return False
+        _png_failed(err)
+        return []
     _PNG_STATE["works"] = True
-    return True
+    return paths
 
 
 def png_status() -> dict[str, Any]:
