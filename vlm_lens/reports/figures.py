@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 _PNG_STATE: dict[str, Any] = {"works": None, "reason": ""}
 
 _ORDINAL = ("1st", "2nd", "3rd")
+_PALETTE = ("#636efa", "#00cc96", "#ef553b", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692")
 
 
 def _label(text: Any) -> str:
@@ -74,6 +75,10 @@ def _models(items: Sequence[dict]) -> list[str]:
     return seen
 
 
+def _colour(k: int) -> str:
+    return _PALETTE[k % len(_PALETTE)]
+
+
 def _headline(rows: Sequence[dict]) -> int | None:
     for r in rows:
         if r.get("layers"):
@@ -84,10 +89,13 @@ def _headline(rows: Sequence[dict]) -> int | None:
 def accuracy_mbe_bars(summaries: Sequence[dict]) -> go.Figure:
     """Accuracy and MBE per model (x) and condition (colour): the paper's Fig. 2."""
     fig = make_subplots(
-        rows=1, cols=2, subplot_titles=("Accuracy", "Mean bias error (prediction − count)")
+        rows=1,
+        cols=2,
+        subplot_titles=("Accuracy", "Mean bias error (prediction − count)"),
+        horizontal_spacing=0.14,
     )
     models = _models(summaries)
-    for condition in dict.fromkeys(s["condition"] for s in summaries):
+    for c_index, condition in enumerate(dict.fromkeys(s["condition"] for s in summaries)):
         by_model = {s["model"]: s for s in summaries if s["condition"] == condition}
         x = [_label(m) for m in models]
         for col, key in ((1, "accuracy"), (2, "mbe")):
@@ -98,6 +106,7 @@ def accuracy_mbe_bars(summaries: Sequence[dict]) -> go.Figure:
                     name=_label(condition),
                     legendgroup=condition,
                     showlegend=col == 1,
+                    marker_color=_colour(c_index),  # one colour per condition in both panels
                 ),
                 row=1,
                 col=col,
@@ -227,8 +236,8 @@ def attention_heatmaps(row: dict, layers: Sequence[int] | None = None) -> go.Fig
             fig.update_yaxes(  # square cells, whatever size the figure is drawn at
                 range=[h - 0.5, -0.5], scaleanchor="x" if k == 1 else f"x{k}", row=i + 1, col=j + 1
             )
-    fig.update_xaxes(showticklabels=False)
-    fig.update_yaxes(showticklabels=False)
+    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
+    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False)
     pred = row.get("prediction")
     # One colour scale for every panel (0 to the largest cell of the figure), so the 1st
     # and 2nd digit maps are read on the same scale.
@@ -248,6 +257,7 @@ def attention_heatmaps(row: dict, layers: Sequence[int] | None = None) -> go.Fig
             "colorbar": {"title": {"text": "share of<br>image attn.", "side": "top"}},
         },
         margin={"t": 100, "l": 20, "r": 20},
+        plot_bgcolor="white",
         height=220 * max(len(layers), 1) + 110,
         width=max(220 * max(len(digits), 1) + 200, 520),
     )
@@ -264,6 +274,7 @@ def halo_bars(summaries: Sequence[dict], layer: int | None = None) -> go.Figure:
         horizontal_spacing=0.12,
     )
     regions = ("centre", "hull_band", "background")
+    n_trace = 0
     for s in summaries:
         lay = s["headline_layer"] if layer is None else layer
         steps = sorted((st for st in s["steps"] if st["layer"] == lay), key=lambda st: st["digit"])
@@ -275,6 +286,7 @@ def halo_bars(summaries: Sequence[dict], layer: int | None = None) -> go.Figure:
                     y=[_num(st[f"{r}_mean"]) for r in regions],
                     name=name,
                     legendgroup=name,
+                    marker_color=_colour(n_trace),
                 ),
                 row=1,
                 col=1,
@@ -286,10 +298,12 @@ def halo_bars(summaries: Sequence[dict], layer: int | None = None) -> go.Figure:
                     name=name,
                     legendgroup=name,
                     showlegend=False,
+                    marker_color=_colour(n_trace),  # the legend's colour names the bar
                 ),
                 row=1,
                 col=2,
             )
+            n_trace += 1
         if s.get("area"):
             fig.add_trace(
                 go.Scatter(

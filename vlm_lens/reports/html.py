@@ -31,12 +31,14 @@ body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; 
 h1 { font-size: 1.6em; } h2 { font-size: 1.3em; margin-top: 1.6em; } h3 { font-size: 1.1em; }
 table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
+td { white-space: nowrap; } td.text { white-space: normal; }
 th { background: #f2f2f2; } td.text { text-align: left; font-family: monospace; }
 p.note { background: #fff6d6; border-left: 4px solid #e0b000; padding: 0.5em 1em; }
 figure { margin: 1em 0; } figcaption { font-size: 0.9em; color: #555; }
 pre { background: #f6f6f6; padding: 0.6em; overflow-x: auto; }
 th[title] { text-decoration: underline dotted; cursor: help; }
-td.strong { font-weight: bold; } small.ci { color: #666; }
+td.strong { font-weight: bold; } small.ci { color: #666; white-space: nowrap; }
+table.grid th { text-align: center; }
 details { margin: 1em 0; } summary { cursor: pointer; font-weight: bold; }
 dl.legend { font-size: 0.85em; color: #444; } dl.legend dt { font-weight: bold; float: left;
   clear: left; margin-right: 0.5em; } dl.legend dd { margin: 0 0 0.2em 0; }

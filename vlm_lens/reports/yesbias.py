@@ -345,7 +345,7 @@ def headline_text(table: Sequence[Mapping[str, Any]], benchmark: str = "") -> st
         col_w = [max([len(columns[g])] + [len(r[g]) for r in cells]) for g in range(len(columns))]
         lines.append(
             f"  {_SHORT[metric]:<{width}}  "
-            + "  ".join(c.ljust(w) for c, w in zip(columns, col_w, strict=True))
+            + "  ".join(c.ljust(w) for c, w in zip(columns, col_w, strict=True)).rstrip()
         )
         for (label, _), r in zip(rows, cells, strict=True):
             lines.append(
