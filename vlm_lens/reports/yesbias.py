@@ -80,11 +80,14 @@ def _layer_order(layers: Sequence[str]) -> list[str]:
     return first + [x for x in present if x not in first]
 
 
-def _row_label(row: Mapping[str, Any]) -> str:
+def _row_label(row: Mapping[str, Any], long: bool = False) -> str:
+    """An intervention's name: short for a heatmap's axis, `long` for the headline grid."""
     if row["kind"] == "redistribute":
+        if long:
+            return f"move {row['target']} (fraction {row['fraction']:g})"
         return f"{row['target']} f={row['fraction']:g}"
     if row["kind"] == "scale":
-        return f"{row['target']} ×{row['alpha']:g}"
+        return f"{row['target']} {'attention ' if long else ''}×{row['alpha']:g}"
     return f"{row['kind']} {row['target']}"
 
 
@@ -289,9 +292,9 @@ def headline_grid(
         fraction = max(fr)
     rows = [r for r in rows if r["kind"] != "redistribute" or r["fraction"] == fraction]
     columns = _layer_order([r["layers"] for r in rows])
-    cell = {(_headline_label(r), r["layers"]): r for r in rows}
+    cell = {(_row_label(r, long=True), r["layers"]): r for r in rows}
     out = []
-    for label in dict.fromkeys(_headline_label(r) for r in rows):
+    for label in dict.fromkeys(_row_label(r, long=True) for r in rows):
         cells: list[tuple[float, float, float] | None] = []
         for col in columns:
             r = cell.get((label, col))
@@ -302,14 +305,6 @@ def headline_grid(
                 )
         out.append((label, cells))
     return columns, out
-
-
-def _headline_label(row: Mapping[str, Any]) -> str:
-    if row["kind"] == "redistribute":
-        return f"move {row['target']} (fraction {row['fraction']:g})"
-    if row["kind"] == "scale":
-        return f"{row['target']} attention ×{row['alpha']:g}"
-    return f"{row['kind']} {row['target']}"
 
 
 def _fmt_ci(cell: tuple[float, float, float] | None) -> str:
