@@ -22,7 +22,7 @@ from vlm_lens import HookedVLM
 from vlm_lens.core.generation import AttentionRecord, Recording
 from vlm_lens.core.layers import resolve_layers
 from vlm_lens.data import dots
-from vlm_lens.reports.counting import write_outputs
+from vlm_lens.reports.counting import HEADLINE, headline_text, write_outputs
 from vlm_lens.studies import counting, runlog
 from vlm_lens.studies.stats import sign_test, wilcoxon_signed_rank
 
@@ -177,7 +177,7 @@ def test_changed_settings_refuse_to_mix(model, full_run):
         )
 
 
-def test_cli_runs_resumes_and_reports(tiny_ckpt, tmp_path):
+def test_cli_runs_resumes_and_reports(tiny_ckpt, tmp_path, capsys):
     from vlm_lens.cli import main
 
     argv = ["count", "--model", str(tiny_ckpt("qwen3_vl")), "--n", "2", "--size", "128"]
@@ -188,6 +188,36 @@ def test_cli_runs_resumes_and_reports(tiny_ckpt, tmp_path):
     (model_dir,) = [p for p in tmp_path.iterdir() if (p / "run.json").exists()]
     assert len(_rows(model_dir / "samples.jsonl")) == 2
     assert (tmp_path / "report.html").exists()
+    summaries = json.loads((tmp_path / "summary.json").read_text())
+    headline = headline_text(summaries)
+    assert headline in capsys.readouterr().out  # the CLI prints the headline it computed
+    assert headline.splitlines()[0].split() == " ".join(lab for lab, _, _ in HEADLINE).split()
+    row = counting.summary_table(summaries)[0]
+    mass = f"{row['image_mass_digit1']:.3f}→{row['image_mass_digit2']:.3f}"
+    assert mass in headline.splitlines()[1] and f"{row['accuracy']:.3f}" in headline
+
+
+def test_report_leads_with_the_headline_and_collapses_the_full_tables(full_run: Path):
+    page = (full_run / "report.html").read_text()
+    body = page[page.index("<body>") :]
+    first_table = body[body.index("<table") : body.index("</table>")]
+    assert "p Gini" in first_table and 'title="Wilcoxon signed-rank p' in first_table
+    assert body.index("<table") < body.index("<figure")
+    details = body[body.index("<details>") : body.index("</details>")]
+    assert "Summary (all columns)" in details and "gini (1st digit)" in details
+    assert "gini_digit1" not in body  # raw column keys are not shown
+
+
+def test_heatmaps_share_one_colour_scale_with_a_colour_bar(full_run: Path):
+    from vlm_lens.reports.figures import attention_heatmaps
+
+    row = next(r for r in _rows(full_run / _sample_file(full_run)) if r.get("attention"))
+    fig = attention_heatmaps(row)
+    panels = [t for t in fig.data if t.type == "heatmap"]
+    assert len(panels) >= 2 and {t.coloraxis for t in panels} == {"coloraxis"}
+    axis = fig.layout.coloraxis
+    assert axis.cmin == 0 and axis.cmax == max(float(np.max(t.z)) for t in panels)
+    assert axis.colorbar.title.text and axis.showscale is not False
 
 
 def test_cli_layers_take_the_layer_grammar_and_a_bad_spec_writes_nothing(

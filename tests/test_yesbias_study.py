@@ -18,6 +18,8 @@ from vlm_lens.data.yesno.items import yes_no_score
 from vlm_lens.interventions import redistribute, resolve_layers
 from vlm_lens.reports.yesbias import (
     dose_response,
+    headline_grid,
+    headline_text,
     layer_shares_figure,
     quarter_heatmap,
     report_run,
@@ -464,3 +466,51 @@ def test_cli_runs_resumes_and_merges(tiny_ckpt, tmp_path, capsys):
     assert len((run_dir / yb.RECORDS).read_text().splitlines()) == 2
     assert main(["yesbias", "merge", "--out", str(tmp_path), "--n-boot", "20"]) == 0
     assert "complete" in capsys.readouterr().out
+
+
+def test_report_leads_with_the_headline_grid_and_collapses_the_raw_tables(full_run):
+    result = report_run(full_run, n_boot=200)
+    table = {r["condition"]: r for r in result["table"]}
+    columns, rows = headline_grid(result["table"])
+    assert columns == ["Q4", "all"]
+    grid = dict(rows)
+    moved = grid["move system->text (fraction 1)"]
+    # group-major cells: Q4 (d paired acc, d yes-rate), then all (not run for this row)
+    t = table["redistribute:system->text:Q4:f1.0"]
+    assert moved[0] == (
+        t["d_paired_accuracy"],
+        t["d_paired_accuracy_lo"],
+        t["d_paired_accuracy_hi"],
+    )
+    assert moved[1] == (t["d_yes_rate"], t["d_yes_rate_lo"], t["d_yes_rate_hi"])
+    assert moved[2:] == [None, None]
+    assert grid["image attention ×2"][:2] == [None, None] and grid["image attention ×2"][2]
+
+    page = result["paths"]["report"].read_text()
+    body = page[page.index("<body>") :]
+    first_h3 = re.search(r"<h3>(.*?)</h3>", body).group(1)
+    assert first_h3.startswith("Headline")
+    first_table = body.index("<table")
+    assert body.index('<table class="grid">') == first_table < body.index("<figure")
+    assert f"{t['d_paired_accuracy']:+.3f}" in body[first_table : body.index("</table>")]
+    details = body[body.index("<details>") : body.index("</details>")]
+    assert "Conditions against the baseline" in details and "<table" in details
+    assert body.index("<details>") > body.rindex("<figure")
+    assert 'title="paired accuracy minus the baseline' in details  # hover definitions
+    assert "d_paired_accuracy_lo" not in body  # raw column keys are not shown
+
+
+def test_cli_prints_the_headline(tiny_ckpt, tmp_path, capsys):
+    from vlm_lens.cli import main
+
+    args = ["yesbias", "--model", str(tiny_ckpt("qwen3_vl")), "--sweep", "paper"]
+    args += ["--limit", "1", "--out", str(tmp_path), "--no-progress", "--n-boot", "20"]
+    args += ["--max-new-tokens", str(MAX_NEW), "--tag", "tiny", "--no-shares"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    table = yb.analyze(tmp_path / "tiny" / "synthetic", n_boot=20)["table"]
+    expected = headline_text(table, "synthetic")
+    assert "move system->image+text (fraction 1)" in expected and "Q4" in expected
+    assert expected in out
+    assert main(["yesbias", "report", "--out", str(tmp_path), "--n-boot", "20"]) == 0
+    assert expected in capsys.readouterr().out

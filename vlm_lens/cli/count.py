@@ -255,36 +255,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-_SUMMARY_COLUMNS = (
-    ("model", "model", "{}"),
-    ("condition", "condition", "{}"),
-    ("n", "n", "{}"),
-    ("accuracy", "acc", "{:.3f}"),
-    ("mae", "MAE", "{:.3f}"),
-    ("mbe", "MBE", "{:+.3f}"),
-    ("gini_digit1", "gini d1", "{:.3f}"),
-    ("gini_digit2", "gini d2", "{:.3f}"),
-    ("entropy_digit1", "H d1", "{:.3f}"),
-    ("entropy_digit2", "H d2", "{:.3f}"),
-    ("sparsity_drop_p", "p(drop)", "{:.2g}"),
-)
-
-
 def _report(out: Path, args: argparse.Namespace) -> None:
     """Write tables, figures and the report, and print the headline numbers."""
+    from vlm_lens.reports.counting import headline_text
     from vlm_lens.studies import counting, harness
 
     written = harness.report(counting.STUDY, out, png=not args.no_png)
-    rows = counting.summary_table(written["summaries"])
-    cells = [[label for _, label, _ in _SUMMARY_COLUMNS]]
-    for row in rows:
-        cells.append(
-            [
-                "-" if row.get(key) in (None, "") else fmt.format(row[key])
-                for key, _, fmt in _SUMMARY_COLUMNS
-            ]
-        )
-    widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
-    for r in cells:
-        print("  ".join(c.rjust(w) for c, w in zip(r, widths)))
+    print(headline_text(written["summaries"]))
     print(f"report: {written['paths']['report']}")

@@ -95,7 +95,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="NAME=PATH",
         help="benchmarks to run: NAME=PATH (repeatable), or 'synthetic' (the default)",
     )
-    p.add_argument("--sweep", default="quarters", choices=("quarters", "paper", "none"))
+    n_dir, n_q, n_f = len(options.DIRECTIONS), len(options.QUARTERS), len(options.FRACTIONS)
+    p.add_argument(
+        "--sweep",
+        default="quarters",
+        choices=("quarters", "paper", "none"),
+        help=f"default quarters: baseline + {n_dir} directions x {n_q} quarters x {n_f} "
+        f"fractions + image x2 per quarter = {1 + n_dir * n_q * n_f + n_q} conditions per "
+        "item (--directions, --fractions, --image-alpha 0 shrink it); paper: baseline + 5 "
+        "arms in Q4/all; none: baseline only",
+    )
     p.add_argument(
         "--fractions",
         nargs="+",
@@ -194,8 +203,7 @@ def run(args: argparse.Namespace) -> int:
                     f"{name}: {r['rows']} records, {r['duplicates']} duplicates dropped, {status}"
                 )
                 complete &= r["complete"]
-        for path in harness.report(yesbias.STUDY, out, n_boot=args.n_boot):
-            print(f"report: {path}")
+        _report(out, args.n_boot)
         return 0 if complete else 1
 
     # Everything is checked (and every benchmark read) before a model is loaded or anything
@@ -248,6 +256,15 @@ def run(args: argparse.Namespace) -> int:
             f"shard {shard.k}/{shard.n} done; when all shards are: vlm-lens yesbias merge --out {out}"
         )
         return 0
-    for report in harness.report(yesbias.STUDY, out, n_boot=args.n_boot):
-        print(f"report: {report}")
+    _report(out, args.n_boot)
     return 0
+
+
+def _report(out: Path, n_boot: int) -> None:
+    """Write every model's report and print its headline grid."""
+    from vlm_lens.reports.yesbias import HEADLINE_FILE
+    from vlm_lens.studies import harness, yesbias
+
+    for page in harness.report(yesbias.STUDY, out, n_boot=n_boot):
+        print(page.with_name(HEADLINE_FILE).read_text(encoding="utf-8"), end="")
+        print(f"report: {page}")

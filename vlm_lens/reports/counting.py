@@ -12,7 +12,8 @@ summaries (`vlm_lens.studies.counting`) or the page layout (`vlm_lens.reports.ht
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +24,82 @@ from vlm_lens.reports.html import Report
 from vlm_lens.studies.checks import EmptyMeasurementError, require_finite
 from vlm_lens.studies.counting import SUMMARY_COLUMNS, summary_table, write_tables
 
-__all__ = ["counting_report", "write_outputs"]
+__all__ = ["HEADLINE", "counting_report", "headline_rows", "headline_text", "write_outputs"]
 
 _METRICS_NOTE = (
     "Visual sparsity is the paper's Eq. 2 as printed (uniform attention gives −1/M); "
     "entropy is Eq. 3. Attention is that of the query row predicting each digit, averaged "
     "over heads (Eq. 1) and renormalised over the image tokens."
 )
+
+
+def _fmt(x: Any, spec: str) -> str:
+    return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else spec.format(x)
+
+
+def _share(row: dict, region: str) -> str:
+    """A region's share of the image attention beside its share of the image's area."""
+    return f"{_fmt(row.get(f'{region}_share_digit1'), '{:.2f}')} / " + _fmt(
+        row.get(f"{region}_area"), "{:.2f}"
+    )
+
+
+#: The headline columns of the page and the terminal: (label, cell text from a
+#: `summary_table` row, definition shown on hover and in the legend).
+HEADLINE: tuple[tuple[str, Callable[[dict], str], str], ...] = (
+    ("model", lambda r: str(r["model"]), "model name"),
+    ("condition", lambda r: str(r["condition"]), "prompt / setting of the run"),
+    ("n", lambda r: str(r["n"]), "samples (images)"),
+    ("acc", lambda r: _fmt(r["accuracy"], "{:.3f}"), "share of exact counts"),
+    ("MAE", lambda r: _fmt(r["mae"], "{:.2f}"), "mean |prediction − count|, in dots"),
+    ("MBE", lambda r: _fmt(r["mbe"], "{:+.2f}"), "mean (prediction − count), in dots"),
+    (
+        "mass 1st→2nd",
+        lambda r: (
+            f"{_fmt(r['image_mass_digit1'], '{:.3f}')}→" + _fmt(r["image_mass_digit2"], "{:.3f}")
+        ),
+        "share of the attention on image tokens, at the 1st and the 2nd digit step",
+    ),
+    ("Gini 1st", lambda r: _fmt(r["gini_digit1"], "{:.3f}"), "visual sparsity, Eq. 2"),
+    ("Gini 2nd", lambda r: _fmt(r["gini_digit2"], "{:.3f}"), "visual sparsity, Eq. 2"),
+    (
+        "p Gini",
+        lambda r: _fmt(r["sparsity_drop_p"], "{:.2g}"),
+        "Wilcoxon signed-rank p (two-sided), Gini 1st vs 2nd digit, paired by sample",
+    ),
+    ("H 1st", lambda r: _fmt(r["entropy_digit1"], "{:.3f}"), "visual entropy, Eq. 3 (nats)"),
+    ("H 2nd", lambda r: _fmt(r["entropy_digit2"], "{:.3f}"), "visual entropy, Eq. 3 (nats)"),
+    (
+        "p H",
+        lambda r: _fmt(r["entropy_rise_p"], "{:.2g}"),
+        "Wilcoxon signed-rank p (two-sided), entropy 2nd vs 1st digit, paired by sample",
+    ),
+    (
+        "centre / area",
+        lambda r: _share(r, "centre"),
+        "share of image attention on the dots' centres at the 1st digit / their share of "
+        "the image's area (what uniform attention would give)",
+    ),
+    (
+        "band / area",
+        lambda r: _share(r, "hull_band"),
+        "same for the band around the dots' hull",
+    ),
+    ("bg / area", lambda r: _share(r, "background"), "same for the background"),
+)
+
+
+def headline_rows(summaries: Sequence[dict]) -> list[dict[str, str]]:
+    """The headline cells per (model, condition), keyed by the `HEADLINE` labels."""
+    return [{label: cell(row) for label, cell, _ in HEADLINE} for row in summary_table(summaries)]
+
+
+def headline_text(summaries: Sequence[dict]) -> str:
+    """`headline_rows` as a right-aligned text table for the terminal."""
+    cells = [[label for label, _, _ in HEADLINE]]
+    cells += [list(row.values()) for row in headline_rows(summaries)]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells)
 
 
 def write_outputs(
@@ -102,10 +172,27 @@ def _figures(rows: Sequence[dict], summaries: Sequence[dict]) -> list[tuple[str,
     return figures
 
 
-def _save(fig: go.Figure, fig_dir: Path, name: str, written: dict[str, Path]) -> None:
-    fig_dir.mkdir(parents=True, exist_ok=True)
-    if fg.save_png(fig, fig_dir / f"{name}.png"):
-        written[f"png_{name}"] = fig_dir / f"{name}.png"
+_SUMMARY_HELP = {
+    "n_parsed": "answers with a number in them",
+    "mbe": "mean bias error: mean (prediction − count), in dots",
+    "mae": "mean absolute error, in dots",
+    "headline_layer": "the layer the attention columns are read at",
+    "gini": "visual sparsity (Eq. 2) of the image attention",
+    "entropy": "visual entropy (Eq. 3) of the image attention, nats",
+    "image_mass": "share of the attention on image tokens",
+    "sparsity_drop": "mean Gini 1st − 2nd digit; statistic W, p and n of the Wilcoxon test",
+    "entropy_rise": "mean entropy 2nd − 1st digit; p of the Wilcoxon test",
+    "share": "share of the image attention on the region (centre / hull band / background)",
+    "area": "the region's share of the image area (uniform attention gives this share)",
+    "centroid_hit_rate": "share of samples whose attention peak lies on a dot",
+    "regrounding": "re-grounding mode, its accuracy / MBE and the change they make",
+}
+
+
+def _summary_label(column: str) -> str:
+    """`gini_digit1` -> `gini (1st digit)`: a summary column's name for people."""
+    text = column.replace("_digit1", " (1st digit)").replace("_digit2", " (2nd digit)")
+    return {"mbe": "MBE", "mae": "MAE", "n_parsed": "n parsed"}.get(text, text.replace("_", " "))
 
 
 def _tests_table(report: Report, summaries: Sequence[dict]) -> None:
@@ -132,10 +219,10 @@ def _heatmaps(
     report: Report,
     rows: Sequence[dict],
     n_heatmaps: int,
-    png_dir: Path | None,
-    written: dict[str, Path],
+    fig_dir: Path,
+    pngs: list[tuple[go.Figure, Path]],
 ) -> None:
-    """Up to `n_heatmaps` example maps per model and condition; the first two as PNG too."""
+    """Up to `n_heatmaps` example maps per model and condition; the first two go to `pngs`."""
     shown: dict[str, int] = {}
     drawn = 0
     for r in rows:
@@ -149,8 +236,8 @@ def _heatmaps(
             report.heading("Attention over the image (Fig. 1); red crosses: dot centres")
         fig = fg.attention_heatmaps(r)
         report.figure(fig)
-        if png_dir is not None and drawn < 2:
-            _save(fig, png_dir, f"heatmap_{drawn}", written)
+        if drawn < 2:
+            pngs.append((fig, fig_dir / f"heatmap_{drawn}.png"))
         drawn += 1
 
 
@@ -202,19 +289,41 @@ def counting_report(
     report = Report(title)
     for note in notes:
         report.paragraph(note, note=True)
+    report.heading("Headline")
+    report.paragraph(
+        "At the headline layer (the first chosen); 1st / 2nd: the digit steps of the answer. "
+        "Hover a column name for its definition."
+    )
+    report.table(
+        headline_rows(summaries),
+        [label for label, _, _ in HEADLINE],
+        text_columns=("model", "condition"),
+        help={label: text for label, _, text in HEADLINE},
+    )
     report.paragraph(_METRICS_NOTE)
-    if manifests:
-        _runs_table(report, manifests)
-    report.heading("Summary")
-    report.table(summary_table(summaries), SUMMARY_COLUMNS, text_columns=("model", "condition"))
+    pngs: list[tuple[go.Figure, Path]] = []
     for name, fig, caption in _figures(rows, summaries):
         report.heading(caption.split(" (")[0].rstrip("."))
         report.figure(fig, caption)
-        if png:
-            _save(fig, fig_dir, name, written)
-    _tests_table(report, summaries)
-    _heatmaps(report, rows, n_heatmaps, fig_dir if png else None, written)
-    _examples_table(report, rows)
+        pngs.append((fig, fig_dir / f"{name}.png"))
+    _heatmaps(report, rows, n_heatmaps, fig_dir, pngs)
+    with report.details("Runs and full tables"):
+        if manifests:
+            _runs_table(report, manifests)
+        report.heading("Summary (all columns)")
+        report.legend({_summary_label(c): text for c, text in _SUMMARY_HELP.items()})
+        report.table(
+            summary_table(summaries),
+            SUMMARY_COLUMNS,
+            text_columns=("model", "condition"),
+            labels={c: _summary_label(c) for c in SUMMARY_COLUMNS},
+        )
+        _tests_table(report, summaries)
+        _examples_table(report, rows)
+    if png:
+        fig_dir.mkdir(parents=True, exist_ok=True)
+        for path in fg.save_pngs(pngs):
+            written[f"png_{path.stem}"] = path
     png_state = fg.png_status()
     if png and png_state["works"] is False:
         report.paragraph(f"PNG export was unavailable: {png_state['reason']}", note=True)

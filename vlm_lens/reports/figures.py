@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
+import plotly.io as pio
 from plotly.subplots import make_subplots
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "halo_bars",
     "regrounding_bars",
     "save_png",
+    "save_pngs",
     "sparsity_box",
     "step_curves",
 ]
@@ -50,6 +52,7 @@ log = logging.getLogger(__name__)
 _PNG_STATE: dict[str, Any] = {"works": None, "reason": ""}
 
 _ORDINAL = ("1st", "2nd", "3rd")
+_PALETTE = ("#636efa", "#00cc96", "#ef553b", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692")
 
 
 def _label(text: Any) -> str:
@@ -72,6 +75,10 @@ def _models(items: Sequence[dict]) -> list[str]:
     return seen
 
 
+def _colour(k: int) -> str:
+    return _PALETTE[k % len(_PALETTE)]
+
+
 def _headline(rows: Sequence[dict]) -> int | None:
     for r in rows:
         if r.get("layers"):
@@ -82,10 +89,13 @@ def _headline(rows: Sequence[dict]) -> int | None:
 def accuracy_mbe_bars(summaries: Sequence[dict]) -> go.Figure:
     """Accuracy and MBE per model (x) and condition (colour): the paper's Fig. 2."""
     fig = make_subplots(
-        rows=1, cols=2, subplot_titles=("Accuracy", "Mean bias error (prediction − count)")
+        rows=1,
+        cols=2,
+        subplot_titles=("Accuracy", "Mean bias error (prediction − count)"),
+        horizontal_spacing=0.14,
     )
     models = _models(summaries)
-    for condition in dict.fromkeys(s["condition"] for s in summaries):
+    for c_index, condition in enumerate(dict.fromkeys(s["condition"] for s in summaries)):
         by_model = {s["model"]: s for s in summaries if s["condition"] == condition}
         x = [_label(m) for m in models]
         for col, key in ((1, "accuracy"), (2, "mbe")):
@@ -96,12 +106,20 @@ def accuracy_mbe_bars(summaries: Sequence[dict]) -> go.Figure:
                     name=_label(condition),
                     legendgroup=condition,
                     showlegend=col == 1,
+                    marker_color=_colour(c_index),  # one colour per condition in both panels
                 ),
                 row=1,
                 col=col,
             )
     fig.update_layout(barmode="group", title="Counting accuracy and bias", height=420)
-    fig.update_yaxes(range=[0, 1], row=1, col=1)
+    fig.update_yaxes(range=[0, 1.05], title_text="share exact", row=1, col=1)
+    # Padding on both sides of the bars (and 0), so no tick sits under the panel's title.
+    mbe = [_num(s.get("mbe")) for s in summaries]
+    mbe = [v for v in mbe if v is not None]
+    lo, hi = min([0.0, *mbe]), max([0.0, *mbe])
+    pad = 0.15 * (hi - lo) or 0.5
+    fig.update_yaxes(range=[lo - pad, hi + pad], title_text="dots", row=1, col=2)
+    fig.update_annotations(yshift=8)  # subplot titles: clear of the plot's top edge
     return fig
 
 
@@ -202,7 +220,13 @@ def attention_heatmaps(row: dict, layers: Sequence[int] | None = None) -> go.Fig
                 continue
             z = np.asarray(entry["map"], dtype=float).reshape(h, w)
             fig.add_trace(
-                go.Heatmap(z=z, colorscale="Viridis", showscale=False), row=i + 1, col=j + 1
+                go.Heatmap(
+                    z=z,
+                    coloraxis="coloraxis",
+                    hovertemplate="row %{y}, col %{x}: %{z:.4f}<extra></extra>",
+                ),
+                row=i + 1,
+                col=j + 1,
             )
             if len(centres):  # the dots, in grid-cell coordinates
                 xy = (centres[:, 0] / width * w - 0.5, centres[:, 1] / height * h - 0.5)
@@ -212,16 +236,30 @@ def attention_heatmaps(row: dict, layers: Sequence[int] | None = None) -> go.Fig
             fig.update_yaxes(  # square cells, whatever size the figure is drawn at
                 range=[h - 0.5, -0.5], scaleanchor="x" if k == 1 else f"x{k}", row=i + 1, col=j + 1
             )
-    fig.update_xaxes(showticklabels=False)
-    fig.update_yaxes(showticklabels=False)
+    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
+    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False)
     pred = row.get("prediction")
+    # One colour scale for every panel (0 to the largest cell of the figure), so the 1st
+    # and 2nd digit maps are read on the same scale.
+    top = max((float(np.max(e["map"])) for e in entries if len(e["map"])), default=1.0)
+    fig.update_annotations(font_size=11)
     fig.update_layout(
-        title=_label(
-            f"{row.get('model', '')} · sample {row['index']} ({row['condition']}): "
-            f"GT {row['count']} → Pred {pred if pred is not None else '—'}"
-        ),
-        height=220 * max(len(layers), 1) + 80,
-        width=220 * max(len(digits), 1) + 120,
+        title={
+            "text": _label(f"{row.get('model', '')} · sample {row['index']} ({row['condition']})")
+            + "<br>"
+            + _label(f"count {row['count']}, answer {pred if pred is not None else '—'}"),
+            "font": {"size": 14},
+        },
+        coloraxis={
+            "colorscale": "Viridis",
+            "cmin": 0.0,
+            "cmax": top or 1.0,
+            "colorbar": {"title": {"text": "share of<br>image attn.", "side": "top"}},
+        },
+        margin={"t": 100, "l": 20, "r": 20},
+        plot_bgcolor="white",
+        height=220 * max(len(layers), 1) + 110,
+        width=max(220 * max(len(digits), 1) + 200, 520),
     )
     return fig
 
@@ -231,10 +269,12 @@ def halo_bars(summaries: Sequence[dict], layer: int | None = None) -> go.Figure:
     fig = make_subplots(
         rows=1,
         cols=2,
-        subplot_titles=("Share of image attention by region", "Centroid hit rate"),
-        column_widths=[0.65, 0.35],
+        subplot_titles=("Image attention share by region", "Centroid hit rate"),
+        column_widths=[0.6, 0.4],
+        horizontal_spacing=0.12,
     )
     regions = ("centre", "hull_band", "background")
+    n_trace = 0
     for s in summaries:
         lay = s["headline_layer"] if layer is None else layer
         steps = sorted((st for st in s["steps"] if st["layer"] == lay), key=lambda st: st["digit"])
@@ -246,6 +286,7 @@ def halo_bars(summaries: Sequence[dict], layer: int | None = None) -> go.Figure:
                     y=[_num(st[f"{r}_mean"]) for r in regions],
                     name=name,
                     legendgroup=name,
+                    marker_color=_colour(n_trace),
                 ),
                 row=1,
                 col=1,
@@ -257,10 +298,12 @@ def halo_bars(summaries: Sequence[dict], layer: int | None = None) -> go.Figure:
                     name=name,
                     legendgroup=name,
                     showlegend=False,
+                    marker_color=_colour(n_trace),  # the legend's colour names the bar
                 ),
                 row=1,
                 col=2,
             )
+            n_trace += 1
         if s.get("area"):
             fig.add_trace(
                 go.Scatter(
@@ -273,7 +316,16 @@ def halo_bars(summaries: Sequence[dict], layer: int | None = None) -> go.Figure:
                 row=1,
                 col=1,
             )
-    fig.update_layout(barmode="group", title="Halo Effect", height=460)
+    fig.update_layout(
+        barmode="group",
+        title="Halo Effect",
+        height=520,
+        legend={"orientation": "h", "yanchor": "top", "y": -0.25, "x": 0},
+        margin={"b": 140},
+    )
+    fig.update_xaxes(showticklabels=False, row=1, col=2)  # the legend names the bars
+    fig.update_yaxes(title_text="share", row=1, col=1)
+    fig.update_annotations(yshift=8)
     return fig
 
 
@@ -307,22 +359,34 @@ def _first_line(err: Exception) -> str:
     return lines[0][:200] if lines else ""
 
 
+def _png_failed(err: Exception) -> None:
+    _PNG_STATE.update(works=False, reason=f"{type(err).__name__}: {_first_line(err)}")
+    log.warning(
+        "PNG export unavailable (%s); figures are in the HTML report only. "
+        "Install Chromium for kaleido (Debian: apt-get install chromium) to get PNGs.",
+        _PNG_STATE["reason"],
+    )
+
+
 def save_png(fig: go.Figure, path: str | Path, scale: float = 2.0) -> bool:
     """Write `fig` as PNG if plotly's export works here; otherwise warn once and return False."""
-    if _PNG_STATE["works"] is False:
-        return False
+    return bool(save_pngs([(fig, Path(path))], scale=scale))
+
+
+def save_pngs(figures: Sequence[tuple[go.Figure, Path]], scale: float = 2.0) -> list[Path]:
+    """Write every (figure, path) as PNG in one renderer session (`plotly.io.write_images`:
+    kaleido starts Chrome once instead of once per figure); returns the paths written, none
+    when the export does not work here (warned once, as `save_png`)."""
+    if _PNG_STATE["works"] is False or not figures:
+        return []
+    paths = [Path(p) for _, p in figures]
     try:
-        fig.write_image(str(path), scale=scale)
+        pio.write_images([f for f, _ in figures], [str(p) for p in paths], scale=scale)
     except Exception as err:  # kaleido raises RuntimeError without Chrome, others vary
-        _PNG_STATE.update(works=False, reason=f"{type(err).__name__}: {_first_line(err)}")
-        log.warning(
-            "PNG export unavailable (%s); figures are in the HTML report only. "
-            "Install Chromium for kaleido (Debian: apt-get install chromium) to get PNGs.",
-            _PNG_STATE["reason"],
-        )
-        return False
+        _png_failed(err)
+        return []
     _PNG_STATE["works"] = True
-    return True
+    return paths
 
 
 def png_status() -> dict[str, Any]:

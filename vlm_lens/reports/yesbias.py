@@ -40,8 +40,12 @@ from vlm_lens.studies.checks import EmptyMeasurementError, require_finite
 from vlm_lens.studies.yesbias import analyze
 
 __all__ = [
+    "HEADLINE_FILE",
+    "HEADLINE_METRICS",
     "METRIC_TITLES",
     "dose_response",
+    "headline_grid",
+    "headline_text",
     "layer_shares_figure",
     "quarter_heatmap",
     "report_run",
@@ -76,11 +80,14 @@ def _layer_order(layers: Sequence[str]) -> list[str]:
     return first + [x for x in present if x not in first]
 
 
-def _row_label(row: Mapping[str, Any]) -> str:
+def _row_label(row: Mapping[str, Any], long: bool = False) -> str:
+    """An intervention's name: short for a heatmap's axis, `long` for the headline grid."""
     if row["kind"] == "redistribute":
+        if long:
+            return f"move {row['target']} (fraction {row['fraction']:g})"
         return f"{row['target']} f={row['fraction']:g}"
     if row["kind"] == "scale":
-        return f"{row['target']} ×{row['alpha']:g}"
+        return f"{row['target']} {'attention ' if long else ''}×{row['alpha']:g}"
     return f"{row['kind']} {row['target']}"
 
 
@@ -256,6 +263,93 @@ def layer_shares_figure(
     return fig
 
 
+# -------------------------------------------------------------------------------- headline
+
+HEADLINE_METRICS = ("d_paired_accuracy", "d_yes_rate")
+_SHORT = {"d_paired_accuracy": "Δ paired acc.", "d_yes_rate": "Δ yes-rate"}
+_HELP = {
+    "Δ paired acc.": "Change in paired accuracy against the baseline (fraction of pairing "
+    "units whose every prompt is answered right; +0.10 = 10 points more), paired bootstrap "
+    "95% interval below.",
+    "Δ yes-rate": "Change in the share of answers that are 'yes' against the baseline "
+    "(+0.10 = 10 points more yes), paired bootstrap 95% interval below.",
+}
+
+
+def headline_grid(
+    table: Sequence[Mapping[str, Any]], fraction: float | None = None
+) -> tuple[list[str], list[tuple[str, list[tuple[float, float, float] | None]]]]:
+    """The paper's Table-style summary: one row per intervention (each redistribution
+    direction at `fraction`, default the largest run; image scaling; knockout), one column
+    group per layer selection (Q1..Q4, then any other), and in each group
+    `HEADLINE_METRICS` as (value, low, high) or None where the cell was not run.
+
+    Returns (layer selections, rows); rows are (label, cells) with cells group-major.
+    """
+    rows = [r for r in table if r["kind"] != "baseline"]
+    fr = [r["fraction"] for r in rows if r["kind"] == "redistribute"]
+    if fraction is None and fr:
+        fraction = max(fr)
+    rows = [r for r in rows if r["kind"] != "redistribute" or r["fraction"] == fraction]
+    columns = _layer_order([r["layers"] for r in rows])
+    cell = {(_row_label(r, long=True), r["layers"]): r for r in rows}
+    out = []
+    for label in dict.fromkeys(_row_label(r, long=True) for r in rows):
+        cells: list[tuple[float, float, float] | None] = []
+        for col in columns:
+            r = cell.get((label, col))
+            for m in HEADLINE_METRICS:
+                v = None if r is None else _num(r.get(m))
+                cells.append(
+                    None if v is None else (v, _num(r.get(f"{m}_lo")), _num(r.get(f"{m}_hi")))
+                )
+        out.append((label, cells))
+    return columns, out
+
+
+def _fmt_ci(cell: tuple[float, float, float] | None) -> str:
+    if cell is None:
+        return "-"
+    v, lo, hi = cell
+    if lo is None or hi is None:
+        return f"{v:+.2f}"
+    mark = "*" if lo > 0 or hi < 0 else " "
+    return f"{v:+.2f}{mark}[{lo:+.2f},{hi:+.2f}]"
+
+
+def headline_text(table: Sequence[Mapping[str, Any]], benchmark: str = "") -> str:
+    """`headline_grid` as a compact text table (one block per metric) for the terminal; *
+    marks an interval that excludes 0."""
+    columns, rows = headline_grid(table)
+    if not rows:
+        return f"{benchmark}: baseline only (no intervention to compare)"
+    base = next((r for r in table if r["kind"] == "baseline"), None)
+    lines = [
+        f"{benchmark}: Δ against the baseline, paired bootstrap 95% CI (* excludes 0)"
+        + (
+            ""
+            if base is None
+            else f"; baseline paired acc. {base['paired_accuracy']:.2f}, "
+            f"yes-rate {base['yes_rate']:.2f}, {base['n_units']} units"
+        )
+    ]
+    width = max(len(lab) for lab, _ in rows)
+    k = len(HEADLINE_METRICS)
+    for m_index, metric in enumerate(HEADLINE_METRICS):
+        cells = [[_fmt_ci(c[g * k + m_index]) for g in range(len(columns))] for _, c in rows]
+        col_w = [max([len(columns[g])] + [len(r[g]) for r in cells]) for g in range(len(columns))]
+        lines.append(
+            f"  {_SHORT[metric]:<{width}}  "
+            + "  ".join(c.ljust(w) for c, w in zip(columns, col_w, strict=True)).rstrip()
+        )
+        for (label, _), r in zip(rows, cells, strict=True):
+            lines.append(
+                f"  {label:<{width}}  "
+                + "  ".join(c.ljust(w) for c, w in zip(r, col_w, strict=True)).rstrip()
+            )
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------- report
 
 _TABLE_VIEW = (
@@ -274,6 +368,38 @@ _TABLE_VIEW = (
     "d_mean_score",
     "d_score_paired_accuracy",
 )
+_TABLE_LABELS = {
+    "condition": "condition",
+    "n_units": "units",
+    "paired_accuracy": "paired acc.",
+    "accuracy": "accuracy",
+    "yes_rate": "yes-rate",
+    "other_rate": "other-rate",
+    "d_paired_accuracy": "Δ paired acc.",
+    "d_paired_accuracy_lo": "(95% low)",
+    "d_paired_accuracy_hi": "(95% high)",
+    "d_yes_rate": "Δ yes-rate",
+    "d_yes_rate_lo": "(95% low)",
+    "d_yes_rate_hi": "(95% high)",
+    "d_mean_score": "Δ mean score",
+    "d_score_paired_accuracy": "Δ score paired acc.",
+}
+_TABLE_HELP = {
+    "condition": "kind:source->recipients:layers:fraction (f) or scale factor (a)",
+    "n_units": "pairing units (e.g. the yes- and no-question about one image) measured",
+    "paired_accuracy": "fraction of pairing units whose every prompt is answered right",
+    "accuracy": "fraction of prompts answered right (first word yes/no; other = wrong)",
+    "yes_rate": "fraction of answers that are 'yes'",
+    "other_rate": "fraction of answers that are neither yes nor no",
+    "d_paired_accuracy": "paired accuracy minus the baseline's, same items",
+    "d_paired_accuracy_lo": "paired bootstrap 95% interval, lower end",
+    "d_paired_accuracy_hi": "paired bootstrap 95% interval, upper end",
+    "d_yes_rate": "yes-rate minus the baseline's, same items",
+    "d_yes_rate_lo": "paired bootstrap 95% interval, lower end",
+    "d_yes_rate_hi": "paired bootstrap 95% interval, upper end",
+    "d_mean_score": "change in the mean of log P(yes) - log P(no) at the first answer step (nats)",
+    "d_score_paired_accuracy": "change in paired accuracy when the answer is the sign of the score",
+}
 
 
 def _headline_conditions(metrics: Mapping[str, Any]) -> list[str]:
@@ -344,29 +470,20 @@ def write_report(
 
 
 def _benchmark_section(report: Report, result: Mapping[str, Any], n_examples: int) -> None:
-    """One benchmark's part of the page: its run, tables, figures and example answers."""
+    """One benchmark's part of the page: the headline grid, figures, then the run's
+    details, full tables and example answers collapsed."""
     settings = result.get("settings", {})
     table = result["table"]
     metrics = result["metrics"]
     bench = settings.get("benchmark") or (table[0]["benchmark"] if table else "?")
     report.heading(f"{bench}")
-    _run_paragraphs(report, result)
-    if table:
-        report.heading("Conditions against the baseline", level=3)
-        report.table(table, _TABLE_VIEW, text_columns=("condition",))
-    heads = _headline_conditions(metrics)
-    if heads:
-        report.heading("Official metrics (baseline and the paper's arms)", level=3)
-        report.table(
-            _official_rows(metrics, heads),
-            ["metric", *heads, "baseline 95% CI"],
-            text_columns=("metric", "baseline 95% CI"),
-        )
+    _headline_section(report, table)
     if any(r["kind"] != "baseline" for r in table):
-        for metric in ("d_paired_accuracy", "d_yes_rate"):
+        for metric in HEADLINE_METRICS:
             report.figure(
                 quarter_heatmap(table, metric, title=f"{bench}: {METRIC_TITLES[metric]}"),
-                caption=f"{METRIC_TITLES[metric]} per intervention and layer selection.",
+                caption=f"{METRIC_TITLES[metric]} per intervention and layer selection "
+                "(hover: 95% interval).",
             )
     if any(r["kind"] == "redistribute" for r in table):
         report.figure(
@@ -379,7 +496,51 @@ def _benchmark_section(report: Report, result: Mapping[str, Any], n_examples: in
             layer_shares_figure(shares, title=f"{bench}: attention share at the answer step"),
             caption="Baseline run, mean over heads and items, first answer step.",
         )
-    _examples(report, result, n_examples)
+    with report.details(f"{bench}: run settings and full tables"):
+        _run_paragraphs(report, result)
+        if table:
+            report.heading("Conditions against the baseline", level=3)
+            report.legend({_TABLE_LABELS[c]: _TABLE_HELP[c] for c in _TABLE_VIEW})
+            report.table(
+                table,
+                _TABLE_VIEW,
+                text_columns=("condition",),
+                labels=_TABLE_LABELS,
+                help=_TABLE_HELP,
+            )
+        heads = _headline_conditions(metrics)
+        if heads:
+            report.heading("Official metrics (baseline and the paper's arms)", level=3)
+            report.table(
+                _official_rows(metrics, heads),
+                ["metric", *heads, "baseline 95% CI"],
+                text_columns=("metric", "baseline 95% CI"),
+            )
+        _examples(report, result, n_examples)
+
+
+def _headline_section(report: Report, table: Sequence[Mapping[str, Any]]) -> None:
+    """The grid of `headline_grid` with the baseline it is measured against."""
+    columns, rows = headline_grid(table)
+    base = next((r for r in table if r["kind"] == "baseline"), None)
+    report.heading("Headline: change against the baseline per layer quarter", level=3)
+    if base is not None:
+        report.paragraph(
+            f"Baseline: paired accuracy {base['paired_accuracy']:.3f}, yes-rate "
+            f"{base['yes_rate']:.3f}, accuracy {base['accuracy']:.3f} over {base['n_units']} "
+            "pairing units. Each cell: Δ = condition − baseline on the same items, with the "
+            "paired bootstrap 95% interval below; bold where the interval excludes 0."
+        )
+    if not rows:
+        report.paragraph("Only the baseline was run: no intervention to compare.")
+        return
+    report.grid(
+        "intervention",
+        rows,
+        groups=[f"layers {c}" for c in columns],
+        subcolumns=[_SHORT[m] for m in HEADLINE_METRICS],
+        help=_HELP,
+    )
 
 
 def _run_paragraphs(report: Report, result: Mapping[str, Any]) -> None:
@@ -426,24 +587,34 @@ def _examples(report: Report, result: Mapping[str, Any], n_examples: int) -> Non
     )
 
 
+HEADLINE_FILE = "headline.txt"
+
+
 def write_outputs(
     out_dir: str | Path, *, n_boot: int = 1000, notes: Sequence[str] = ()
 ) -> list[Path]:
     """`analyze` every run at or below `out_dir` and write one report per model folder (all
-    its benchmarks), `<out_dir>/<model>/report.html`; returns the pages written. The
-    study's report function (`harness.report(yesbias.STUDY, out_dir)`)."""
+    its benchmarks), `<out_dir>/<model>/report.html`, with its benchmarks' `headline_text`
+    in `<out_dir>/<model>/headline.txt` (what the CLI prints); returns the pages written.
+    The study's report function (`harness.report(yesbias.STUDY, out_dir)`)."""
     by_model: dict[Path, list[dict]] = {}
     for run_dir in harness.run_dirs(out_dir):
         by_model.setdefault(run_dir.parent, []).append(analyze(run_dir, n_boot=n_boot))
-    return [
-        write_report(
-            model_dir / "report.html",
-            results,
-            title=f"Yes-bias study: {model_dir.name}",
-            notes=notes,
+    pages = []
+    for model_dir, results in by_model.items():
+        pages.append(
+            write_report(
+                model_dir / "report.html",
+                results,
+                title=f"Yes-bias study: {model_dir.name}",
+                notes=notes,
+            )
         )
-        for model_dir, results in by_model.items()
-    ]
+        text = "\n\n".join(
+            headline_text(r["table"], r.get("settings", {}).get("benchmark", "?")) for r in results
+        )
+        (model_dir / HEADLINE_FILE).write_text(text + "\n", encoding="utf-8")
+    return pages
 
 
 def report_run(

@@ -82,6 +82,8 @@ SUMMARY_COLUMNS = (
     "gini_digit2",
     "entropy_digit1",
     "entropy_digit2",
+    "image_mass_digit1",
+    "image_mass_digit2",
     "sparsity_drop",
     "sparsity_drop_statistic",
     "sparsity_drop_p",
@@ -92,6 +94,9 @@ SUMMARY_COLUMNS = (
     "hull_band_share_digit1",
     "background_share_digit1",
     "centroid_hit_rate_digit1",
+    "centre_area",
+    "hull_band_area",
+    "background_area",
     "regrounding",
     "regrounded_accuracy",
     "regrounded_mbe",
@@ -157,6 +162,9 @@ def _step(summary: dict, layer: int | None, digit: int, metric: str) -> float | 
     return None
 
 
+_REGIONS = ("centre", "hull_band", "background")
+
+
 def summary_table(summaries: Sequence[dict]) -> list[dict[str, Any]]:
     """One flat row per (model, condition), metrics at the headline (first chosen) layer."""
     table = []
@@ -179,6 +187,8 @@ def summary_table(summaries: Sequence[dict]) -> list[dict[str, Any]]:
                 "gini_digit2": _step(s, layer, 1, "gini"),
                 "entropy_digit1": _step(s, layer, 0, "entropy"),
                 "entropy_digit2": _step(s, layer, 1, "entropy"),
+                "image_mass_digit1": _step(s, layer, 0, "image_mass"),
+                "image_mass_digit2": _step(s, layer, 1, "image_mass"),
                 "sparsity_drop": drop.get("mean_diff"),
                 "sparsity_drop_statistic": drop.get("statistic"),
                 "sparsity_drop_p": drop.get("p_value"),
@@ -189,6 +199,7 @@ def summary_table(summaries: Sequence[dict]) -> list[dict[str, Any]]:
                 "hull_band_share_digit1": _step(s, layer, 0, "hull_band"),
                 "background_share_digit1": _step(s, layer, 0, "background"),
                 "centroid_hit_rate_digit1": _step(s, layer, 0, "centroid_hit_rate"),
+                **{f"{k}_area": (s.get("area") or {}).get(k) for k in _REGIONS},
                 "regrounding": reg.get("mode"),
                 "regrounded_accuracy": (reg.get("regrounded") or {}).get("accuracy"),
                 "regrounded_mbe": (reg.get("regrounded") or {}).get("mbe"),
