@@ -158,6 +158,7 @@ def _sample_row(
     prediction = parse_count(text, config.answer)
     steps, digits = digit_steps(tokens, model.tokens_to_text, config.answer)
     grid = tuple(inputs.segments.samples[r].images[0].grid)
+    keep = config.controls or sample.index < config.example_maps
     attention = recording_metrics(
         out.recording,
         steps,
@@ -167,9 +168,8 @@ def _sample_row(
         grid,
         row=r,
         band_width=config.band_width,
-        keep_map=sample.index < config.example_maps,
+        keep_map=keep,
     )
-    keep = sample.index < config.example_maps
     return Record(
         condition=config.condition,
         index=sample.index,
