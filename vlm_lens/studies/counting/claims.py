@@ -254,8 +254,11 @@ def claims_text(summary: dict[str, Any]) -> list[str]:
                 f"logit coef {_f(d[s]['score_coef'], '{:+.2f}')} "
                 f"(p {_f(d[s]['score_p'], '{:.2g}')})"
             )
+        few = min(d["n_wrong"], d["n"] - d["n_wrong"]) < MIN_CLASS
         lines.append(
-            f"  decay -> {place} digit error ({d['n']} digits, {d['n_wrong']} wrong): "
+            f"  decay -> {place} digit error ({d['n']} digits, {d['n_wrong']} wrong"
+            + (f"; fewer than {MIN_CLASS} in a class, not read" if few else "")
+            + "): "
             + "; ".join(parts)
         )
     reg = summary.get("regrounding_test")
