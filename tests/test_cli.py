@@ -166,6 +166,8 @@ def test_two_count_processes_into_one_out_give_one_error_and_a_correct_run(
         out, err = first.communicate(timeout=600)
     assert first.returncode == 0, err[-3000:]
     (log,) = tmp_path.rglob("samples.jsonl")
-    indices = [json.loads(line)["index"] for line in log.read_text().splitlines()]
-    assert sorted(indices) == list(range(n))
+    done = [json.loads(line) for line in log.read_text().splitlines()]
+    assert sorted((r["condition"], r["index"]) for r in done) == [
+        (c, i) for c in ("baseline", "shuffled") for i in range(n)
+    ]  # the baseline and its content-free control, every sample once
     assert (tmp_path / "report.html").exists()

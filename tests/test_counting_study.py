@@ -77,7 +77,9 @@ def test_full_table_and_escaped_report(full_run: Path):
                 assert e[key] is not None and math.isfinite(e[key])
             assert len(e["head_gini"]) == 4  # the tiny model's heads
             assert math.isclose(e["centre"] + e["hull_band"] + e["background"], 1, abs_tol=1e-9)
-        assert ("map" in r["attention"][0]) == (r["index"] < CONFIG.example_maps)
+        # controls (on by default) keep every sample's map and dots; tested off in
+        # test_counting_claims.py
+        assert CONFIG.controls and "map" in r["attention"][0] and len(r["centres"]) == r["count"]
 
     with open(full_run / "summary.csv", newline="") as f:
         summary = list(csv.DictReader(f))
@@ -186,7 +188,13 @@ def test_cli_runs_resumes_and_reports(tiny_ckpt, tmp_path, capsys):
     assert main(["count", "merge", "--out", str(tmp_path), "--no-png"]) == 1  # 1 of 2 missing
     assert main(argv) == 0
     (model_dir,) = [p for p in tmp_path.iterdir() if (p / "run.json").exists()]
-    assert len(_rows(model_dir / "samples.jsonl")) == 2
+    rows = _rows(model_dir / "samples.jsonl")  # the baseline and its content-free control
+    assert sorted((r["condition"], r["index"]) for r in rows) == [
+        ("baseline", 0),
+        ("baseline", 1),
+        (counting.CONTROL_CONDITION, 0),
+        (counting.CONTROL_CONDITION, 1),
+    ]
     assert (tmp_path / "report.html").exists()
     summaries = json.loads((tmp_path / "summary.json").read_text())
     headline = headline_text(summaries)
@@ -234,7 +242,7 @@ def test_cli_layers_take_the_layer_grammar_and_a_bad_spec_writes_nothing(
     assert main([*argv, "--out", str(tmp_path / "q"), "--layers", "Q4"]) == 0
     (manifest,) = (tmp_path / "q").rglob("run.json")
     assert json.loads(manifest.read_text())["conditions"]["baseline"]["layers"] == "Q4"
-    (row,) = _rows(manifest.parent / "samples.jsonl")
+    (row,) = [r for r in _rows(manifest.parent / "samples.jsonl") if r["condition"] == "baseline"]
     assert sorted({e["layer"] for e in row["attention"]}) == resolve_layers("Q4", n_layers)
 
 

@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 
 from vlm_lens import HookedVLM
-from vlm_lens.architectures.idefics3 import ARCHITECTURE, tile_side
 from vlm_lens.adapters import TileLayout
+from vlm_lens.architectures.idefics3 import ARCHITECTURE, tile_side
 
 IMG, FAKE, GLOBAL, NL, T = 9, 7, 8, 5, 1
 TAG = 20  # any tile tag: the layout reads tags only to find the global one

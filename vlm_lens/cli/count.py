@@ -132,6 +132,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--digits-only", action="store_true", help="allow only digit tokens (debug)")
     p.add_argument("--example-maps", type=INDEX, default=4, help="samples whose maps are stored")
+    p.add_argument(
+        "--controls",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run the images with their dots shuffled (condition 'shuffled'): the sink "
+        "baseline, halo controls and the paper's claims need it (default on)",
+    )
     p.add_argument("--no-png", action="store_true", help="do not try to write PNG figures")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
@@ -191,6 +198,7 @@ def _configs(args: argparse.Namespace, layers: Any, depth: int, untrained: bool)
         cot=args.cot,
         three_digit=args.three_digit,
         cot_max_new_tokens=args.cot_max_new_tokens,
+        controls=args.controls,
     )
     for config in configs:  # image size, radius and counts must fit: draw one image of each
         try:
@@ -262,4 +270,7 @@ def _report(out: Path, args: argparse.Namespace) -> None:
 
     written = harness.report(counting.STUDY, out, png=not args.no_png)
     print(headline_text(written["summaries"]))
+    for summary in written["summaries"]:
+        for line in counting.claims_text(summary):
+            print(line)
     print(f"report: {written['paths']['report']}")

@@ -22,7 +22,13 @@ import plotly.graph_objects as go
 from vlm_lens.reports import figures as fg
 from vlm_lens.reports.html import Report
 from vlm_lens.studies.checks import EmptyMeasurementError, require_finite
-from vlm_lens.studies.counting import SUMMARY_COLUMNS, summary_table, write_tables
+from vlm_lens.studies.counting import (
+    CONTROL_CONDITION,
+    SUMMARY_COLUMNS,
+    summary_table,
+    write_tables,
+)
+from vlm_lens.studies.counting.claims import DECAY_SCORES
 
 __all__ = ["HEADLINE", "counting_report", "headline_rows", "headline_text", "write_outputs"]
 
@@ -241,6 +247,146 @@ def _heatmaps(
         drawn += 1
 
 
+def _claims_block(report: Report, summaries: Sequence[dict]) -> None:
+    """The headline: each claim of the paper, this run's verdict and its numbers."""
+    judged = [s for s in summaries if s.get("claims")]
+    if not judged:
+        return
+    report.heading("The paper's claims: what this run says")
+    report.table(
+        [
+            {
+                "model": s["model"],
+                "condition": s["condition"],
+                "claim": v["statement"],
+                "verdict": v["verdict"],
+                "evidence": v["evidence"],
+            }
+            for s in judged
+            for claim in s["claims"]
+            for v in (claim, *claim.get("parts", ()))
+        ],
+        text_columns=("model", "condition", "claim", "verdict", "evidence"),
+    )
+    report.paragraph(
+        "Halo: the permutation test scores each image's attention against the hull of "
+        "another image with the same count. Decay: AUROC of the units digit's sparsity, "
+        "entropy and image mass for that digit being right. Takeover: Wilcoxon tests of "
+        "the 1st against the 2nd digit, headline layer.",
+        note=True,
+    )
+
+
+def _controls_tables(report: Report, summaries: Sequence[dict]) -> None:
+    """Halo controls per layer and digit step; decay -> error per digit place."""
+    controls = [
+        {"model": s["model"], "condition": s["condition"], **c}
+        for s in summaries
+        for c in s.get("controls") or []
+        if c["measured"]
+    ]
+    if controls:
+        report.heading("Halo controls: sink baseline (dots shuffled) and hull permutation test")
+        report.table(
+            [
+                {
+                    "model": c["model"],
+                    "condition": c["condition"],
+                    "layer": c["layer"],
+                    "digit": c["digit"] + 1,
+                    "sink cells": len(c["sink_cells"]),
+                    **{
+                        f"{label} {kind}": c["halo"][f"{prefix}{region}"]
+                        for region, label in (("hull_band", "hull band"), ("centre", "centre"))
+                        for kind, prefix in (
+                            ("raw", ""),
+                            ("sinks out", "nosink_"),
+                            ("/ baseline", "ratio_"),
+                        )
+                    },
+                    "hull excess": c["permutation"]["hull_band"].get("excess"),
+                    "p (hull >)": c["permutation"]["hull_band"].get("p_greater"),
+                    "centre excess": c["permutation"]["centre"].get("excess"),
+                    "p (centre <)": c["permutation"]["centre"].get("p_less"),
+                }
+                for c in controls
+            ],
+            text_columns=("model", "condition"),
+        )
+    decay = [
+        {
+            "model": s["model"],
+            "condition": s["condition"],
+            "digit": place,
+            "n": d["n"],
+            "wrong": d["n_wrong"],
+            "score": score,
+            "AUROC": d[score]["auroc"]["auroc"],
+            "CI low": d[score]["auroc"]["ci_low"],
+            "CI high": d[score]["auroc"]["ci_high"],
+            "logit coef (per sd, count held)": d[score]["score_coef"],
+            "p": d[score]["score_p"],
+        }
+        if d["status"] == "measured"
+        else {
+            "model": s["model"],
+            "condition": s["condition"],
+            "digit": place,
+            "n": d["n"],
+            "wrong": d["n_wrong"],
+            "score": d["status"],
+        }
+        for s in summaries
+        for place, d in (s.get("decay") or {}).items()
+        for score in (DECAY_SCORES if d["status"] == "measured" else ("",))
+    ]
+    if decay:
+        report.heading("Does attention decay predict a wrong digit?")
+        report.table(decay, text_columns=("model", "condition", "digit", "score"))
+    tests = [
+        {"model": s["model"], "condition": s["condition"], **s["regrounding_test"]}
+        for s in summaries
+        if s.get("regrounding_test")
+    ]
+    if tests:
+        report.heading("Re-grounding and the units digit (McNemar exact test)")
+        report.table(tests, text_columns=("model", "condition", "method"))
+
+
+def _baseline_heatmaps(report: Report, summaries: Sequence[dict]) -> None:
+    """The content-free baseline map of each judged condition, drawn as the samples are."""
+    drawn = 0
+    for s in summaries:
+        entries = [
+            {"layer": c["layer"], "digit": c["digit"], "token": "any", "map": c["baseline_map"]}
+            for c in s.get("controls") or []
+            if c["measured"]
+        ]
+        if not entries:
+            continue
+        grids = {tuple(c["grid"]) for c in s["controls"] if c["measured"]}
+        if len(grids) != 1:
+            continue
+        pseudo = {
+            "model": s["model"],
+            "condition": CONTROL_CONDITION,
+            "index": "mean",
+            "count": "-",
+            "grid": list(grids.pop()),
+            "image_size": [1, 1],
+            "attention": entries,
+        }
+        if not drawn:
+            report.heading("Content-free baseline (dots shuffled), beside the sample maps below")
+        drawn += 1
+        fig = fg.attention_heatmaps(pseudo)
+        fig.update_layout(
+            title=f"{s['model']} · content-free baseline for '{s['condition']}': "
+            "mean map over the dots-shuffled images"
+        )
+        report.figure(fig, "Where attention goes whatever the dots are (the sink baseline).")
+
+
 def _examples_table(report: Report, rows: Sequence[dict]) -> None:
     report.heading("Example answers")
     report.table(
@@ -300,12 +446,15 @@ def counting_report(
         text_columns=("model", "condition"),
         help={label: text for label, _, text in HEADLINE},
     )
+    _claims_block(report, summaries)
     report.paragraph(_METRICS_NOTE)
     pngs: list[tuple[go.Figure, Path]] = []
     for name, fig, caption in _figures(rows, summaries):
         report.heading(caption.split(" (")[0].rstrip("."))
         report.figure(fig, caption)
         pngs.append((fig, fig_dir / f"{name}.png"))
+    _controls_tables(report, summaries)
+    _baseline_heatmaps(report, summaries)
     _heatmaps(report, rows, n_heatmaps, fig_dir, pngs)
     with report.details("Runs and full tables"):
         if manifests:

@@ -61,7 +61,9 @@ Not for: the dataset itself (`vlm_lens.data.dots`), the metric definitions
 
 from vlm_lens.data.count_prompt import answer_span, parse_count
 from vlm_lens.studies.counting.answers import digit_steps
+from vlm_lens.studies.counting.claims import claims_summary, claims_text
 from vlm_lens.studies.counting.config import (
+    CONTROL_CONDITION,
     COT_PROMPT,
     PAPER_LAYERS,
     PROMPT,
@@ -93,6 +95,9 @@ from vlm_lens.studies.counting.tables import (
 from vlm_lens.studies.harness import model_slug
 
 __all__ = [
+    "CONTROL_CONDITION",
+    "claims_summary",
+    "claims_text",
     "ATTENTION_COLUMNS",
     "COT_PROMPT",
     "PAPER_LAYERS",

@@ -17,6 +17,7 @@ from vlm_lens.data.count_prompt import COT_COUNT_PROMPT, COUNT_PROMPT
 from vlm_lens.studies import runlog
 
 __all__ = [
+    "CONTROL_CONDITION",
     "COT_PROMPT",
     "PAPER_LAYERS",
     "PROMPT",
@@ -29,6 +30,8 @@ __all__ = [
 PROMPT = COUNT_PROMPT
 COT_PROMPT = COT_COUNT_PROMPT
 PAPER_LAYERS = (-1, 8, 16, 24)
+#: The condition holding the content-free (dots shuffled) run of the baseline condition.
+CONTROL_CONDITION = "shuffled"
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,10 @@ class CountingConfig:
     `digits_only` suppresses every non-digit token but EOS and caps the answer at the
     number of digits of the largest count: for untrained models, so the attention
     pipeline has digit steps to measure (never for reported numbers of real models).
+    `controls` stores every sample's maps and dot centres (the halo controls and the
+    permutation test need them all; `example_maps` only sets how many the report draws).
+    `content_free`: "shuffled" or "blank" runs the same images with the dots moved or
+    removed (`dots.content_free`): the condition the sink baseline is taken from.
     """
 
     n: int = 256
@@ -100,15 +107,27 @@ class CountingConfig:
     digits_only: bool = False
     example_maps: int = 4
     band_width: float = 1.0
+    controls: bool = True
+    content_free: Literal["shuffled", "blank"] | None = None
+
+    def __post_init__(self) -> None:
+        if self.content_free not in (None, *dots.CONTENT_FREE_KINDS):
+            raise ValueError(
+                f"content_free must be one of {dots.CONTENT_FREE_KINDS} or None, "
+                f"got {self.content_free!r}"
+            )
 
     def dataset(self) -> list[dots.DotsSample]:
-        return dots.generate(
+        samples = dots.generate(
             self.n,
             self.seed,
             size=self.size,
             radius=self.radius,
             count_range=tuple(self.count_range),
         )
+        if self.content_free is None:
+            return samples
+        return dots.content_free(samples, self.content_free, self.seed)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -124,9 +143,19 @@ def conditions(
     cot_max_new_tokens: int = 256,
     three_digit_range: tuple[int, int] = (100, 130),
     three_digit_radius: float | None = None,
+    controls: bool = True,
 ) -> list[CountingConfig]:
-    """The baseline condition plus the requested variants (same seed, n and layers)."""
+    """The baseline condition plus the requested variants (same seed, n and layers).
+
+    With `controls`, a `CONTROL_CONDITION` run of the baseline on the same images with
+    their dots shuffled (no re-grounding): the content-free map the halo is judged against.
+    """
+    base = replace(base, controls=controls)
     out = [base]
+    if controls:
+        out.append(
+            replace(base, condition=CONTROL_CONDITION, content_free="shuffled", regrounding=None)
+        )
     if cot:
         out.append(
             replace(

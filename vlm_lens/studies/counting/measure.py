@@ -164,6 +164,7 @@ def _sample_row(
     grid = (
         tuple(inputs.segments.samples[r].image_grids(True)[0]) if cross else frame_grid(image_span)
     )
+    keep = config.controls or sample.index < config.example_maps
     attention = recording_metrics(
         out.recording,
         steps,
@@ -173,11 +174,10 @@ def _sample_row(
         grid,
         row=r,
         band_width=config.band_width,
-        keep_map=sample.index < config.example_maps,
+        keep_map=keep,
         image_span=image_span,
         segments=inputs.segments if cross else None,
     )
-    keep = sample.index < config.example_maps
     return Record(
         condition=config.condition,
         index=sample.index,

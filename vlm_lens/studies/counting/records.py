@@ -32,7 +32,8 @@ class Record:
             `digit`, `step`, `token`, `layer`.
         regrounding: the re-grounded answer (`mode`, `layers`, `steps`, `text`,
             `prediction`, `correct`, `error`), or None.
-        centres: the dots' centres, for the samples whose maps are kept (else not written).
+        centres: the dots' centres, for the samples whose maps are kept (every sample under
+            `controls`, else the first `example_maps`; not written otherwise).
     """
 
     condition: str

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 
 from vlm_lens.studies.checks import STEP_TRACKING_HINT, EmptyMeasurementError, require_finite
+from vlm_lens.studies.counting.claims import claims_summary
+from vlm_lens.studies.counting.config import CONTROL_CONDITION
 from vlm_lens.studies.stats import wilcoxon_signed_rank
 
 __all__ = ["STEP_METRICS", "summarize"]
@@ -92,6 +94,8 @@ def summarize(rows: Sequence[dict]) -> list[dict[str, Any]]:
     per layer, Gini of the 1st minus the 2nd digit on the samples that have both, with a
     two-sided Wilcoxon signed-rank test; `entropy_rise` likewise (2nd minus 1st).
     `regrounding`: the re-grounded answers' accuracy, MBE and MAE, and the changes.
+    Every condition but the content-free one also gets `controls`, `decay`,
+    `regrounding_test`, `claims` and `headline` (`claims.claims_summary`).
 
     Raises `EmptyMeasurementError` for no rows, or for a (model, condition) whose
     attention metrics are all missing (no digit step, nothing recorded, all-NaN maps).
@@ -122,6 +126,20 @@ def summarize(rows: Sequence[dict]) -> list[dict[str, Any]]:
             for name in ("centre", "hull_band", "background")
         }
         summary["regrounding"] = _regrounding(group)
+        if condition != CONTROL_CONDITION:
+            layer = str(summary["headline_layer"])
+            summary.update(
+                claims_summary(
+                    group,
+                    groups.get((model, CONTROL_CONDITION)),
+                    layers,
+                    summary["headline_layer"],
+                    {
+                        "sparsity_drop": summary["sparsity_drop"].get(layer),
+                        "entropy_rise": summary["entropy_rise"].get(layer),
+                    },
+                )
+            )
         out.append(summary)
     return out
 
