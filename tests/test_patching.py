@@ -84,6 +84,8 @@ def _n_deepstack(model: HookedVLM) -> int:
     ],
 )
 def test_patching_whole_residual_stream_at_layer0_restores_clean(tiny_ckpt, pairs, arch):
+    if arch == "idefics3":  # pixel_values [prompt, tile, ...]: a patched batch cannot share them
+        pytest.skip("idefics3: patching sweeps not validated yet on this family (issue #15)")
     model = HookedVLM.from_pretrained(tiny_ckpt(arch), dtype="float64")
     pair = counting_pair(model, pairs[0])
     everything = run_patched(
@@ -96,7 +98,10 @@ def test_patching_whole_residual_stream_at_layer0_restores_clean(tiny_ckpt, pair
     assert abs(everything.value - 1.0) <= 1e-5
     nothing = run_patched(model, pair.clean, pair.corrupted, pair.first_step, [])
     assert abs(nothing.value) <= 1e-5
-    assert everything.n_forward_passes == 3  # clean cached, corrupted once, the patched run
+    from vlm_lens.patching.sweep import resume_unsupported
+
+    # Resumed: clean cached, corrupted once, the patched run; full path: clean, patched batch.
+    assert everything.n_forward_passes == (3 if resume_unsupported(model) is None else 2)
 
 
 def test_qwen3_vl_deepstack_reinjects_the_image_after_layer0(model64, pairs):
@@ -466,10 +471,23 @@ def test_bad_arguments_are_named(model, pairs):
 
 @pytest.mark.parametrize("resume", [True, False])
 @pytest.mark.parametrize("arch", newest_per_family())
+def _resume_not_validated(tiny_ckpt, arch: str) -> str | None:
+    """Families whose patched batches are not validated yet: cross-attention, tiled images and
+    prefix-LM prompts (issue #15); `resume_unsupported` sends them down the full path."""
+    from vlm_lens.architectures import get
+
+    adapter = get(arch).adapter
+    if adapter.cross_attention or adapter.layout is not None or adapter.prompt_template:
+        return f"{arch}: patching sweeps not validated yet on this family (issue #15)"
+    return None
+
+
 def test_patched_batches_encode_the_image_once(tiny_ckpt, pairs, arch, resume):
     """Resumed: the image is encoded by the clean and the corrupted run only (the patched
     batches start inside the language model). Full path: rows of a patched batch share one
     vision-tower pass (its output is stacked back)."""
+    if not_validated := _resume_not_validated(tiny_ckpt, arch):
+        pytest.skip(not_validated)
     from vlm_lens.adapters import get_module
 
     m = HookedVLM.from_pretrained(tiny_ckpt(arch))
@@ -535,6 +553,8 @@ def test_resumed_sweep_equals_full_path_on_every_architecture(tiny_ckpt, pairs, 
     give the values of batches run from the inputs (raw logit differences, float32), skip the
     layers (and positions) below, and `run_patched` agrees too. Positions are skipped where
     attention is causal: not inside Gemma3's image, whose tokens see each other both ways."""
+    if not_validated := _resume_not_validated(tiny_ckpt, arch):
+        pytest.skip(not_validated)
     m = HookedVLM.from_pretrained(tiny_ckpt(arch))
     pair = counting_pair(m, pairs[0])
     n, batch = m.cfg.n_layers, 7

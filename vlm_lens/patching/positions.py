@@ -75,6 +75,11 @@ def _image_patches(segments: Segments) -> list[PositionGroup]:
     several = len(sample.images) > 1
     for i, span in enumerate(sample.images):
         _, w = span.grid
+        if w == 0:  # several tiles or markers: no single grid to name a patch by (issue #15)
+            raise ValueError(
+                f"positions='image_patch': image {i} is tiled ({len(span.tiles)} tiles); "
+                "patching by image patch covers untiled images only for now"
+            )
         for j, p in enumerate(range(span.start, span.end)):
             r, c = divmod(j, w)
             name = f"img{i}[{r},{c}]" if several else f"[{r},{c}]"

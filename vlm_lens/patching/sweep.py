@@ -347,6 +347,22 @@ def _patched_logits(
     return _as_float(logits)
 
 
+def resume_unsupported(model: HookedVLM) -> str | None:
+    """Why starting a patched batch at its layer is not validated for this model (None: it is).
+
+    Resuming is checked exact on families whose image is one untiled block of the prompt
+    (`tests/test_patching.py`); cross-attention layers, tiled images and prefix-LM prompts
+    take the full path until their resume is validated (issue #15)."""
+    adapter = model.adapter
+    if model.cfg.cross_attention_layers:
+        return "cross-attention layers"
+    if adapter.layout is not None:
+        return "tiled images"
+    if adapter.prompt_template is not None:
+        return "a prefix-LM prompt without a chat template"
+    return None
+
+
 def _cache_clean(
     model: HookedVLM, inputs: VLMInputs, names: list[str], counter: _Counter
 ) -> tuple[Float[Tensor, "1 vocab"], dict[str, Tensor]]:
@@ -504,7 +520,7 @@ def run_patched(
     names = sorted({cell.family.hook_name(cell.layer, cross) for cell in cells})
     clean_logits, cache = _cache_clean(model, c, names, counter)
     n_pos = c.input_ids.shape[1]
-    if resume:
+    if resume and resume_unsupported(model) is None:
         first_layer = min((cell.layer for cell in cells), default=0)
         point = _record_corrupted(model, x, [first_layer], counter)
         hooks = _patch_hooks(model, [cells], cache, n_pos)
@@ -713,6 +729,7 @@ def patch_sweep(
     names = [fam.hook_name(layer, model.cfg.cross_attention_layers) for layer in layer_list]
     counter = _Counter()
 
+    resume = resume and resume_unsupported(model) is None
     plan = _Plan(
         fam, positions, layer_list, head_list, names, metric, normalize, batch_size, resume
     )
