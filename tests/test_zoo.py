@@ -336,10 +336,15 @@ def test_image_tokens_match_and_forward_runs(loaded):
     # LLaVA-OneVision: a 4 x 4 thumbnail, then 2 x 2 crops of 4 x 4 with 8 image-newlines.
     # InternVL: 2 x 2 tiles of 4 x 4 and a 4 x 4 thumbnail; Idefics3: 2 x 2 tiles and the
     # global image, 4 x 4 tokens each.
-    n_tokens = {"gemma3": 4, "llava_onevision": 16 + 8 * 9, "internvl": 5 * 16, "idefics3": 5 * 16}
+    # Mllama: one <|image|> token (the image is read by cross-attention).
+    n_tokens = {
+        "gemma3": 4,
+        "llava_onevision": 16 + 8 * 9,
+        "internvl": 5 * 16,
+        "idefics3": 5 * 16,
+        "mllama": 1,
+    }
     assert n_image == n_tokens.get(arch, 16)
-    assert n_image == expected_image_tokens(arch, model.config, inputs)
-    assert n_image == {"gemma3": 4, "mllama": 1}.get(arch, 16)
     if arch in QWEN:
         assert inputs["image_grid_thw"].tolist() == [[1, 8, 8]]  # 8x8 patches -> 4x4 merged
         assert "mm_token_type_ids" in inputs
