@@ -106,7 +106,16 @@ def test_count_runs_end_to_end_with_maps_in_the_image_frame(tiny_ckpt, tmp_path)
     from vlm_lens.cli import main
 
     out = tmp_path / "run"
-    args = ["count", "--model", str(tiny_ckpt("idefics3")), "--n", "4", "--out", str(out)]
+    args = [
+        "count",
+        "--model",
+        str(tiny_ckpt("idefics3")),
+        "--n",
+        "4",
+        "--no-controls",
+        "--out",
+        str(out),
+    ]
     assert main([*args, "--digits-only"]) == 0
     (samples,) = out.rglob("samples.jsonl")
     rows = [json.loads(line) for line in samples.read_text().splitlines()]

@@ -45,7 +45,17 @@ def test_count_runs_end_to_end_with_maps_in_the_image_frame(tiny_ckpt, tmp_path)
 
     ckpt = tiny_ckpt("internvl")
     out = tmp_path / "run"
-    args = ["count", "--model", str(ckpt), "--n", "2", "--digits-only", "--out", str(out)]
+    args = [
+        "count",
+        "--model",
+        str(ckpt),
+        "--n",
+        "2",
+        "--digits-only",
+        "--no-controls",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     (samples,) = out.rglob("samples.jsonl")
     rows = [json.loads(line) for line in samples.read_text().splitlines()]

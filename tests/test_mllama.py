@@ -197,7 +197,16 @@ def test_count_cli_maps_the_cross_attention_over_the_image(tiny_ckpt, tmp_path):
 
     from vlm_lens.cli import main
 
-    argv = ["count", "--model", str(tiny_ckpt("mllama")), "--n", "2", "--size", "128"]
+    argv = [
+        "count",
+        "--model",
+        str(tiny_ckpt("mllama")),
+        "--n",
+        "2",
+        "--size",
+        "128",
+        "--no-controls",
+    ]
     argv += ["--radius", "3", "--digits-only", "--no-png", "--no-progress", "--out", str(tmp_path)]
     assert main([*argv, "--layers", "1", "3", "-1", "--example-maps", "2"]) == 0
     (samples,) = tmp_path.rglob("samples.jsonl")

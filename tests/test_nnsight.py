@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import operator
+
 import nnsight
 import numpy as np
 import pytest
@@ -44,14 +46,21 @@ def drop_image_at(step: int, image_keys: torch.Tensor):
     return hook
 
 
+def _layers(nn, model):
+    """The decoder layers' envoy, by the adapter's module path (e.g. `nn.model.language_model.layers`)."""
+    a = model.adapter
+    return operator.attrgetter(f"{a.language_model}.{a.layers}")(nn)
+
+
 def test_hook_points_are_reachable_by_module_path(wrapped):
     model, nn = wrapped
-    last = model.cfg.n_layers - 1
+    a, last = model.adapter, model.cfg.n_layers - 1
     path = nn.hook_path("blocks.-1.attn.hook_pattern")
-    assert path == f"model.language_model.layers.{last}.self_attn.hook_pattern"
+    assert path == f"{a.language_model}.{a.layers}.{last}.{a.attention}.hook_pattern"
     hook_point = model.hook_dict[f"blocks.{last}.attn.hook_pattern"]
     assert nn.hook("blocks.-1.attn.hook_pattern")._module is hook_point
-    assert nn.model.language_model.layers[-1].self_attn.hook_pattern._module is hook_point
+    layer = _layers(nn, model)[-1]
+    assert getattr(layer, a.attention).hook_pattern._module is hook_point
 
 
 def test_reading_hook_pattern_per_step_equals_recording(wrapped):
@@ -63,7 +72,9 @@ def test_reading_hook_pattern_per_step_equals_recording(wrapped):
         patterns = nnsight.save([])
         for _ in tracer.iter[:N_NEW]:
             patterns.append(
-                nn.model.language_model.layers[layer].self_attn.hook_pattern.output.save()
+                getattr(
+                    _layers(nn, model)[layer], model.adapter.attention
+                ).hook_pattern.output.save()
             )
         result = tracer.result.save()
 

@@ -194,7 +194,15 @@ def test_real_vocabulary_layout(real_vocab_ckpt):
 def test_count_study_runs_end_to_end(tiny_ckpt, tmp_path):
     from vlm_lens.cli import main
 
-    argv = ["count", "--model", str(tiny_ckpt("paligemma")), "--n", "4", "--no-png"]
+    argv = [
+        "count",
+        "--model",
+        str(tiny_ckpt("paligemma")),
+        "--n",
+        "4",
+        "--no-png",
+        "--no-controls",
+    ]
     assert main([*argv, "--no-progress", "--out", str(tmp_path)]) == 0
     (run,) = [p for p in tmp_path.iterdir() if (p / "run.json").exists()]
     assert len((run / "samples.jsonl").read_text().splitlines()) == 4

@@ -166,7 +166,20 @@ def test_count_runs_end_to_end_on_a_tiled_family_with_maps_in_the_image_frame(ti
     ckpt = tiny_ckpt("llava_onevision")
     out = tmp_path / "run"
     assert (
-        main(["count", "--model", str(ckpt), "--n", "2", "--digits-only", "--out", str(out)]) == 0
+        main(
+            [
+                "count",
+                "--model",
+                str(ckpt),
+                "--n",
+                "2",
+                "--digits-only",
+                "--no-controls",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
     )
     (samples,) = out.rglob("samples.jsonl")
     rows = [json.loads(line) for line in samples.read_text().splitlines()]
