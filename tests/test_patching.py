@@ -469,8 +469,6 @@ def test_bad_arguments_are_named(model, pairs):
         )
 
 
-@pytest.mark.parametrize("resume", [True, False])
-@pytest.mark.parametrize("arch", newest_per_family())
 def _resume_not_validated(tiny_ckpt, arch: str) -> str | None:
     """Families whose patched batches are not validated yet: cross-attention, tiled images and
     prefix-LM prompts (issue #15); `resume_unsupported` sends them down the full path."""
@@ -482,6 +480,8 @@ def _resume_not_validated(tiny_ckpt, arch: str) -> str | None:
     return None
 
 
+@pytest.mark.parametrize("resume", [True, False])
+@pytest.mark.parametrize("arch", newest_per_family())
 def test_patched_batches_encode_the_image_once(tiny_ckpt, pairs, arch, resume):
     """Resumed: the image is encoded by the clean and the corrupted run only (the patched
     batches start inside the language model). Full path: rows of a patched batch share one
