@@ -74,11 +74,15 @@ def _axis_names(model: Any, inputs: Any) -> dict[int, str]:
         cfg.d_head: "d_head",
         cfg.d_model: "d_model",
         cfg.d_mlp: "d_mlp",
-        sum(im.grid[0] * im.grid[1] for im in seg.images) * 2: "image_tokens",
         1: "1",
     }
-    if len(named) != 9:
+    if len(named) != 8:
         raise RuntimeError(f"{cfg.arch}: two axes of the reference model share a length: {named}")
+    # Image tokens of the two-row batch, where that length names nothing else (Mllama's one
+    # <|image|> token per image does not: its image keys are in the cross-attention shapes).
+    image_tokens = sum(im.end - im.start for im in seg.images) * 2
+    if image_tokens not in named:
+        named[image_tokens] = "image_tokens"
     return named
 
 

@@ -32,7 +32,16 @@ def test_shard_auto_under_torchrun_then_merge_equals_an_unsharded_run(tiny_ckpt,
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):  # torchrun sets them for its ranks
         env.pop(name, None)
     study = ["count", "--model", str(tiny_ckpt("qwen3_vl")), "--n", "4", "--size", "128"]
-    study += ["--radius", "3", "--digits-only", "--batch-size", "1", "--no-png", "--no-progress"]
+    study += [
+        "--radius",
+        "3",
+        "--digits-only",
+        "--batch-size",
+        "1",
+        "--no-png",
+        "--no-progress",
+        "--no-controls",
+    ]
     sharded, plain = tmp_path / "sharded", tmp_path / "plain"
 
     def run(argv: list[str]) -> subprocess.CompletedProcess:
