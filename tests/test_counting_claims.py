@@ -107,7 +107,7 @@ def test_organism_run_reports_every_claim_field(organism_run):
     for c in claims.values():
         assert c["verdict"] in page
     assert "Content-free baseline" in page and "Halo controls" in page
-    assert page.index("what this run says") < page.index("<h2>Summary</h2>")
+    assert page.index("what this run says") < page.index("<h2>Summary (all columns)</h2>")
 
 
 def _digit_right(row: dict, place: str) -> bool | None:
