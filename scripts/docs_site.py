@@ -86,11 +86,13 @@ def _axis_names(model: Any, inputs: Any) -> dict[int, str]:
     return named
 
 
-def _shape(shape: tuple[int, ...], axes: dict[int, str]) -> str:
+def _shape(shape: tuple[int, ...], axes: dict[int, str], lenient: bool = False) -> str:
+    """`shape` with its axes named; `lenient` writes a length no axis has as the number (the
+    vision features of a cross-attention family, whose lengths follow its tiling)."""
     missing = [n for n in shape if n not in axes]
-    if missing:
+    if missing and not lenient:
         raise RuntimeError(f"shape {shape}: lengths {missing} name no axis")
-    return "[" + ", ".join(axes[n] for n in shape) + "]"
+    return "[" + ", ".join(axes.get(n, str(n)) for n in shape) + "]"
 
 
 def _generic(name: str) -> str:
@@ -150,7 +152,8 @@ def hook_reference(workdir: Path) -> str:
             if hook.layer_idx is not None:
                 row["layers"].append(hook.layer_idx)
             if name in cache.cache_dict and row["shape"] is None:
-                row["shape"] = _shape(tuple(cache[name].shape), axes)
+                lenient = bool(model.cfg.cross_attention_layers)
+                row["shape"] = _shape(tuple(cache[name].shape), axes, lenient)
         cfg = model.cfg
         lines += [
             f"## {arch}",
